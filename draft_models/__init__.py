@@ -1,0 +1,1 @@
+"""Draft-head architectures shared by training (specforge) and serving (serving)."""

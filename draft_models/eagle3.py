@@ -1,0 +1,138 @@
+"""The EAGLE-3 draft head (Li et al., 2025), laid out as vLLM's ``LlamaForCausalLMEagle3`` loads it.
+
+Contract
+--------
+* ``fc`` fuses the target's low/mid/high hidden states (``[.., 3 * target_hidden]``) into one
+  feature of width ``hidden``; it runs once, on target features only.
+* One decoder layer (``midlayer``) attends over ``[input_layernorm(embed(token)); hidden_norm(feature)]``
+  (width 2H, embedding first); its residual stream starts from the un-normed feature.
+* ``norm`` then ``lm_head`` give logits over the *draft vocabulary*; draft id ``d`` is target id
+  ``d + d2t[d]``. ``t2d[t]`` is True where target id ``t`` is in the draft vocabulary.
+* :meth:`Eagle3Draft.step` runs one draft step for a whole sequence and returns the pre-norm
+  residual stream as the feature for the next step (vLLM's convention). How the step attends is
+  the caller's choice (``attn_fn``): the training-time test and cached decoding attend differently.
+* The token embedding is the target's, frozen, and is not exported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from draft_models.layers import MLP, Attention, RMSNorm
+from draft_models.registry import register_draft_type
+
+AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Eagle3Config:
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int  # the target's vocabulary
+    draft_vocab_size: int
+    target_hidden_size: int
+    num_target_layers: int
+    aux_layer_ids: list[int] = field(default_factory=list)
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 4096
+
+    @classmethod
+    def from_target(cls, target_config, draft_vocab_size: int, aux_layer_ids: list[int]) -> Eagle3Config:
+        """A draft as wide as the target, with the target's attention shape and rotary settings."""
+        c = target_config
+        heads = int(c.num_attention_heads)
+        rope = getattr(c, "rope_parameters", None) or {}
+        theta = rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))
+        return cls(
+            hidden_size=int(c.hidden_size),
+            intermediate_size=int(c.intermediate_size),
+            num_attention_heads=heads,
+            num_key_value_heads=int(getattr(c, "num_key_value_heads", None) or heads),
+            head_dim=int(getattr(c, "head_dim", None) or c.hidden_size // heads),
+            vocab_size=int(c.vocab_size),
+            draft_vocab_size=draft_vocab_size,
+            target_hidden_size=int(c.hidden_size),
+            num_target_layers=int(c.num_hidden_layers),
+            aux_layer_ids=list(aux_layer_ids),
+            rms_norm_eps=float(c.rms_norm_eps),
+            rope_theta=float(theta),
+            max_position_embeddings=int(c.max_position_embeddings),
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DraftStep:
+    logits: torch.Tensor  # [batch, seq, draft_vocab]
+    hidden: torch.Tensor  # [batch, seq, hidden] pre-norm residual stream: the next step's feature
+    key: torch.Tensor  # [batch, kv_heads, seq, head_dim] this step's keys (rotated)
+    value: torch.Tensor  # [batch, kv_heads, seq, head_dim]
+
+
+class Eagle3Layer(nn.Module):
+    def __init__(self, cfg: Eagle3Config):
+        super().__init__()
+        h = cfg.hidden_size
+        self.input_layernorm = RMSNorm(h, cfg.rms_norm_eps)
+        self.hidden_norm = RMSNorm(h, cfg.rms_norm_eps)
+        self.self_attn = Attention(
+            2 * h, h, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rope_theta
+        )
+        self.post_attention_layernorm = RMSNorm(h, cfg.rms_norm_eps)
+        self.mlp = MLP(h, cfg.intermediate_size)
+
+
+class Eagle3Draft(nn.Module):
+    config_class = Eagle3Config
+
+    def __init__(self, cfg: Eagle3Config):
+        super().__init__()
+        self.config = cfg
+        h = cfg.hidden_size
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, h)
+        self.embed_tokens.weight.requires_grad_(False)
+        self.fc = nn.Linear(3 * cfg.target_hidden_size, h, bias=False)
+        self.midlayer = Eagle3Layer(cfg)
+        self.norm = RMSNorm(h, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(h, cfg.draft_vocab_size, bias=False)
+        self.register_buffer("d2t", torch.zeros(cfg.draft_vocab_size, dtype=torch.long))
+        self.register_buffer("t2d", torch.ones(cfg.vocab_size, dtype=torch.bool)[: cfg.vocab_size])
+
+    def set_vocab(self, d2t: torch.Tensor, t2d: torch.Tensor) -> None:
+        self.d2t.copy_(d2t)
+        self.t2d.copy_(t2d)
+
+    def load_target_embedding(self, weight: torch.Tensor) -> None:
+        self.embed_tokens.weight.data.copy_(weight)
+
+    def combine(self, aux_hidden_states: torch.Tensor) -> torch.Tensor:
+        """[batch, seq, 3 * target_hidden] target features -> [batch, seq, hidden]."""
+        return self.fc(aux_hidden_states.to(self.fc.weight.dtype))
+
+    def step(
+        self, input_ids: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, attn_fn: AttnFn
+    ) -> DraftStep:
+        """One draft step. input_ids [batch, seq], hidden [batch, seq, H], positions [batch, seq]."""
+        layer = self.midlayer
+        emb = self.embed_tokens(input_ids).to(hidden.dtype)
+        x = torch.cat([layer.input_layernorm(emb), layer.hidden_norm(hidden)], dim=-1)
+        q, k, v = layer.self_attn.project(x, positions)
+        h = hidden + layer.self_attn.output(attn_fn(q, k, v))
+        h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return DraftStep(logits=self.lm_head(self.norm(h)), hidden=h, key=k, value=v)
+
+    def draft_to_target(self, draft_ids: torch.Tensor) -> torch.Tensor:
+        return draft_ids + self.d2t[draft_ids]
+
+
+register_draft_type("eagle3", Eagle3Config, Eagle3Draft)

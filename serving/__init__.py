@@ -1,0 +1,1 @@
+"""Speculative serving: draft trees, verification, adaptive policy and server plugins."""

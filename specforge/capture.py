@@ -1,0 +1,360 @@
+"""Capture a frozen target's hidden states for draft training, online or as offline shards.
+
+Contract
+--------
+*Aux layer id* ``k`` (vLLM's ``eagle_aux_hidden_state_layer_ids``) names the hidden state after the
+first ``k`` decoder layers, i.e. the input of decoder layer ``k`` — Hugging Face's
+``hidden_states[k]`` with ``output_hidden_states=True``. The EAGLE-3 default is ``(2, L//2, L-3)``.
+The *last hidden state* is the output of the final norm (``hidden_states[-1]``), from which the
+target's logits are ``lm_head(last_hidden_state)``.
+
+Captures are taken with forward hooks on the Hugging Face model (no copies of model code) and come
+in one shape, :class:`CapturedBatch`, from either mode:
+
+* online: :class:`OnlineCapture` runs the target under ``no_grad`` on a padded token batch;
+* offline: :func:`write_shards` stores the same tensors as safetensors shards plus a
+  ``manifest.json``; a killed run resumes and skips finished shards. :class:`ShardDataset` reads
+  them back, and :func:`collate_captured` pads them into a :class:`CapturedBatch`.
+
+For the same batch and dtype, both modes give identical tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from specforge.errors import SpecforgeError
+from specforge.targets import Target
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+def default_aux_layers(num_layers: int) -> list[int]:
+    """EAGLE-3's low / mid / high layers, as vLLM numbers them."""
+    return [2, num_layers // 2, num_layers - 3]
+
+
+@dataclass
+class CapturedBatch:
+    """Target tensors for one padded batch (right padding)."""
+
+    input_ids: torch.Tensor  # [batch, seq] int64
+    attention_mask: torch.Tensor  # [batch, seq] 1 = real token
+    loss_mask: torch.Tensor  # [batch, seq] 1 = assistant token (predicted from the previous position)
+    aux_hidden_states: torch.Tensor  # [batch, seq, num_aux * hidden] concatenated in aux-layer order
+    last_hidden_state: torch.Tensor  # [batch, seq, hidden] after the final norm
+    logits: torch.Tensor | None = None  # [batch, seq, vocab] when stored
+
+    def to(self, device: torch.device | str) -> CapturedBatch:
+        return CapturedBatch(
+            **{k: (v.to(device) if v is not None else None) for k, v in self.__dict__.items()}
+        )
+
+
+@dataclass
+class CaptureConfig:
+    aux_layers: list[int] | None = None  # None: default_aux_layers(L)
+    store_logits: bool = False
+    dtype: str = "float32"  # dtype the captured tensors are stored in
+
+    def resolved_layers(self, num_layers: int) -> list[int]:
+        layers = list(self.aux_layers) if self.aux_layers is not None else default_aux_layers(num_layers)
+        bad = [k for k in layers if not 0 <= k < num_layers]
+        if bad:
+            raise SpecforgeError(
+                f"aux layer ids {bad} are out of range for a target with {num_layers} layers (0..{num_layers - 1})"
+            )
+        return layers
+
+
+class OnlineCapture:
+    """Hooks on a frozen target; calling it on a token batch returns a :class:`CapturedBatch`."""
+
+    def __init__(self, target: Target, cfg: CaptureConfig | None = None):
+        self.target = target
+        self.cfg = cfg or CaptureConfig()
+        self.layers = self.cfg.resolved_layers(target.num_layers)
+        self.dtype = getattr(torch, self.cfg.dtype)
+        self._seen: dict[str, torch.Tensor] = {}
+        base = target.model.model
+        self._handles = [
+            base.layers[k].register_forward_pre_hook(self._pre_hook(f"aux{k}"), with_kwargs=True)
+            for k in self.layers
+        ]
+        self._handles.append(base.norm.register_forward_hook(self._post_hook("last")))
+
+    def _pre_hook(self, name: str):
+        def hook(module, args, kwargs):
+            self._seen[name] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+        return hook
+
+    def _post_hook(self, name: str):
+        def hook(module, args, output):
+            self._seen[name] = output
+
+        return hook
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    @torch.no_grad()
+    def __call__(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor
+    ) -> CapturedBatch:
+        model = self.target.model
+        device = next(model.parameters()).device
+        self._seen.clear()
+        model.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
+        aux = torch.cat([self._seen[f"aux{k}"] for k in self.layers], dim=-1)
+        last = self._seen["last"]
+        logits = model.lm_head(last).to(self.dtype) if self.cfg.store_logits else None
+        self._seen.clear()
+        return CapturedBatch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            loss_mask=loss_mask,
+            aux_hidden_states=aux.to(self.dtype),
+            last_hidden_state=last.to(self.dtype),
+            logits=logits,
+        )
+
+
+def pad_batch(rows: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad tokenized rows (``input_ids``, ``loss_mask``) into tensors with an attention mask."""
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    loss = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.as_tensor(r["input_ids"])
+        attn[i, :n] = 1
+        loss[i, :n] = torch.as_tensor(r["loss_mask"])
+    return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss}
+
+
+def iter_token_batches(
+    ds: datasets.Dataset, batch_size: int, pad_id: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    for start in range(0, len(ds), batch_size):
+        yield pad_batch(_rows(ds, start, batch_size), pad_id)
+
+
+def _rows(ds: datasets.Dataset, start: int, n: int) -> list[dict]:
+    chunk = ds[start : start + n]
+    return [{"input_ids": a, "loss_mask": b} for a, b in zip(chunk["input_ids"], chunk["loss_mask"])]
+
+
+# ----------------------------------------------------------------------------------------- offline
+
+
+@dataclass
+class ShardInfo:
+    file: str
+    num_sequences: int
+    num_tokens: int
+    bytes: int
+
+
+@dataclass
+class Manifest:
+    fingerprint: str
+    target: str
+    aux_layers: list[int]
+    hidden_size: int
+    dtype: str
+    store_logits: bool
+    num_sequences: int
+    sequences_per_shard: int
+    shards: list[ShardInfo] = field(default_factory=list)
+    complete: bool = False
+    version: int = MANIFEST_VERSION
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_sequences // self.sequences_per_shard)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.shards)
+
+    def save(self, out_dir: Path) -> None:
+        payload = {**self.__dict__, "shards": [s.__dict__ for s in self.shards]}
+        tmp = out_dir / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=1))
+        os.replace(tmp, out_dir / MANIFEST)
+
+    @classmethod
+    def load(cls, out_dir: Path) -> Manifest:
+        path = Path(out_dir) / MANIFEST
+        if not path.is_file():
+            raise SpecforgeError(
+                f"{out_dir} has no {MANIFEST}: it is not a capture directory (run `specforge capture`)"
+            )
+        try:
+            raw = json.loads(path.read_text())
+            raw["shards"] = [ShardInfo(**s) for s in raw["shards"]]
+            return cls(**raw)
+        except (json.JSONDecodeError, TypeError, KeyError) as e:
+            raise SpecforgeError(f"{path} is corrupt ({e}); delete the directory and capture again") from e
+
+
+def _fingerprint(
+    target: Target, layers: list[int], cfg: CaptureConfig, ds: datasets.Dataset, per_shard: int
+) -> str:
+    h = hashlib.sha256()
+    h.update(
+        json.dumps([str(target.path.resolve()), layers, cfg.dtype, cfg.store_logits, per_shard]).encode()
+    )
+    h.update(json.dumps(target.model.config.to_dict(), sort_keys=True, default=str).encode())
+    h.update(ds._fingerprint.encode() if getattr(ds, "_fingerprint", None) else str(len(ds)).encode())
+    return h.hexdigest()[:16]
+
+
+def write_shards(
+    target: Target,
+    ds: datasets.Dataset,
+    out_dir: str | Path,
+    cfg: CaptureConfig | None = None,
+    batch_size: int = 8,
+    sequences_per_shard: int = 256,
+    progress: bool = True,
+) -> Manifest:
+    """Capture ``ds`` (``input_ids`` / ``loss_mask`` rows) into shards; resume where a run stopped."""
+    cfg = cfg or CaptureConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    capture = OnlineCapture(target, cfg)
+    fp = _fingerprint(target, capture.layers, cfg, ds, sequences_per_shard)
+    manifest = None
+    if (out / MANIFEST).is_file():
+        manifest = Manifest.load(out)
+        if manifest.fingerprint != fp:
+            raise SpecforgeError(
+                f"{out} holds a capture of another target, dataset or capture config; "
+                "choose a new output directory or delete this one"
+            )
+    if manifest is None:
+        manifest = Manifest(
+            fingerprint=fp,
+            target=str(target.path),
+            aux_layers=capture.layers,
+            hidden_size=target.hidden_size,
+            dtype=cfg.dtype,
+            store_logits=cfg.store_logits,
+            num_sequences=len(ds),
+            sequences_per_shard=sequences_per_shard,
+        )
+    done = {s.file for s in manifest.shards if (out / s.file).is_file()}
+    manifest.shards = [s for s in manifest.shards if s.file in done]
+    pad_id = target.tokenizer.pad_token_id
+    bar = tqdm(total=len(ds), desc="capture", unit="seq", disable=not progress)
+    try:
+        for shard_idx in range(manifest.num_shards):
+            name = f"shard-{shard_idx:05d}.safetensors"
+            lo = shard_idx * sequences_per_shard
+            hi = min(len(ds), lo + sequences_per_shard)
+            if name in done:
+                bar.update(hi - lo)
+                continue
+            tensors: dict[str, list[torch.Tensor]] = {}
+            lengths: list[int] = []
+            for start in range(lo, hi, batch_size):
+                rows = _rows(ds, start, min(batch_size, hi - start))
+                tb = pad_batch(rows, pad_id)
+                cb = capture(**tb)
+                for i, r in enumerate(rows):
+                    n = len(r["input_ids"])
+                    lengths.append(n)
+                    for key in ("input_ids", "loss_mask", "aux_hidden_states", "last_hidden_state", "logits"):
+                        value = getattr(cb, key)
+                        if value is not None:
+                            tensors.setdefault(key, []).append(value[i, :n])
+                bar.update(len(rows))
+            flat = {k: torch.cat(v).contiguous() for k, v in tensors.items()}
+            flat["offsets"] = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.long)
+            tmp = out / (name + ".tmp")
+            save_file(flat, str(tmp), metadata={"fingerprint": fp})
+            os.replace(tmp, out / name)
+            manifest.shards.append(ShardInfo(name, hi - lo, int(sum(lengths)), (out / name).stat().st_size))
+            manifest.save(out)
+    finally:
+        bar.close()
+        capture.close()
+    manifest.complete = True
+    manifest.save(out)
+    return manifest
+
+
+class ShardDataset(torch.utils.data.Dataset):
+    """Per-sequence access to a finished capture directory (one shard held in memory at a time)."""
+
+    def __init__(self, capture_dir: str | Path):
+        self.dir = Path(capture_dir)
+        self.manifest = Manifest.load(self.dir)
+        if not self.manifest.complete:
+            raise SpecforgeError(
+                f"{self.dir}: the capture is unfinished; run `specforge capture` again to resume it"
+            )
+        self._index: list[tuple[int, int]] = [
+            (si, j) for si, s in enumerate(self.manifest.shards) for j in range(s.num_sequences)
+        ]
+        self._cached: tuple[int, dict[str, torch.Tensor]] | None = None
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def _shard(self, si: int) -> dict[str, torch.Tensor]:
+        if self._cached is None or self._cached[0] != si:
+            path = self.dir / self.manifest.shards[si].file
+            try:
+                self._cached = (si, load_file(str(path)))
+            except Exception as e:
+                raise SpecforgeError(
+                    f"shard {path} is missing or corrupt ({e}); delete it and re-run `specforge capture`"
+                ) from e
+        return self._cached[1]
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        si, j = self._index[idx]
+        shard = self._shard(si)
+        lo, hi = int(shard["offsets"][j]), int(shard["offsets"][j + 1])
+        return {k: v[lo:hi] for k, v in shard.items() if k != "offsets"}
+
+
+def collate_captured(items: Sequence[dict[str, torch.Tensor]], pad_id: int = 0) -> CapturedBatch:
+    """Right-pad shard items into a :class:`CapturedBatch`."""
+    width = max(len(it["input_ids"]) for it in items)
+
+    def stack(key: str, fill: float | int) -> torch.Tensor:
+        first = items[0][key]
+        out = torch.full((len(items), width, *first.shape[1:]), fill, dtype=first.dtype)
+        for i, it in enumerate(items):
+            out[i, : len(it[key])] = it[key]
+        return out
+
+    attn = torch.zeros((len(items), width), dtype=torch.long)
+    for i, it in enumerate(items):
+        attn[i, : len(it["input_ids"])] = 1
+    return CapturedBatch(
+        input_ids=stack("input_ids", pad_id),
+        attention_mask=attn,
+        loss_mask=stack("loss_mask", 0),
+        aux_hidden_states=stack("aux_hidden_states", 0.0),
+        last_hidden_state=stack("last_hidden_state", 0.0),
+        logits=stack("logits", 0.0) if "logits" in items[0] else None,
+    )

@@ -1,0 +1,284 @@
+"""The ``specforge`` command line.
+
+Contract: every sub-command takes any local Hugging Face causal-LM directory as ``--target``
+(default: the embedded tiny target, built on first use). Errors in the user's input print one
+``error:`` line that says what to fix, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from specforge.errors import SpecforgeError
+
+
+def _parse_overrides(pairs: list[str], model_cls):
+    """``key=value`` pairs checked against a pydantic model (values parsed as JSON when possible)."""
+    from pydantic import ValidationError
+
+    values = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SpecforgeError(f"override {pair!r} is not key=value")
+        key, raw = pair.split("=", 1)
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw
+    try:
+        return model_cls(**values)
+    except ValidationError as e:
+        raise SpecforgeError(f"invalid override: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
+
+
+def _default_target(progress: bool = True) -> Path:
+    from specforge.tiny_target import build_tiny_target, tiny_target_dir
+
+    d = tiny_target_dir()
+    if not (d / "build_report.json").is_file():
+        print(
+            f"[specforge] building the embedded tiny target into {d} (once; ~15 minutes on 2 cores)",
+            file=sys.stderr,
+        )
+    return build_tiny_target(progress=progress)
+
+
+def _target_path(arg: str | None) -> Path:
+    return Path(arg) if arg else _default_target()
+
+
+def cmd_target_build_tiny(args: argparse.Namespace) -> None:
+    from specforge.tiny_target import TinyTargetConfig, build_tiny_target
+
+    cfg = _parse_overrides(args.overrides, TinyTargetConfig)
+    out = build_tiny_target(cfg, out_dir=Path(args.out) if args.out else None, force=args.force)
+    report = json.loads((out / "build_report.json").read_text())
+    report.pop("samples", None)
+    print(json.dumps({"path": str(out), **report}, indent=1))
+
+
+def cmd_target_info(args: argparse.Namespace) -> None:
+    from specforge.targets import load_target
+
+    t = load_target(_target_path(args.target), need_chat_template=False)
+    cfg = t.model.config
+    print(
+        json.dumps(
+            {
+                "path": str(t.path),
+                "model_type": cfg.model_type,
+                "num_layers": t.num_layers,
+                "hidden_size": t.hidden_size,
+                "vocab_size": t.vocab_size,
+                "parameters": sum(p.numel() for p in t.model.parameters()),
+                "chat_template": bool(t.tokenizer.chat_template),
+            },
+            indent=1,
+        )
+    )
+
+
+def cmd_data_demo(args: argparse.Namespace) -> None:
+    from specforge.data.demo import write_demo_dataset
+
+    counts = write_demo_dataset(Path(args.out), args.max_train, args.max_heldout, args.seed)
+    print(json.dumps({"out": args.out, **counts}))
+
+
+def cmd_data_regenerate(args: argparse.Namespace) -> None:
+    from specforge.data.regenerate import regenerate
+    from specforge.targets import load_target
+
+    target = load_target(_target_path(args.target))
+    res = regenerate(
+        target,
+        args.data,
+        args.out,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        limit=args.limit,
+        skip_bad_rows=args.skip_bad_rows,
+    )
+    print(json.dumps({"out": args.out, **res}))
+
+
+def run_capture(
+    target_dir: Path,
+    data: Path,
+    out: Path,
+    layers: list[int] | None,
+    max_length: int,
+    batch_size: int,
+    sequences_per_shard: int,
+    dtype: str,
+    store_logits: bool,
+    limit: int | None,
+    skip_bad_rows: bool,
+) -> dict:
+    from specforge.capture import CaptureConfig, write_shards
+    from specforge.data.formats import load_rows
+    from specforge.data.tokenize import tokenize_dataset
+    from specforge.targets import load_target
+
+    target = load_target(target_dir)
+    rows, report = load_rows(data, skip_bad_rows=skip_bad_rows)
+    if limit is not None:
+        rows = rows.select(range(min(limit, len(rows))))
+    ds = tokenize_dataset(rows, target.tokenizer, max_length)
+    t0 = time.time()
+    manifest = write_shards(
+        target,
+        ds,
+        out,
+        CaptureConfig(aux_layers=layers, store_logits=store_logits, dtype=dtype),
+        batch_size=batch_size,
+        sequences_per_shard=sequences_per_shard,
+    )
+    tokens = sum(s.num_tokens for s in manifest.shards)
+    return {
+        "out": str(out),
+        "sequences": manifest.num_sequences,
+        "tokens": tokens,
+        "shards": len(manifest.shards),
+        "aux_layers": manifest.aux_layers,
+        "disk_mib": round(manifest.bytes / 2**20, 2),
+        "bytes_per_token": round(manifest.bytes / max(1, tokens)),
+        "skipped_bad_rows": report.skipped,
+        "dropped_truncated_rows": len(rows) - len(ds),  # no assistant token left within max_length
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
+def cmd_capture(args: argparse.Namespace) -> None:
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    res = run_capture(
+        _target_path(args.target),
+        Path(args.data),
+        Path(args.out),
+        layers,
+        args.max_length,
+        args.batch_size,
+        args.sequences_per_shard,
+        args.dtype,
+        args.store_logits,
+        args.limit,
+        args.skip_bad_rows,
+    )
+    print(json.dumps(res, indent=1))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """The main job on the embedded default: build the target, make demo data, capture hidden states."""
+    from specforge.data.demo import write_demo_dataset
+
+    work = Path(args.workdir)
+    t0 = time.time()
+    target_dir = _default_target()
+    report = json.loads((target_dir / "build_report.json").read_text())
+    print(
+        f"[demo] target {target_dir}: {report['parameters'] / 1e6:.2f}M parameters, "
+        f"{report['shape']['num_layers']} layers x {report['shape']['hidden_size']} hidden, "
+        f"held-out loss {report['heldout_loss']}, distinct-4 {report['distinct4_mean']}"
+    )
+    counts = write_demo_dataset(work / "data", args.max_train, args.max_heldout)
+    print(f"[demo] demo conversations: {counts}")
+    res = run_capture(
+        target_dir,
+        work / "data" / "train.jsonl",
+        work / "capture",
+        None,
+        args.max_length,
+        8,
+        256,
+        args.dtype,
+        False,
+        args.capture_limit,
+        False,
+    )
+    print(
+        f"[demo] captured {res['sequences']} sequences / {res['tokens']} tokens, layers {res['aux_layers']}, "
+        f"{res['disk_mib']} MiB on disk ({res['bytes_per_token']} B/token) in {res['seconds']} s"
+    )
+    print(f"[demo] done in {time.time() - t0:.0f} s; outputs under {work}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="specforge", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("target", help="build or inspect target models").add_subparsers(
+        dest="sub", required=True
+    )
+    b = t.add_parser("build-tiny", help="train the embedded tiny Llama target (cached)")
+    b.add_argument("--out", help="output directory (default: the cache, keyed by the config)")
+    b.add_argument("--force", action="store_true", help="rebuild even if cached")
+    b.add_argument("overrides", nargs="*", help="TinyTargetConfig key=value overrides, e.g. steps=100")
+    b.set_defaults(func=cmd_target_build_tiny)
+    i = t.add_parser("info", help="print a target's shape")
+    i.add_argument("--target", help="HF model directory (default: the tiny target)")
+    i.set_defaults(func=cmd_target_info)
+
+    d = sub.add_parser("data", help="datasets").add_subparsers(dest="sub", required=True)
+    dm = d.add_parser("demo", help="write the demo conversation set (train/heldout JSONL)")
+    dm.add_argument("--out", required=True)
+    dm.add_argument("--max-train", type=int, default=4000)
+    dm.add_argument("--max-heldout", type=int, default=200)
+    dm.add_argument("--seed", type=int, default=0)
+    dm.set_defaults(func=cmd_data_demo)
+    r = d.add_parser("regenerate", help="rewrite assistant turns with the target's own responses")
+    r.add_argument("--target")
+    r.add_argument("--data", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--batch-size", type=int, default=16)
+    r.add_argument("--max-new-tokens", type=int, default=256)
+    r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    r.add_argument("--top-p", type=float, default=1.0)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--limit", type=int)
+    r.add_argument("--skip-bad-rows", action="store_true")
+    r.set_defaults(func=cmd_data_regenerate)
+
+    c = sub.add_parser("capture", help="write the target's hidden states as safetensors shards")
+    c.add_argument("--target")
+    c.add_argument("--data", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--layers", help="comma-separated aux layer ids (default: 2,L/2,L-3)")
+    c.add_argument("--max-length", type=int, default=1024)
+    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--sequences-per-shard", type=int, default=256)
+    c.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    c.add_argument("--store-logits", action="store_true")
+    c.add_argument("--limit", type=int)
+    c.add_argument("--skip-bad-rows", action="store_true")
+    c.set_defaults(func=cmd_capture)
+
+    dmo = sub.add_parser("demo", help="the main job on the embedded tiny target")
+    dmo.add_argument("--workdir", default="outputs/demo")
+    dmo.add_argument("--max-train", type=int, default=4000)
+    dmo.add_argument("--max-heldout", type=int, default=200)
+    dmo.add_argument("--capture-limit", type=int, default=1000)
+    dmo.add_argument("--max-length", type=int, default=512)
+    dmo.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    dmo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SpecforgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

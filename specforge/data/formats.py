@@ -1,0 +1,135 @@
+"""Read conversation datasets: ShareGPT JSONL, OpenAI-messages JSONL, and plain text.
+
+Contract: :func:`load_rows` returns a ``datasets.Dataset`` whose rows are normalised to either
+``{"messages": [{"role", "content"}, ...], "text": None}`` (roles ``system``/``user``/``assistant``)
+or ``{"messages": None, "text": str}``. A malformed row raises :class:`SpecforgeError` naming the
+file, the 1-based row number and the problem; with ``skip_bad_rows=True`` it is dropped instead and
+counted in the returned :class:`LoadReport`.
+
+Accepted row shapes (JSONL, one object per line):
+
+* ShareGPT: ``{"conversations": [{"from": "human"|"gpt"|"system", "value": str}, ...]}``
+* OpenAI:   ``{"messages": [{"role": "user"|"assistant"|"system", "content": str}, ...]}``
+* text:     ``{"text": str}``; a ``.txt`` file is one text row per file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from specforge.errors import SpecforgeError
+
+_SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "model": "assistant",
+    "system": "system",
+}
+_OPENAI_ROLES = {"user", "assistant", "system"}
+
+
+@dataclass
+class LoadReport:
+    path: Path
+    rows: int = 0
+    skipped: int = 0
+    problems: list[str] = field(default_factory=list)  # the first few skipped rows' problems
+
+
+class RowError(ValueError):
+    """A row-level validation problem (internal; surfaced as SpecforgeError with file and row)."""
+
+
+def normalise_row(row: Any) -> dict:
+    """Normalise one parsed JSON row, or raise RowError saying what is wrong with it."""
+    if not isinstance(row, dict):
+        raise RowError(f"expected a JSON object, got {type(row).__name__}")
+    if row.get("conversations") is not None:
+        turns, role_key, text_key, roles = row["conversations"], "from", "value", _SHAREGPT_ROLES
+    elif row.get("messages") is not None:
+        turns, role_key, text_key, roles = row["messages"], "role", "content", {r: r for r in _OPENAI_ROLES}
+    elif row.get("text") is not None:
+        if not isinstance(row["text"], str) or not row["text"].strip():
+            raise RowError("'text' must be a non-empty string")
+        return {"messages": None, "text": row["text"]}
+    else:
+        raise RowError("row has none of the keys 'conversations' (ShareGPT), 'messages' (OpenAI) or 'text'")
+    if not isinstance(turns, list) or not turns:
+        raise RowError(f"'{'conversations' if role_key == 'from' else 'messages'}' must be a non-empty list")
+    messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or role_key not in turn or text_key not in turn:
+            raise RowError(f"turn {i} must be an object with '{role_key}' and '{text_key}'")
+        role = roles.get(str(turn[role_key]).lower())
+        if role is None:
+            raise RowError(f"turn {i} has unknown role {turn[role_key]!r}; expected one of {sorted(roles)}")
+        if not isinstance(turn[text_key], str):
+            raise RowError(f"turn {i} '{text_key}' must be a string, got {type(turn[text_key]).__name__}")
+        messages.append({"role": role, "content": turn[text_key]})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise RowError("conversation has no assistant turn, so nothing to train on")
+    return {"messages": messages, "text": None}
+
+
+def _scan_jsonl(path: Path, skip_bad_rows: bool, report: LoadReport) -> list[dict]:
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                try:
+                    parsed = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise RowError(f"invalid JSON ({e.msg} at column {e.colno})") from e
+                out.append(normalise_row(parsed))
+            except RowError as e:
+                if not skip_bad_rows:
+                    raise SpecforgeError(
+                        f"{path}: row {lineno}: {e}. Fix the row, or pass skip_bad_rows=true to skip bad rows"
+                    ) from None
+                report.skipped += 1
+                if len(report.problems) < 5:
+                    report.problems.append(f"row {lineno}: {e}")
+    return out
+
+
+def load_rows(path: str | Path, skip_bad_rows: bool = False) -> tuple[datasets.Dataset, LoadReport]:
+    """Load and validate a dataset file; see the module docstring for the formats."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise SpecforgeError(f"dataset file {p} does not exist")
+    report = LoadReport(path=p)
+    if p.suffix == ".txt":
+        ds = datasets.load_dataset("text", data_files=str(p), sample_by="document", split="train")
+        ds = ds.map(lambda r: {"messages": None, "text": r["text"]}, remove_columns=ds.column_names)
+    elif p.suffix in (".jsonl", ".json"):
+        # Validate line by line first: datasets' JSON reader reports neither the file's row numbers
+        # nor what is wrong with a row, and it rejects rows whose shape differs from the first row's.
+        rows = _scan_jsonl(p, skip_bad_rows, report)
+        features = datasets.Features(
+            {
+                "messages": datasets.List(
+                    {"role": datasets.Value("string"), "content": datasets.Value("string")}
+                ),
+                "text": datasets.Value("string"),
+            }
+        )
+        ds = datasets.Dataset.from_list(rows, features=features)
+    else:
+        raise SpecforgeError(
+            f"{p}: unsupported dataset extension {p.suffix!r}; use .jsonl, .json (JSON lines) or .txt"
+        )
+    report.rows = len(ds)
+    if report.rows == 0:
+        raise SpecforgeError(f"{p} has no usable rows ({report.skipped} skipped as malformed)")
+    return ds, report

@@ -1,0 +1,129 @@
+"""Regenerate assistant turns with the target's own responses.
+
+Contract: :func:`regenerate` reads a dataset (any format :mod:`formats` accepts) and writes an
+OpenAI-messages JSONL in which every assistant turn is replaced by the target's response to the
+conversation so far (earlier turns already regenerated), decoded greedily (``temperature=0``) or
+sampled. Conversations are processed in batches with left padding and a KV cache. Output is
+appended to ``<out>.partial`` batch by batch and renamed to ``out`` when complete, so a killed run
+resumes after the last finished batch. Plain-text rows are copied unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from specforge.data.formats import load_rows
+from specforge.errors import SpecforgeError
+from specforge.targets import Target
+
+
+def _count_complete_lines(path: Path) -> int:
+    """Lines that end in a newline; a torn last line (from a kill) is cut off."""
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    if keep < len(data):
+        with path.open("r+b") as fh:
+            fh.truncate(keep)
+    return data[:keep].count(b"\n")
+
+
+@torch.no_grad()
+def generate_responses(
+    target: Target,
+    conversations: list[list[dict]],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+) -> list[str]:
+    """The target's next assistant message for each conversation (batched, left-padded)."""
+    tok, model = target.tokenizer, target.model
+    prompts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(len(e) for e in encoded)
+    pad = tok.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
+    device = next(model.parameters()).device
+    sample = temperature > 0
+    out = model.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        max_new_tokens=max_new_tokens,
+        do_sample=sample,
+        temperature=temperature if sample else None,
+        top_p=top_p if sample else None,
+        top_k=None,
+        pad_token_id=pad,
+        eos_token_id=tok.eos_token_id,
+    )
+    return [tok.decode(row[width:], skip_special_tokens=True).strip() for row in out.tolist()]
+
+
+def regenerate(
+    target: Target,
+    data_path: str | Path,
+    out_path: str | Path,
+    batch_size: int = 16,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    limit: int | None = None,
+    skip_bad_rows: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Rewrite assistant turns; return ``{"rows", "resumed_from", "skipped_bad_rows"}``."""
+    out_path = Path(out_path)
+    if out_path.exists():
+        return {
+            "rows": sum(1 for _ in out_path.open()),
+            "resumed_from": None,
+            "skipped_bad_rows": 0,
+            "cached": True,
+        }
+    ds, report = load_rows(data_path, skip_bad_rows=skip_bad_rows)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    partial = out_path.with_name(out_path.name + ".partial")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    done = _count_complete_lines(partial)
+    if done > n:
+        raise SpecforgeError(f"{partial} has {done} rows but the input has {n}; delete it to start over")
+    start = done - done % batch_size  # restart the batch a kill interrupted, for identical sampling
+    if start != done:
+        with partial.open("r+b") as fh:
+            lines = fh.read().split(b"\n")[:start]
+            fh.seek(0)
+            fh.write(b"".join(line + b"\n" for line in lines))
+            fh.truncate()
+    bar = tqdm(total=n, initial=start, desc="regenerate", unit="conv", disable=not progress)
+    with partial.open("a", encoding="utf-8") as fh:
+        for lo in range(start, n, batch_size):
+            torch.manual_seed(seed + lo)
+            rows = [ds[i] for i in range(lo, min(n, lo + batch_size))]
+            convs = [[dict(m) for m in r["messages"]] if r["messages"] is not None else None for r in rows]
+            turn_idx = [[i for i, m in enumerate(c) if m["role"] == "assistant"] if c else [] for c in convs]
+            for t in range(max((len(x) for x in turn_idx), default=0)):
+                todo = [(ci, turn_idx[ci][t]) for ci in range(len(convs)) if len(turn_idx[ci]) > t]
+                replies = generate_responses(
+                    target, [convs[ci][:mi] for ci, mi in todo], max_new_tokens, temperature, top_p
+                )
+                for (ci, mi), reply in zip(todo, replies):
+                    convs[ci][mi]["content"] = reply
+            for r, c in zip(rows, convs):
+                fh.write(
+                    json.dumps({"messages": c} if c is not None else {"text": r["text"]}, ensure_ascii=False)
+                    + "\n"
+                )
+            fh.flush()
+            os.fsync(fh.fileno())
+            bar.update(len(rows))
+    bar.close()
+    os.replace(partial, out_path)
+    return {"rows": n, "resumed_from": start or None, "skipped_bad_rows": report.skipped, "cached": False}

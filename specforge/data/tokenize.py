@@ -1,0 +1,93 @@
+"""Chat templates and loss masks.
+
+Contract: :func:`tokenize_conversation` renders a conversation with the tokenizer's own chat
+template and returns ``input_ids`` and a ``loss_mask`` of the same length, where
+``loss_mask[j] == 1`` exactly when token ``j`` belongs to an assistant turn (its content and the
+end-of-turn marker the template writes after it). Position ``j`` is *predicted from* position
+``j - 1``; the trainer shifts. Both are cut to ``max_length``. Works for any template whose
+rendering of a conversation prefix is a prefix of the full rendering (Llama, Qwen, Mistral,
+the tiny target's); otherwise it falls back to locating each assistant message's text.
+:func:`tokenize_dataset` maps a normalised dataset (see :mod:`formats`) to those two columns.
+"""
+
+from __future__ import annotations
+
+import datasets
+from transformers import PreTrainedTokenizerBase
+
+from specforge.errors import SpecforgeError
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict], add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def assistant_char_spans(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict]
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered text and the [start, end) character span of every assistant turn in it."""
+    full = _render(tokenizer, messages, add_generation_prompt=False)
+    spans: list[tuple[int, int]] = []
+    search_from = 0
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
+        upto = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        if full.startswith(upto) and upto.startswith(before) and len(upto) > len(before):
+            spans.append((len(before), len(upto)))
+        else:
+            at = full.find(m["content"], search_from)
+            if at < 0:
+                raise SpecforgeError(
+                    "the chat template drops an assistant message's text; cannot build a loss mask"
+                )
+            spans.append((at, at + len(m["content"])))
+        search_from = spans[-1][1]
+    return full, spans
+
+
+def tokenize_conversation(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict], max_length: int
+) -> tuple[list[int], list[int]]:
+    """(input_ids, loss_mask) for one conversation; the mask covers assistant tokens only."""
+    text, spans = assistant_char_spans(tokenizer, messages)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    mask = [0] * len(ids)
+    k = 0
+    for j, (start, end) in enumerate(offsets):
+        while k < len(spans) and start >= spans[k][1]:
+            k += 1
+        if k < len(spans) and end > spans[k][0] and start < spans[k][1]:
+            mask[j] = 1
+    return ids[:max_length], mask[:max_length]
+
+
+def tokenize_text(
+    tokenizer: PreTrainedTokenizerBase, text: str, max_length: int
+) -> tuple[list[int], list[int]]:
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"][:max_length]
+    return ids, [1] * len(ids)
+
+
+def tokenize_dataset(
+    ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int, num_proc: int | None = None
+) -> datasets.Dataset:
+    """Map normalised rows to ``input_ids`` / ``loss_mask``; rows with no loss token are dropped."""
+    if any(r is not None for r in ds["messages"][:1]) and not tokenizer.chat_template:
+        raise SpecforgeError(
+            "the target's tokenizer has no chat template, but the dataset holds conversations"
+        )
+
+    def one(row: dict) -> dict:
+        if row["messages"] is not None:
+            ids, mask = tokenize_conversation(tokenizer, row["messages"], max_length)
+        else:
+            ids, mask = tokenize_text(tokenizer, row["text"], max_length)
+        return {"input_ids": ids, "loss_mask": mask}
+
+    out = ds.map(one, remove_columns=ds.column_names, num_proc=num_proc, desc="tokenizing")
+    return out.filter(lambda r: sum(r["loss_mask"]) > 0, desc="dropping rows without assistant tokens")

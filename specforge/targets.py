@@ -1,0 +1,138 @@
+"""Load a frozen target model from any local Hugging Face causal-LM directory.
+
+Contract: :func:`load_target` returns the model (eval mode, no grad) and its tokenizer, or raises
+:class:`SpecforgeError` naming the path and the fix when the directory, its config, its weights, its
+tokenizer or its chat template is missing or invalid. Nothing is ever downloaded: loading is
+``local_files_only``. Llama, Qwen2/Qwen3 and Mistral families are supported (anything whose
+``AutoModelForCausalLM`` class exposes ``model.layers`` and ``lm_head``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from specforge.errors import SpecforgeError
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+
+
+@dataclass
+class Target:
+    """A frozen target model with its tokenizer."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    path: Path
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.config.vocab_size)
+
+
+def check_target_dir(path: str | os.PathLike, need_chat_template: bool = True) -> Path:
+    """Validate a target directory without loading weights; return it as a Path."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise SpecforgeError(
+            f"target model directory {p} does not exist: pass a local Hugging Face model directory "
+            "(with config.json, weights and tokenizer), or build the default with `specforge target build-tiny`"
+        )
+    if not p.is_dir():
+        raise SpecforgeError(f"target model path {p} is a file; pass the directory that holds config.json")
+    cfg_path = p / "config.json"
+    if not cfg_path.is_file():
+        raise SpecforgeError(f"{p} has no config.json: it is not a Hugging Face model directory")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise SpecforgeError(
+            f"{cfg_path} is not valid JSON ({e}); re-save the model with save_pretrained"
+        ) from e
+    model_type = cfg.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise SpecforgeError(
+            f"{cfg_path}: model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    if not any(any(p.glob(pat)) for pat in _WEIGHT_PATTERNS):
+        raise SpecforgeError(f"{p} holds no weights (*.safetensors or pytorch_model*.bin); copy them there")
+    if not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise SpecforgeError(
+            f"{p} has no tokenizer (tokenizer.json, tokenizer.model or vocab.json): "
+            "save the tokenizer into the model directory with tokenizer.save_pretrained(dir)"
+        )
+    if need_chat_template and not _has_chat_template(p):
+        raise SpecforgeError(
+            f"{p} has no chat template (tokenizer_config.json 'chat_template' or chat_template.jinja): "
+            "add one, or use a plain-text dataset, which needs none"
+        )
+    return p
+
+
+def _has_chat_template(p: Path) -> bool:
+    if (p / "chat_template.jinja").is_file() or (p / "chat_template.json").is_file():
+        return True
+    tc = p / "tokenizer_config.json"
+    if tc.is_file():
+        try:
+            return bool(json.loads(tc.read_text()).get("chat_template"))
+        except json.JSONDecodeError:
+            return False
+    return False
+
+
+def load_tokenizer(path: str | os.PathLike, need_chat_template: bool = True) -> PreTrainedTokenizerBase:
+    p = check_target_dir(path, need_chat_template)
+    try:
+        tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
+    except Exception as e:
+        raise SpecforgeError(f"could not load the tokenizer in {p}: {e}") from e
+    if not tok.is_fast:
+        raise SpecforgeError(
+            f"the tokenizer in {p} is a slow tokenizer; specforge needs a fast (tokenizer.json) one"
+        )
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_target(
+    path: str | os.PathLike,
+    dtype: torch.dtype | str = "auto",
+    device: str | torch.device = "cpu",
+    need_chat_template: bool = True,
+) -> Target:
+    """Load a frozen target: eval mode, ``requires_grad=False`` on every parameter."""
+    p = check_target_dir(path, need_chat_template)
+    tok = load_tokenizer(p, need_chat_template)
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype, local_files_only=True)
+    except Exception as e:
+        raise SpecforgeError(f"could not load the target model weights in {p}: {e}") from e
+    if not hasattr(model, "model") or not hasattr(model.model, "layers"):
+        raise SpecforgeError(
+            f"{p}: model class {type(model).__name__} has no model.layers; not a decoder-only LM"
+        )
+    if model.config.vocab_size < len(tok):
+        raise SpecforgeError(
+            f"{p}: tokenizer has {len(tok)} tokens but the model's vocab_size is {model.config.vocab_size}; "
+            "the tokenizer does not belong to this model"
+        )
+    model.to(device).eval().requires_grad_(False)
+    return Target(model=model, tokenizer=tok, path=p)

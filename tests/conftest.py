@@ -1,0 +1,42 @@
+"""Shared fixtures: a micro target built by the real tiny-target builder at reduced size."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def micro_target_dir(tmp_path_factory):
+    """An 8-layer, 32-wide Llama with its own BPE tokenizer, trained for a few steps."""
+    from specforge.tiny_target import TinyTargetConfig, build_tiny_target
+
+    cfg = TinyTargetConfig(
+        vocab_size=400,
+        hidden_size=32,
+        num_layers=8,
+        num_heads=2,
+        num_kv_heads=1,
+        intermediate_size=64,
+        seq_len=64,
+        batch_size=4,
+        steps=4,
+        warmup_steps=2,
+        max_chat_rows=60,
+        max_corpus_files=40,
+        eval_windows=2,
+        sample_prompts=2,
+        sample_tokens=16,
+    )
+    return build_tiny_target(cfg, out_dir=tmp_path_factory.mktemp("targets") / "micro", progress=False)
+
+
+@pytest.fixture(scope="session")
+def micro_target(micro_target_dir):
+    from specforge.targets import load_target
+
+    return load_target(micro_target_dir)
