@@ -116,6 +116,8 @@ def _token_stream(tokenizer, texts: list[str], sep_id: int) -> torch.Tensor:
 
 def _sample_windows(stream: torch.Tensor, n: int, seq_len: int, gen: torch.Generator) -> torch.Tensor:
     starts = torch.randint(0, len(stream) - seq_len - 1, (n,), generator=gen)
+    if n == 0:
+        return stream.new_zeros((0, seq_len))
     return torch.stack([stream[s : s + seq_len] for s in starts.tolist()])
 
 
@@ -129,8 +131,11 @@ def distinct_ngram_ratio(tokens: list[int], n: int = 4) -> float:
 def heldout_loss(model, stream: torch.Tensor, seq_len: int, n_windows: int) -> float:
     """Mean next-token loss over ``n_windows`` evenly spaced windows of a held-out token stream."""
     model.eval()
-    step = max(1, (len(stream) - seq_len - 1) // n_windows)
-    windows = torch.stack([stream[i : i + seq_len] for i in range(0, step * n_windows, step)])
+    seq_len = min(seq_len, len(stream))
+    step = max(1, (len(stream) - seq_len) // n_windows)
+    windows = torch.stack(
+        [stream[i : i + seq_len] for i in range(0, len(stream) - seq_len + 1, step)][:n_windows]
+    )
     losses = [model(input_ids=w[None], labels=w[None]).loss.item() for w in windows]
     return float(sum(losses) / len(losses))
 

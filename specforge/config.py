@@ -1,0 +1,133 @@
+"""One typed schema for training recipes (YAML) and ``key=value`` command-line overrides.
+
+Contract: :func:`load_train_config` reads a YAML recipe, applies dotted overrides
+(``optim.lr=3e-4``, values parsed as YAML scalars), and validates the result against
+:class:`TrainConfig`. Unknown keys, wrong types and malformed YAML raise :class:`SpecforgeError`
+naming the key (and the file). :meth:`TrainConfig.save` writes the resolved config beside
+checkpoints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from specforge.errors import SpecforgeError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    train: str  # dataset file (JSONL/.txt)
+    eval: str | None = None
+    max_length: int = Field(1024, gt=8)
+    skip_bad_rows: bool = False
+    eval_limit: int | None = 200
+
+
+class DraftConfig(_Strict):
+    type: str = "eagle3"
+    draft_vocab_size: int = Field(1024, gt=0)
+    aux_layers: list[int] | None = None  # None: EAGLE-3 default (2, L//2, L-3)
+
+
+class TTTConfig(_Strict):
+    steps: int = Field(7, ge=1, le=16)
+    decay: float = Field(0.8, gt=0, le=1)
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = 0.0
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    batch_size: int = Field(4, ge=1)  # per process
+    grad_accum: int = Field(1, ge=1)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = None  # optimizer steps; overrides epochs
+
+
+class TrainConfig(_Strict):
+    target: str | None = None  # HF model directory; None: the embedded tiny target
+    output_dir: str = "runs/draft"
+    hidden_states: Literal["online", "offline"] = "online"
+    capture_dir: str | None = None  # offline: shards of data.train (written if missing)
+    data: DataConfig
+    draft: DraftConfig = DraftConfig()
+    ttt: TTTConfig = TTTConfig()
+    optim: OptimConfig = OptimConfig()
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    eval_every: int = Field(100, ge=1)
+    save_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_with: list[Literal["tensorboard", "wandb"]] = ["tensorboard"]
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    seed: int = 0
+    progress: bool = True
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v):
+        return "no" if v is False else v  # YAML 1.1 reads a bare `no` as false
+
+    def save(self, path: Path) -> None:
+        tmp = Path(path).with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+        tmp.replace(path)
+
+
+def _set_dotted(tree: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        if not isinstance(node.get(k, {}), dict):
+            raise SpecforgeError(f"override {dotted!r}: {k!r} is not a section")
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+
+
+def _format_error(e: ValidationError, where: str) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"{where}: unknown key {loc!r}; check the spelling against specforge.config.TrainConfig"
+    if err["type"] == "missing":
+        return f"{where}: required key {loc!r} is missing"
+    return f"{where}: {loc}: {err['msg']} (got {err.get('input')!r})"
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    raw: dict = {}
+    where = "config"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        if not p.is_file():
+            raise SpecforgeError(f"recipe {p} does not exist")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise SpecforgeError(f"{p} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise SpecforgeError(f"{p}: the recipe must be a mapping of keys to values")
+    for item in overrides or []:
+        if "=" not in item:
+            raise SpecforgeError(f"override {item!r} is not key=value (e.g. optim.lr=3e-4)")
+        key, value = item.split("=", 1)
+        try:
+            parsed = yaml.safe_load(value) if value else value
+        except yaml.YAMLError:
+            parsed = value
+        if isinstance(parsed, bool) and value.lower() not in ("true", "false"):
+            parsed = value  # yes/no/on/off stay strings; only true/false are booleans
+        _set_dotted(raw, key, parsed)
+        where = f"{where} (with overrides)" if "overrides" not in where else where
+    try:
+        return TrainConfig(**raw)
+    except ValidationError as e:
+        raise SpecforgeError(_format_error(e, where)) from None

@@ -1,0 +1,175 @@
+"""Export trained draft heads: vLLM's EAGLE-3 checkpoint, or a directory the toolkit reloads.
+
+Contract
+--------
+* :func:`export_vllm` writes ``config.json`` (``LlamaForCausalLMEagle3``) and ``model.safetensors``
+  in the layout vLLM's ``llama_eagle3.py`` loads: ``fc``, ``midlayer.*``, ``norm``, ``lm_head``
+  over the draft vocabulary, and ``d2t`` offsets (``target_id = draft_id + d2t[draft_id]``). The
+  token embedding is left out, so vLLM shares the target's.
+* :func:`check_vllm_eagle3` checks every key, shape and dtype against the spec that the config
+  implies, and that ``d2t`` maps to distinct in-range target ids. It runs before anything is
+  written, and any mismatch raises :class:`SpecforgeError` listing every problem, so a wrong export
+  fails instead of serving garbage.
+* :func:`export_hf` / :func:`load_draft` write and reload the toolkit's own format:
+  ``draft_config.json`` (with the draft ``type``) plus ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from draft_models.eagle3 import Eagle3Config
+from draft_models.registry import get_draft_type
+from specforge.errors import SpecforgeError
+
+VLLM_ARCH = "LlamaForCausalLMEagle3"
+
+
+def vllm_eagle3_spec(cfg: Eagle3Config) -> dict[str, tuple[tuple[int, ...], torch.dtype | None]]:
+    """Expected tensor name -> (shape, dtype or None for any float dtype)."""
+    h, hd = cfg.hidden_size, cfg.head_dim
+    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+    return {
+        "fc.weight": ((h, 3 * cfg.target_hidden_size), None),
+        "midlayer.input_layernorm.weight": ((h,), None),
+        "midlayer.hidden_norm.weight": ((h,), None),
+        "midlayer.post_attention_layernorm.weight": ((h,), None),
+        "midlayer.self_attn.q_proj.weight": ((q, 2 * h), None),
+        "midlayer.self_attn.k_proj.weight": ((kv, 2 * h), None),
+        "midlayer.self_attn.v_proj.weight": ((kv, 2 * h), None),
+        "midlayer.self_attn.o_proj.weight": ((h, q), None),
+        "midlayer.mlp.gate_proj.weight": ((cfg.intermediate_size, h), None),
+        "midlayer.mlp.up_proj.weight": ((cfg.intermediate_size, h), None),
+        "midlayer.mlp.down_proj.weight": ((h, cfg.intermediate_size), None),
+        "norm.weight": ((h,), None),
+        "lm_head.weight": ((cfg.draft_vocab_size, h), None),
+        "d2t": ((cfg.draft_vocab_size,), torch.int64),
+    }
+
+
+def check_vllm_eagle3(tensors: dict[str, torch.Tensor], cfg: Eagle3Config) -> None:
+    """Raise SpecforgeError listing every key/shape/dtype/d2t problem; return None when all is well."""
+    spec = vllm_eagle3_spec(cfg)
+    problems = [f"missing tensor {k}" for k in spec if k not in tensors]
+    problems += [f"unexpected tensor {k}" for k in tensors if k not in spec]
+    for k, (shape, dtype) in spec.items():
+        t = tensors.get(k)
+        if t is None:
+            continue
+        if tuple(t.shape) != shape:
+            problems.append(f"{k} has shape {tuple(t.shape)}, expected {shape}")
+        if dtype is not None and t.dtype != dtype:
+            problems.append(f"{k} has dtype {t.dtype}, expected {dtype}")
+        if dtype is None and not t.is_floating_point():
+            problems.append(f"{k} has dtype {t.dtype}, expected a float dtype")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            problems.append(f"{k} holds NaN or inf")
+    d2t = tensors.get("d2t")
+    if d2t is not None and d2t.shape == (cfg.draft_vocab_size,) and d2t.dtype == torch.int64:
+        target_ids = torch.arange(cfg.draft_vocab_size) + d2t
+        if int(target_ids.min()) < 0 or int(target_ids.max()) >= cfg.vocab_size:
+            problems.append(f"d2t maps draft ids outside the target vocabulary (0..{cfg.vocab_size - 1})")
+        if target_ids.unique().numel() != cfg.draft_vocab_size:
+            problems.append("d2t maps two draft ids to the same target id")
+    if problems:
+        raise SpecforgeError("the EAGLE-3 export does not match what vLLM loads:\n  " + "\n  ".join(problems))
+
+
+def vllm_eagle3_config(cfg: Eagle3Config, dtype: str = "float32") -> dict:
+    return {
+        "architectures": [VLLM_ARCH],
+        "model_type": "llama",
+        "num_hidden_layers": 1,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "vocab_size": cfg.vocab_size,
+        "draft_vocab_size": cfg.draft_vocab_size,
+        "target_hidden_size": cfg.target_hidden_size,
+        "tie_word_embeddings": False,
+        "torch_dtype": dtype,
+        "eagle_config": {"eagle_aux_hidden_state_layer_ids": list(cfg.aux_layer_ids)},
+    }
+
+
+def _write_dir(out: Path, tensors: dict[str, torch.Tensor], files: dict[str, dict]) -> Path:
+    """Write into ``out.tmp`` and rename, so a failed export never leaves a half-written directory."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
+    for name, payload in files.items():
+        (tmp / name).write_text(json.dumps(payload, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def load_draft_weights(run_dir: str | Path) -> tuple[str, Eagle3Config, dict[str, torch.Tensor]]:
+    """(type, config, state dict) from a training run (``draft_config.json`` + ``draft.safetensors``)
+    or an HF-format export (``draft_config.json`` + ``model.safetensors``)."""
+    d = Path(run_dir)
+    cfg_path = d / "draft_config.json"
+    weights = d / "draft.safetensors" if (d / "draft.safetensors").is_file() else d / "model.safetensors"
+    if not cfg_path.is_file() or not weights.is_file():
+        raise SpecforgeError(
+            f"{d} is not a finished training run or draft export: it needs draft_config.json and "
+            "draft.safetensors (or model.safetensors); train with `python -m specforge.train` first"
+        )
+    try:
+        raw = json.loads(cfg_path.read_text())
+        draft_type = raw.pop("type")
+        cfg = get_draft_type(draft_type).config_cls(**raw)
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise SpecforgeError(f"{cfg_path} is corrupt ({e}); re-export or retrain") from e
+    try:
+        state = load_file(str(weights))
+    except Exception as e:
+        raise SpecforgeError(f"{weights} is corrupt ({e}); re-export or retrain") from e
+    return draft_type, cfg, state
+
+
+def export_vllm(run_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
+    draft_type, cfg, state = load_draft_weights(run_dir)
+    if draft_type != "eagle3":
+        raise SpecforgeError(f"--format vllm exports EAGLE-3 drafts; {run_dir} holds a {draft_type!r} draft")
+    torch_dtype = getattr(torch, dtype)
+    tensors = {k: (v.to(torch_dtype) if v.is_floating_point() else v) for k, v in state.items()}
+    tensors = {k: v for k, v in tensors.items() if k not in ("embed_tokens.weight", "t2d")}
+    check_vllm_eagle3(tensors, cfg)
+    return _write_dir(Path(out_dir), tensors, {"config.json": vllm_eagle3_config(cfg, dtype)})
+
+
+def export_hf(run_dir: str | Path, out_dir: str | Path) -> Path:
+    draft_type, cfg, state = load_draft_weights(run_dir)
+    tensors = {k: v for k, v in state.items() if k != "embed_tokens.weight"}
+    return _write_dir(Path(out_dir), tensors, {"draft_config.json": {"type": draft_type, **cfg.to_dict()}})
+
+
+def load_draft(draft_dir: str | Path, target_embedding: torch.Tensor | None = None) -> torch.nn.Module:
+    """Rebuild a draft module from a training run or an HF-format export (eval mode)."""
+    draft_type, cfg, state = load_draft_weights(draft_dir)
+    model = get_draft_type(draft_type).model_cls(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "embed_tokens.weight"]
+    if missing or unexpected:
+        raise SpecforgeError(
+            f"{draft_dir}: weights do not fit a {draft_type} draft (missing {missing}, unexpected {unexpected})"
+        )
+    if target_embedding is not None:
+        model.load_target_embedding(target_embedding)
+    return model.eval()

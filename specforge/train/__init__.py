@@ -1,0 +1,1 @@
+"""Draft training: the training-time-test loss, the accelerate loop, checkpoints, evaluation."""

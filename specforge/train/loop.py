@@ -1,0 +1,328 @@
+"""The draft-training loop, run by ``accelerate launch -m specforge.train`` or plain ``python -m``.
+
+Contract: :func:`train` builds the draft vocabulary from the training data, creates the draft head
+named by ``cfg.draft.type`` (from the registry), and trains it with the training-time-test loss
+against a frozen target whose hidden states come online (captured per batch) or offline (shards).
+Gradient accumulation, mixed precision, clipping, a cosine schedule with warm-up and DDP come
+from accelerate. Every ``save_every`` optimizer steps, ``accelerator.save_state`` writes a
+checkpoint to a temporary directory that is renamed into place, then ``latest.json`` is replaced
+atomically; the resolved config sits beside every checkpoint. Resuming reloads model, optimizer,
+scheduler, RNG and the loop's own position (:class:`LoopState`) and skips the batches already seen
+in the current epoch, so a killed-and-resumed run follows the uninterrupted run's trajectory.
+Each evaluation logs alpha_k and the simulated tau (bonus token included) on the held-out split.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from draft_models.registry import get_draft_type
+from specforge.capture import (
+    CaptureConfig,
+    CapturedBatch,
+    OnlineCapture,
+    ShardDataset,
+    collate_captured,
+    pad_batch,
+    write_shards,
+)
+from specforge.config import TrainConfig
+from specforge.data.formats import load_rows
+from specforge.data.tokenize import tokenize_dataset
+from specforge.errors import SpecforgeError
+from specforge.targets import Target, load_target
+from specforge.train.ttt import acceptance_stats, ttt_forward
+from specforge.vocab import build_draft_vocab
+
+CKPT_DIR = "checkpoints"
+LATEST = "latest.json"
+
+
+@dataclass
+class LoopState:
+    """The loop's own position, saved with every checkpoint."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches consumed in the current epoch
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.__dict__.update(sd)
+
+
+class TTTModule(nn.Module):
+    """Wraps a draft so DDP sees one forward: the training-time-test loss on a captured batch."""
+
+    def __init__(self, draft: nn.Module, steps: int, decay: float):
+        super().__init__()
+        self.draft, self.steps, self.decay = draft, steps, decay
+
+    def forward(self, batch: CapturedBatch, lm_head: nn.Module | None):
+        return ttt_forward(self.draft, batch, lm_head, self.steps, self.decay)
+
+
+def _tokenized(path: str, target: Target, cfg: TrainConfig, limit: int | None = None):
+    rows, report = load_rows(path, skip_bad_rows=cfg.data.skip_bad_rows)
+    if limit is not None:
+        rows = rows.select(range(min(limit, len(rows))))
+    return tokenize_dataset(rows, target.tokenizer, cfg.data.max_length), report
+
+
+def _latest(output_dir: Path) -> Path | None:
+    pointer = output_dir / CKPT_DIR / LATEST
+    if not pointer.is_file():
+        return None
+    try:
+        path = output_dir / CKPT_DIR / json.loads(pointer.read_text())["dir"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise SpecforgeError(
+            f"{pointer} is corrupt ({e}); delete it to start over, or point it at a checkpoint"
+        ) from e
+    if not path.is_dir():
+        raise SpecforgeError(f"{pointer} names {path}, which does not exist; delete {pointer} to start over")
+    return path
+
+
+def _flat_hparams(tree: dict, prefix: str = "") -> dict:
+    """Nested config -> {"a.b": scalar} (trackers take scalars only; lists and None become strings)."""
+    flat = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            flat.update(_flat_hparams(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v if isinstance(v, int | float | str | bool) else str(v)
+    return flat
+
+
+def train(cfg: TrainConfig) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    out = Path(cfg.output_dir)
+    log_with = [x for x in cfg.log_with if x != "wandb" or cfg.wandb_mode != "disabled"]
+    if "wandb" in log_with:
+        os.environ.setdefault("WANDB_MODE", cfg.wandb_mode)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.optim.grad_accum,
+        mixed_precision=cfg.mixed_precision,
+        log_with=log_with or None,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    )
+    set_seed(cfg.seed)
+    if cfg.target is None:
+        from specforge.tiny_target import build_tiny_target
+
+        with accelerator.main_process_first():
+            target_dir = build_tiny_target(progress=accelerator.is_main_process)
+    else:
+        target_dir = Path(cfg.target)
+    target = load_target(target_dir, device=accelerator.device)
+    with accelerator.main_process_first():
+        train_ds, train_report = _tokenized(cfg.data.train, target, cfg)
+        eval_ds = _tokenized(cfg.data.eval, target, cfg, cfg.data.eval_limit)[0] if cfg.data.eval else None
+
+    vocab = build_draft_vocab(
+        zip(train_ds["input_ids"], train_ds["loss_mask"]), target.vocab_size, cfg.draft.draft_vocab_size
+    )
+    capture_cfg = CaptureConfig(aux_layers=cfg.draft.aux_layers)
+    layers = capture_cfg.resolved_layers(target.num_layers)
+    dtype = get_draft_type(cfg.draft.type)
+    draft_cfg = dtype.config_cls.from_target(target.model.config, cfg.draft.draft_vocab_size, layers)
+    draft = dtype.model_cls(draft_cfg)
+    draft.set_vocab(vocab.d2t, vocab.t2d)
+    draft.load_target_embedding(target.model.get_input_embeddings().weight.detach().cpu())
+    module = TTTModule(draft, cfg.ttt.steps, cfg.ttt.decay)
+
+    pad_id = target.tokenizer.pad_token_id
+    if cfg.hidden_states == "offline":
+        cap_dir = Path(cfg.capture_dir or out / "capture")
+        if accelerator.is_main_process:
+            write_shards(target, train_ds, cap_dir, capture_cfg, progress=cfg.progress)
+        accelerator.wait_for_everyone()
+        dataset = ShardDataset(cap_dir)
+        collate = lambda items: collate_captured(items, pad_id)  # noqa: E731
+        online = None
+    else:
+        dataset = train_ds.with_format(None)
+        collate = lambda rows: pad_batch(rows, pad_id)  # noqa: E731
+        online = OnlineCapture(target, capture_cfg)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.optim.batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    steps_per_epoch = max(1, math.ceil(len(loader) / accelerator.num_processes / cfg.optim.grad_accum))
+    total_steps = cfg.optim.max_steps or max(1, int(cfg.optim.epochs * steps_per_epoch))
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=(0.9, 0.95)
+    )
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer,
+        int(cfg.optim.warmup_ratio * total_steps) * accelerator.num_processes,
+        total_steps * accelerator.num_processes,
+    )
+    module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
+    state = LoopState()
+    accelerator.register_for_checkpointing(state)
+
+    resume_from = _latest(out)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        accelerator.print(f"[train] resumed from {resume_from} at step {state.step}")
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.yaml")
+        accelerator.init_trackers("specforge", config=_flat_hparams(cfg.model_dump(mode="json")))
+        accelerator.print(
+            f"[train] {len(train_ds)} sequences ({train_report.skipped} bad rows skipped); draft vocab "
+            f"{cfg.draft.draft_vocab_size} covers {vocab.coverage:.1%} of assistant tokens; {total_steps} steps"
+        )
+
+    def to_captured(batch) -> CapturedBatch:
+        if online is not None:
+            return online(**batch)
+        return batch.to(accelerator.device)
+
+    def evaluate() -> dict:
+        if eval_ds is None:
+            return {}
+        module.eval()
+        corrects, valids, losses = [], [], []
+        cap = online or OnlineCapture(target, capture_cfg)
+        with torch.no_grad():
+            for lo in range(0, len(eval_ds), cfg.optim.batch_size):
+                chunk = eval_ds[lo : lo + cfg.optim.batch_size]
+                rows = [
+                    {"input_ids": a, "loss_mask": b} for a, b in zip(chunk["input_ids"], chunk["loss_mask"])
+                ]
+                res = accelerator.unwrap_model(module)(cap(**pad_batch(rows, pad_id)), target.model.lm_head)
+                w = res.correct.shape[2]
+                corrects.append(res.correct.reshape(res.correct.shape[0], -1, w).flatten(1))
+                valids.append(res.valid.flatten(1))
+                losses.append(res.loss.item())
+        if cap is not online:
+            cap.close()
+        module.train()
+        st = acceptance_stats(torch.cat(corrects, 1)[:, None], torch.cat(valids, 1)[:, None])
+        return {
+            "eval/loss": sum(losses) / len(losses),
+            "eval/tau": st.tau,
+            **{f"eval/alpha_{k}": a for k, a in enumerate(st.alpha)},
+        }
+
+    def save_checkpoint() -> None:
+        accelerator.wait_for_everyone()
+        ckpt_root = out / CKPT_DIR
+        name = f"step-{state.step:07d}"
+        tmp = ckpt_root / (name + ".tmp")
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            cfg.save(tmp / "config.yaml")
+            final = ckpt_root / name
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            pointer = ckpt_root / (LATEST + ".tmp")
+            pointer.write_text(json.dumps({"dir": name, "step": state.step}))
+            pointer.replace(ckpt_root / LATEST)
+            for old in sorted(
+                p for p in ckpt_root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")
+            )[: -cfg.keep_checkpoints]:
+                shutil.rmtree(old)
+        accelerator.wait_for_everyone()
+
+    module.train()
+    bar = tqdm(
+        total=total_steps,
+        initial=state.step,
+        desc="train",
+        disable=not (cfg.progress and accelerator.is_main_process),
+    )
+    history: list[dict] = []
+    t0 = time.time()
+    while state.step < total_steps:
+        epoch_loader = (
+            accelerator.skip_first_batches(loader, state.batches_in_epoch)
+            if state.batches_in_epoch
+            else loader
+        )
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(state.epoch)
+        for batch in epoch_loader:
+            with accelerator.accumulate(module):
+                res = module(to_captured(batch), target.model.lm_head)
+                accelerator.backward(res.loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(trainable, cfg.optim.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            state.batches_in_epoch += 1
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            logs = {
+                "train/loss": res.loss.item(),
+                "lr": scheduler.get_last_lr()[0],
+                **{f"train/loss_{i}": v for i, v in enumerate(res.step_losses.tolist())},
+            }
+            if state.step % cfg.eval_every == 0 or state.step == total_steps:
+                logs.update(evaluate())
+            accelerator.log(logs, step=state.step)
+            history.append({"step": state.step, **logs})
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs['train/loss']:.3f}", tau=f"{logs.get('eval/tau', float('nan')):.2f}")
+            if state.step % cfg.save_every == 0 or state.step == total_steps:
+                save_checkpoint()
+            if state.step >= total_steps:
+                break
+        else:
+            state.epoch += 1
+            state.batches_in_epoch = 0
+    bar.close()
+    if online is not None:
+        online.close()
+    accelerator.end_training()
+    final = {k: v for k, v in history[-1].items()} if history else {}
+    if accelerator.is_main_process:
+        final_draft = accelerator.unwrap_model(module).draft
+        from safetensors.torch import save_file
+
+        weights = {k: v.detach().cpu().contiguous() for k, v in final_draft.state_dict().items()}
+        save_file(weights, str(out / "draft.safetensors.tmp"))
+        os.replace(out / "draft.safetensors.tmp", out / "draft.safetensors")
+        (out / "draft_config.json").write_text(
+            json.dumps({"type": cfg.draft.type, **draft_cfg.to_dict()}, indent=1)
+        )
+        (out / "train_summary.json").write_text(
+            json.dumps(
+                {
+                    "final": final,
+                    "steps": state.step,
+                    "seconds": round(time.time() - t0, 1),
+                    "vocab_coverage": vocab.coverage,
+                },
+                indent=1,
+            )
+        )
+    return {"final": final, "history": history, "coverage": vocab.coverage, "steps": state.step}

@@ -1,0 +1,120 @@
+"""The accelerate training loop on the micro target: learning, resume equivalence, offline mode."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from specforge import capture as capture_mod
+from specforge.config import load_train_config
+from specforge.data.demo import write_demo_dataset
+from specforge.train import loop as loop_mod
+from specforge.train.loop import train
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("demo")
+    write_demo_dataset(d, max_train=24, max_heldout=8)
+    return d
+
+
+def _cfg(micro_target_dir, demo_data, out, *extra):
+    return load_train_config(
+        None,
+        [
+            f"target={micro_target_dir}",
+            f"output_dir={out}",
+            f"data.train={demo_data / 'train.jsonl'}",
+            f"data.eval={demo_data / 'heldout.jsonl'}",
+            "data.max_length=256",
+            "draft.draft_vocab_size=200",
+            "ttt.steps=3",
+            "optim.batch_size=4",
+            "optim.lr=3e-3",
+            "optim.max_steps=8",
+            "eval_every=4",
+            "save_every=4",
+            "log_with=[tensorboard]",
+            "progress=false",
+            *extra,
+        ],
+    )
+
+
+def test_training_reduces_loss_and_reports_acceptance(micro_target_dir, demo_data, tmp_path):
+    res = train(_cfg(micro_target_dir, demo_data, tmp_path / "run", "optim.max_steps=20", "eval_every=10"))
+    hist = res["history"]
+    assert hist[-1]["train/loss"] < hist[0]["train/loss"]
+    final = res["final"]
+    assert 1.0 <= final["eval/tau"] <= 4.0 and 0 <= final["eval/alpha_0"] <= 1
+    assert 0 < res["coverage"] <= 1
+    run = tmp_path / "run"
+    assert (run / "config.yaml").is_file() and (run / "draft.safetensors").is_file()
+    latest = json.loads((run / "checkpoints" / "latest.json").read_text())
+    assert latest["step"] == 20 and (run / "checkpoints" / latest["dir"] / "config.yaml").is_file()
+    assert list((run / "logs").rglob("events.out.tfevents*"))
+
+
+def test_resume_is_exact(micro_target_dir, demo_data, tmp_path, monkeypatch):
+    straight = train(_cfg(micro_target_dir, demo_data, tmp_path / "a"))
+
+    real_log = None
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_step_5(self, values, step=None, log_kwargs=None):
+        if step == 5:
+            raise Killed
+        return real_log(self, values, step=step, log_kwargs=log_kwargs or {})
+
+    from accelerate import Accelerator
+
+    real_log = Accelerator.log
+    monkeypatch.setattr(Accelerator, "log", kill_after_step_5)
+    with pytest.raises(Killed):
+        train(_cfg(micro_target_dir, demo_data, tmp_path / "b"))
+    monkeypatch.setattr(Accelerator, "log", real_log)
+    latest = json.loads((tmp_path / "b" / "checkpoints" / "latest.json").read_text())
+    assert latest["step"] == 4
+    resumed = train(_cfg(micro_target_dir, demo_data, tmp_path / "b"))
+    a = {h["step"]: h["train/loss"] for h in straight["history"]}
+    b = {h["step"]: h["train/loss"] for h in resumed["history"]}
+    assert sorted(b) == [5, 6, 7, 8]
+    for step in b:
+        assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6), step
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(tmp_path / "a" / "draft.safetensors"), load_file(tmp_path / "b" / "draft.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_offline_mode_matches_online(micro_target_dir, demo_data, tmp_path):
+    on = train(_cfg(micro_target_dir, demo_data, tmp_path / "on", "optim.max_steps=3"))
+    off = train(
+        _cfg(
+            micro_target_dir,
+            demo_data,
+            tmp_path / "off",
+            "optim.max_steps=3",
+            "hidden_states=offline",
+            "mixed_precision=no",
+        )
+    )
+    assert (tmp_path / "off" / "capture" / capture_mod.MANIFEST).is_file()
+    for x, y in zip(on["history"], off["history"]):
+        assert x["train/loss"] == pytest.approx(y["train/loss"], rel=1e-4)
+
+
+def test_corrupt_latest_pointer(micro_target_dir, demo_data, tmp_path):
+    from specforge.errors import SpecforgeError
+
+    ck = tmp_path / "r" / loop_mod.CKPT_DIR
+    ck.mkdir(parents=True)
+    (ck / loop_mod.LATEST).write_text("{not json")
+    with pytest.raises(SpecforgeError, match="corrupt"):
+        train(_cfg(micro_target_dir, demo_data, tmp_path / "r"))

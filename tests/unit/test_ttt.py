@@ -1,0 +1,133 @@
+"""EAGLE-3 head, draft vocabulary and the training-time test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from draft_models.eagle3 import Eagle3Config, Eagle3Draft
+from draft_models.registry import get_draft_type
+from specforge.capture import CapturedBatch
+from specforge.errors import SpecforgeError
+from specforge.train.ttt import _ttt_attention, acceptance_stats, ttt_forward
+from specforge.vocab import build_draft_vocab
+
+H, V, VD = 16, 50, 20
+
+
+def _draft(seed=0) -> Eagle3Draft:
+    torch.manual_seed(seed)
+    cfg = Eagle3Config(
+        hidden_size=H,
+        intermediate_size=32,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        vocab_size=V,
+        draft_vocab_size=VD,
+        target_hidden_size=H,
+        num_target_layers=8,
+        aux_layer_ids=[2, 4, 5],
+    )
+    d = Eagle3Draft(cfg)
+    vocab = build_draft_vocab([(list(range(V)), [1] * V)], V, VD)
+    d.set_vocab(vocab.d2t, vocab.t2d)
+    return d
+
+
+def _batch(b=3, s=12, seed=1, lengths=(12, 9, 5)) -> CapturedBatch:
+    g = torch.Generator().manual_seed(seed)
+    attn = torch.zeros(b, s, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        attn[i, :n] = 1
+    return CapturedBatch(
+        input_ids=torch.randint(0, V, (b, s), generator=g) * attn,
+        attention_mask=attn,
+        loss_mask=attn.clone(),
+        aux_hidden_states=torch.randn(b, s, 3 * H, generator=g),
+        last_hidden_state=torch.randn(b, s, H, generator=g),
+        logits=torch.randn(b, s, V, generator=g) * 3,
+    )
+
+
+def test_registry_knows_eagle3():
+    t = get_draft_type("eagle3")
+    assert t.model_cls is Eagle3Draft and t.config_cls is Eagle3Config
+    with pytest.raises(KeyError, match="unknown draft type"):
+        get_draft_type("medusa9")
+
+
+def test_draft_vocab_top_n_and_coverage():
+    rows = [([5, 5, 5, 7, 7, 9, 1], [1, 1, 1, 1, 1, 1, 0])]  # token 1 is not an assistant token
+    v = build_draft_vocab(rows, target_vocab_size=12, draft_vocab_size=2)
+    assert v.draft_to_target.tolist() == [5, 7]
+    assert (torch.arange(2) + v.d2t).tolist() == [5, 7]
+    assert v.t2d.nonzero().flatten().tolist() == [5, 7]
+    assert v.coverage == pytest.approx(5 / 6) and v.counted_tokens == 6
+    with pytest.raises(SpecforgeError, match="outside the target's vocabulary"):
+        build_draft_vocab([([99], [1])], 12, 2)
+    with pytest.raises(SpecforgeError, match="draft_vocab_size"):
+        build_draft_vocab(rows, 12, 13)
+
+
+def test_ttt_attention_first_extra_step_matches_explicit_mask():
+    """Step 1's attention equals SDPA over [K0; K1] with a causal + diagonal mask."""
+    torch.manual_seed(0)
+    q, k0, v0, k1, v1 = (torch.randn(2, 2, 6, 4) for _ in range(5))
+    got = _ttt_attention(q, k0, v0, [(k1, v1)])
+    s = 6
+    mask = torch.cat([torch.ones(s, s).tril(), torch.eye(s)], dim=1).bool()
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q, torch.cat([k0, k1], 2), torch.cat([v0, v1], 2), attn_mask=mask
+    )
+    torch.testing.assert_close(got, ref)
+
+
+def test_ttt_shapes_and_masks():
+    d, batch = _draft(), _batch()
+    out = ttt_forward(d, batch, steps=4)
+    assert out.step_losses.shape == (4,) and out.correct.shape == out.valid.shape == (4, 3, 12)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    lengths = batch.attention_mask.sum(1)
+    for i in range(4):
+        for r in range(3):
+            counted = out.valid[i, r].nonzero().flatten()
+            # Step i at position t predicts token t+2+i, which must exist in the sequence.
+            assert counted.numel() == 0 or int(counted.max()) + 2 + i < int(lengths[r])
+    # Later steps count fewer positions: each step looks one token further ahead.
+    assert out.valid[0].sum() > out.valid[3].sum() > 0
+
+
+def test_ttt_step_zero_does_not_see_the_future():
+    d, batch = _draft(), _batch(lengths=(12, 12, 12))
+    out_a = ttt_forward(d, batch, steps=1)
+    batch.input_ids[:, 8:] = 0
+    batch.aux_hidden_states[:, 8:] = 0
+    out_b = ttt_forward(d, batch, steps=1)
+    # Predictions at positions <= 6 depend on tokens <= 7 and features <= 6 only.
+    assert torch.equal(out_a.correct[0, :, :7], out_b.correct[0, :, :7])
+
+
+def test_ttt_overfits_a_handful_of_samples():
+    d, batch = _draft(), _batch(lengths=(12, 12, 12))
+    opt = torch.optim.AdamW([p for p in d.parameters() if p.requires_grad], lr=1e-2)
+    first = None
+    for _ in range(150):
+        out = ttt_forward(d, batch, steps=3)
+        first = first if first is not None else out.step_losses.clone()
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    final = ttt_forward(d, batch, steps=3)
+    assert (final.step_losses < 0.5 * first).all(), (first, final.step_losses)
+    stats = acceptance_stats(final.correct, final.valid)
+    assert stats.alpha[0] > 0.8 and stats.tau > 2.0
+
+
+def test_acceptance_stats_hand_checked():
+    # 2 steps, 1 row, 4 anchors: step0 correct at 0,1,2; step1 correct at 0,2 (valid at 0..2).
+    correct = torch.tensor([[[1, 1, 1, 0]], [[1, 0, 1, 1]]], dtype=torch.bool)
+    valid = torch.tensor([[[1, 1, 1, 1]], [[1, 1, 1, 0]]], dtype=torch.bool)
+    st = acceptance_stats(correct, valid)
+    assert st.alpha == [0.75, pytest.approx(2 / 3)]
+    assert st.tau == pytest.approx(1 + 0.75 + 0.75 * 2 / 3)
