@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from draft_models.aux_hooks import AuxHiddenHooks
 from specforge.errors import SpecforgeError
 from specforge.targets import Target
 
@@ -86,30 +88,14 @@ class OnlineCapture:
         self.cfg = cfg or CaptureConfig()
         self.layers = self.cfg.resolved_layers(target.num_layers)
         self.dtype = getattr(torch, self.cfg.dtype)
-        self._seen: dict[str, torch.Tensor] = {}
-        base = target.model.model
-        self._handles = [
-            base.layers[k].register_forward_pre_hook(self._pre_hook(f"aux{k}"), with_kwargs=True)
-            for k in self.layers
-        ]
-        self._handles.append(base.norm.register_forward_hook(self._post_hook("last")))
-
-    def _pre_hook(self, name: str):
-        def hook(module, args, kwargs):
-            self._seen[name] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-
-        return hook
-
-    def _post_hook(self, name: str):
-        def hook(module, args, output):
-            self._seen[name] = output
-
-        return hook
+        self._hooks = AuxHiddenHooks(target.model, self.layers)
 
     def close(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        self._hooks.close()
+
+    @property
+    def closed(self) -> bool:
+        return not self._hooks._handles
 
     @torch.no_grad()
     def __call__(
@@ -117,12 +103,11 @@ class OnlineCapture:
     ) -> CapturedBatch:
         model = self.target.model
         device = next(model.parameters()).device
-        self._seen.clear()
+        self._hooks.clear()
         model.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
-        aux = torch.cat([self._seen[f"aux{k}"] for k in self.layers], dim=-1)
-        last = self._seen["last"]
+        aux, last = self._hooks.aux(), self._hooks.last
         logits = model.lm_head(last).to(self.dtype) if self.cfg.store_logits else None
-        self._seen.clear()
+        self._hooks.clear()
         return CapturedBatch(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -301,10 +286,14 @@ def write_shards(
 
 
 class ShardDataset(torch.utils.data.Dataset):
-    """Per-sequence access to a finished capture directory (one shard held in memory at a time)."""
+    """Per-sequence access to a finished capture directory.
 
-    def __init__(self, capture_dir: str | Path):
+    The ``max_cached_shards`` most recently used shards stay in memory, so shuffled access over a
+    capture that fits is read from disk once."""
+
+    def __init__(self, capture_dir: str | Path, max_cached_shards: int = 32):
         self.dir = Path(capture_dir)
+        self.max_cached_shards = max_cached_shards
         self.manifest = Manifest.load(self.dir)
         if not self.manifest.complete:
             raise SpecforgeError(
@@ -313,21 +302,26 @@ class ShardDataset(torch.utils.data.Dataset):
         self._index: list[tuple[int, int]] = [
             (si, j) for si, s in enumerate(self.manifest.shards) for j in range(s.num_sequences)
         ]
-        self._cached: tuple[int, dict[str, torch.Tensor]] | None = None
+        self._cache: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()  # LRU of loaded shards
 
     def __len__(self) -> int:
         return len(self._index)
 
     def _shard(self, si: int) -> dict[str, torch.Tensor]:
-        if self._cached is None or self._cached[0] != si:
-            path = self.dir / self.manifest.shards[si].file
-            try:
-                self._cached = (si, load_file(str(path)))
-            except Exception as e:
-                raise SpecforgeError(
-                    f"shard {path} is missing or corrupt ({e}); delete it and re-run `specforge capture`"
-                ) from e
-        return self._cached[1]
+        if si in self._cache:
+            self._cache.move_to_end(si)
+            return self._cache[si]
+        path = self.dir / self.manifest.shards[si].file
+        try:
+            shard = load_file(str(path))
+        except Exception as e:
+            raise SpecforgeError(
+                f"shard {path} is missing or corrupt ({e}); delete it and re-run `specforge capture`"
+            ) from e
+        self._cache[si] = shard
+        while len(self._cache) > self.max_cached_shards:
+            self._cache.popitem(last=False)
+        return shard
 
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
         si, j = self._index[idx]

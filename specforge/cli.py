@@ -175,38 +175,89 @@ def cmd_capture(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """The main job on the embedded default: build the target, make demo data, capture hidden states."""
-    from specforge.data.demo import write_demo_dataset
+    """The main job on the embedded default: target, data, regeneration, training, export, vLLM."""
+    from specforge.pipeline import run_demo
 
-    work = Path(args.workdir)
-    t0 = time.time()
-    target_dir = _default_target()
-    report = json.loads((target_dir / "build_report.json").read_text())
-    print(
-        f"[demo] target {target_dir}: {report['parameters'] / 1e6:.2f}M parameters, "
-        f"{report['shape']['num_layers']} layers x {report['shape']['hidden_size']} hidden, "
-        f"held-out loss {report['heldout_loss']}, distinct-4 {report['distinct4_mean']}"
+    run_demo(
+        Path(args.workdir),
+        max_train=args.max_train,
+        max_heldout=args.max_heldout,
+        k=args.k,
+        bench_prompts=args.bench_prompts,
+        train_overrides=args.overrides,
+        serve=not args.no_serve,
     )
-    counts = write_demo_dataset(work / "data", args.max_train, args.max_heldout)
-    print(f"[demo] demo conversations: {counts}")
-    res = run_capture(
-        target_dir,
-        work / "data" / "train.jsonl",
-        work / "capture",
-        None,
-        args.max_length,
-        8,
-        256,
-        args.dtype,
-        False,
-        args.capture_limit,
-        False,
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from specforge.train.__main__ import main as train_main
+
+    rc = train_main((["--config", args.config] if args.config else []) + args.overrides)
+    if rc:
+        raise SystemExit(rc)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from specforge.export import export_hf, export_vllm
+
+    if args.format == "vllm":
+        out = export_vllm(args.run, args.out, dtype=args.dtype)
+    else:
+        out = export_hf(args.run, args.out)
+    print(json.dumps({"format": args.format, "out": str(out)}))
+
+
+def cmd_bench_vllm(args: argparse.Namespace) -> None:
+    from specforge.bench.vllm_chain import bench_vllm_chain
+
+    res = bench_vllm_chain(
+        _target_path(args.target),
+        Path(args.draft),
+        Path(args.data),
+        Path(args.out),
+        k=args.k,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        limit=args.limit,
+        repeats=args.repeats,
     )
-    print(
-        f"[demo] captured {res['sequences']} sequences / {res['tokens']} tokens, layers {res['aux_layers']}, "
-        f"{res['disk_mib']} MiB on disk ({res['bytes_per_token']} B/token) in {res['seconds']} s"
+    print(json.dumps(res, indent=1))
+
+
+def cmd_bench_acceptance(args: argparse.Namespace) -> None:
+    from specforge.bench.acceptance import bench_acceptance, parse_shape
+    from specforge.bench.vllm_chain import bench_vllm_chain
+
+    shapes = [parse_shape(s) for s in args.shapes.split(",")]
+    target = _target_path(args.target)
+    res = bench_acceptance(
+        target,
+        Path(args.draft),
+        Path(args.data),
+        Path(args.out),
+        shapes,
+        batch_size=args.batch_size,
+        prompts=args.prompts,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        repeats=args.repeats,
     )
-    print(f"[demo] done in {time.time() - t0:.0f} s; outputs under {work}")
+    if args.vllm_draft:
+        for s in shapes:
+            if s.top_k == 1:
+                r = bench_vllm_chain(
+                    target,
+                    Path(args.vllm_draft),
+                    Path(args.data),
+                    Path(args.out) / f"vllm-chain{s.num_draft_tokens}",
+                    k=s.num_draft_tokens,
+                    temperature=args.temperature,
+                    max_tokens=args.max_new_tokens,
+                    limit=args.prompts,
+                )
+                res["results"][f"vllm:chain:{s.num_draft_tokens}"] = r
+        (Path(args.out) / "result.json").write_text(json.dumps(res, indent=1))
+    print(json.dumps(res["results"], indent=1))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,13 +310,65 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--skip-bad-rows", action="store_true")
     c.set_defaults(func=cmd_capture)
 
-    dmo = sub.add_parser("demo", help="the main job on the embedded tiny target")
+    tr = sub.add_parser("train", help="train a draft head (same as python -m specforge.train)")
+    tr.add_argument("--config", help="YAML recipe")
+    tr.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    tr.set_defaults(func=cmd_train)
+
+    ex = sub.add_parser("export", help="export a trained draft")
+    ex.add_argument("--run", required=True, help="training output_dir (or an HF-format draft export)")
+    ex.add_argument("--format", choices=["vllm", "hf"], default="vllm")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ex.set_defaults(func=cmd_export)
+
+    be = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="sub", required=True)
+    bv = be.add_parser(
+        "vllm", help="tau, acceptance per position and speed-up of a draft in the real vLLM (chain)"
+    )
+    bv.add_argument("--target")
+    bv.add_argument(
+        "--draft", required=True, help="vLLM-format draft directory (specforge export --format vllm)"
+    )
+    bv.add_argument("--data", required=True, help="held-out conversations (JSONL)")
+    bv.add_argument("--out", required=True, help="work directory; result.json is written there")
+    bv.add_argument("--k", type=int, default=4)
+    bv.add_argument("--temperature", type=float, default=0.0)
+    bv.add_argument("--max-tokens", type=int, default=128)
+    bv.add_argument("--limit", type=int, default=32)
+    bv.add_argument("--repeats", type=int, default=2)
+    bv.set_defaults(func=cmd_bench_vllm)
+
+    ba = be.add_parser(
+        "acceptance", help="tau / acceptance / speed of chains and trees in the reference engine"
+    )
+    ba.add_argument("--target")
+    ba.add_argument("--draft", required=True, help="training run or HF-format draft export")
+    ba.add_argument("--data", required=True, help="held-out conversations (JSONL)")
+    ba.add_argument("--out", required=True, help="output directory: result.json and acceptance.png")
+    ba.add_argument(
+        "--shapes",
+        default="chain:1,chain:3,chain:5,tree:5:2:8,tree:5:3:12,tree:5:4:16",
+        help="comma-separated chain:K / tree:DEPTH:TOPK:TOKENS",
+    )
+    ba.add_argument("--batch-size", type=int, default=1)
+    ba.add_argument("--prompts", type=int, default=16)
+    ba.add_argument("--max-new-tokens", type=int, default=96)
+    ba.add_argument("--temperature", type=float, default=0.0)
+    ba.add_argument("--repeats", type=int, default=1)
+    ba.add_argument(
+        "--vllm-draft", help="vLLM-format export of the same draft: also measure its chains in vLLM"
+    )
+    ba.set_defaults(func=cmd_bench_acceptance)
+
+    dmo = sub.add_parser("demo", help="the main job on the embedded tiny target, end to end")
     dmo.add_argument("--workdir", default="outputs/demo")
-    dmo.add_argument("--max-train", type=int, default=4000)
+    dmo.add_argument("--max-train", type=int, default=3000)
     dmo.add_argument("--max-heldout", type=int, default=200)
-    dmo.add_argument("--capture-limit", type=int, default=1000)
-    dmo.add_argument("--max-length", type=int, default=512)
-    dmo.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    dmo.add_argument("--k", type=int, default=4, help="speculative tokens per step in vLLM")
+    dmo.add_argument("--bench-prompts", type=int, default=32)
+    dmo.add_argument("--no-serve", action="store_true", help="stop after export (no vLLM)")
+    dmo.add_argument("overrides", nargs="*", help="training recipe overrides, e.g. optim.epochs=1")
     dmo.set_defaults(func=cmd_demo)
     return p
 

@@ -49,9 +49,9 @@ class TinyTargetConfig(BaseModel):
     intermediate_size: int = 384
     seq_len: int = 256
     batch_size: int = 16
-    steps: int = 950
-    lr: float = 3e-3
-    warmup_steps: int = 50
+    steps: int = 800
+    lr: float = 4e-3
+    warmup_steps: int = 40
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.1
     chat_fraction: float = 0.25

@@ -12,19 +12,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def micro_target_dir(tmp_path_factory):
-    """An 8-layer, 32-wide Llama with its own BPE tokenizer, trained for a few steps."""
+    """An 8-layer, 64-wide Llama (head_dim 32, as vLLM's CPU attention needs) with its own BPE tokenizer."""
     from specforge.tiny_target import TinyTargetConfig, build_tiny_target
 
     cfg = TinyTargetConfig(
         vocab_size=400,
-        hidden_size=32,
+        hidden_size=64,
         num_layers=8,
         num_heads=2,
         num_kv_heads=1,
-        intermediate_size=64,
+        intermediate_size=128,
         seq_len=64,
-        batch_size=4,
-        steps=4,
+        batch_size=8,
+        steps=40,
+        lr=1e-2,
         warmup_steps=2,
         max_chat_rows=60,
         max_corpus_files=40,

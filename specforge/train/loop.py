@@ -213,8 +213,7 @@ def train(cfg: TrainConfig) -> dict:
                     {"input_ids": a, "loss_mask": b} for a, b in zip(chunk["input_ids"], chunk["loss_mask"])
                 ]
                 res = accelerator.unwrap_model(module)(cap(**pad_batch(rows, pad_id)), target.model.lm_head)
-                w = res.correct.shape[2]
-                corrects.append(res.correct.reshape(res.correct.shape[0], -1, w).flatten(1))
+                corrects.append(res.correct.flatten(1))  # [steps, batch * seq]
                 valids.append(res.valid.flatten(1))
                 losses.append(res.loss.item())
         if cap is not online:

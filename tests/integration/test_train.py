@@ -118,3 +118,48 @@ def test_corrupt_latest_pointer(micro_target_dir, demo_data, tmp_path):
     (ck / loop_mod.LATEST).write_text("{not json")
     with pytest.raises(SpecforgeError, match="corrupt"):
         train(_cfg(micro_target_dir, demo_data, tmp_path / "r"))
+
+
+def test_ddp_with_two_cpu_processes(micro_target_dir, demo_data, tmp_path):
+    """`accelerate launch` with 2 CPU processes trains, checkpoints and saves one draft."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "specforge.train",
+        f"target={micro_target_dir}",
+        f"output_dir={out}",
+        f"data.train={demo_data / 'train.jsonl'}",
+        "data.max_length=256",
+        "draft.draft_vocab_size=200",
+        "ttt.steps=2",
+        "optim.batch_size=2",
+        "optim.max_steps=4",
+        "save_every=2",
+        "eval_every=100",
+        "log_with=[]",
+        "progress=false",
+    ]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 4
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 4
+    assert (out / "draft.safetensors").is_file()
+    # Both ranks' random states were saved: one per process.
+    assert len(list((out / "checkpoints").glob("step-*/random_states_*.pkl"))) >= 2

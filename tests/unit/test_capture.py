@@ -59,8 +59,7 @@ def test_hooks_agree_with_output_hidden_states(micro_target, token_ds):
         torch.testing.assert_close(got.logits, ref.logits, rtol=1e-6, atol=1e-6)
     finally:
         cap.close()
-    # Hooks are removed: a plain forward no longer records anything.
-    assert not cap._handles
+    assert cap.closed
 
 
 def test_bad_layer_ids(micro_target):

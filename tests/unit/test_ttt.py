@@ -11,28 +11,13 @@ from specforge.capture import CapturedBatch
 from specforge.errors import SpecforgeError
 from specforge.train.ttt import _ttt_attention, acceptance_stats, ttt_forward
 from specforge.vocab import build_draft_vocab
+from tests.helpers import small_eagle3, small_eagle3_config
 
 H, V, VD = 16, 50, 20
 
 
 def _draft(seed=0) -> Eagle3Draft:
-    torch.manual_seed(seed)
-    cfg = Eagle3Config(
-        hidden_size=H,
-        intermediate_size=32,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=8,
-        vocab_size=V,
-        draft_vocab_size=VD,
-        target_hidden_size=H,
-        num_target_layers=8,
-        aux_layer_ids=[2, 4, 5],
-    )
-    d = Eagle3Draft(cfg)
-    vocab = build_draft_vocab([(list(range(V)), [1] * V)], V, VD)
-    d.set_vocab(vocab.d2t, vocab.t2d)
-    return d
+    return small_eagle3(small_eagle3_config(H, V, VD, head_dim=8), list(range(V)), seed)
 
 
 def _batch(b=3, s=12, seed=1, lengths=(12, 9, 5)) -> CapturedBatch:

@@ -1,0 +1,1 @@
+"""Drafters: the proposers the reference engine drives, behind :class:`serving.engine.Drafter`."""

@@ -1,0 +1,128 @@
+"""Run the real vLLM offline on token prompts, with or without an EAGLE-3 draft, and read its counters.
+
+Contract: ``python -m serving.vllm_plugin.offline REQUEST.json RESULT.json`` (a fresh process, since
+vLLM spawns workers) loads ``LLM(target, speculative_config=...)`` in float32 with eager execution,
+generates for every prompt, and writes the outputs' token ids, the generate wall time (best of
+``repeats``), and vLLM's speculative-decoding counters: drafts, draft tokens, accepted tokens and
+accepted tokens per position. vLLM's mean acceptance length (tau, bonus token included) is
+``1 + accepted / drafts``. :func:`run_vllm` is the in-Python front door that does the subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SPEC_METRICS = {
+    "vllm:spec_decode_num_drafts": "drafts",
+    "vllm:spec_decode_num_draft_tokens": "draft_tokens",
+    "vllm:spec_decode_num_accepted_tokens": "accepted_tokens",
+    "vllm:spec_decode_num_accepted_tokens_per_pos": "accepted_per_pos",
+}
+
+
+def vllm_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    env.setdefault("DO_NOT_TRACK", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def run_vllm(request: dict, workdir: Path, timeout: float = 900) -> dict:
+    """Run one request in a subprocess; raise RuntimeError with vLLM's last output on failure."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    req, res = workdir / "vllm_request.json", workdir / "vllm_result.json"
+    req.write_text(json.dumps(request))
+    res.unlink(missing_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "serving.vllm_plugin.offline", str(req), str(res)],
+        env=vllm_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0 or not res.is_file():
+        tail = (proc.stdout + proc.stderr)[-4000:]
+        raise RuntimeError(f"vLLM run failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(res.read_text())
+
+
+def _spec_counters(llm) -> dict:
+    out: dict = {}
+    for m in llm.get_metrics():
+        key = SPEC_METRICS.get(m.name)
+        if key is None:
+            continue
+        if hasattr(m, "values"):
+            prev = out.get(key) or [0] * len(m.values)
+            out[key] = [a + b for a, b in zip(prev, m.values)]
+        else:
+            out[key] = out.get(key, 0) + m.value
+    return out
+
+
+def _diff(after: dict, before: dict) -> dict:
+    out = {}
+    for k, v in after.items():
+        b = before.get(k)
+        if isinstance(v, list):
+            b = b or [0] * len(v)
+            out[k] = [x - y for x, y in zip(v, b)]
+        else:
+            out[k] = v - (b or 0)
+    return out
+
+
+def main(request_path: str, result_path: str) -> None:
+    from vllm import LLM, SamplingParams
+
+    req = json.loads(Path(request_path).read_text())
+    spec = None
+    if req.get("draft"):
+        spec = {
+            "method": req.get("method", "eagle3"),
+            "model": req["draft"],
+            "num_speculative_tokens": int(req["num_speculative_tokens"]),
+        }
+    llm = LLM(
+        model=req["target"],
+        speculative_config=spec,
+        enforce_eager=True,
+        dtype="float32",
+        max_model_len=int(req.get("max_model_len", 2048)),
+        seed=int(req.get("seed", 0)),
+        disable_log_stats=False,
+    )
+    params = SamplingParams(
+        temperature=float(req.get("temperature", 0.0)),
+        max_tokens=int(req["max_tokens"]),
+        seed=int(req.get("seed", 0)) if req.get("temperature", 0.0) > 0 else None,
+        ignore_eos=bool(req.get("ignore_eos", False)),
+    )
+    prompts = [{"prompt_token_ids": ids} for ids in req["prompts"]]
+    best, outputs, counters = float("inf"), None, {}
+    for _ in range(int(req.get("repeats", 1))):
+        before = _spec_counters(llm)
+        t0 = time.perf_counter()
+        result = llm.generate(prompts, params, use_tqdm=False)
+        elapsed = time.perf_counter() - t0
+        if elapsed < best:
+            best = elapsed
+            outputs = [list(r.outputs[0].token_ids) for r in result]
+            counters = _diff(_spec_counters(llm), before)
+    Path(result_path).write_text(
+        json.dumps(
+            {"outputs": outputs, "seconds": best, "spec": counters, "output_tokens": sum(map(len, outputs))}
+        )
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,1 @@
+"""Benchmarks: acceptance and speed measured on real engines, written as JSON."""

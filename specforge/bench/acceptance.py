@@ -1,0 +1,169 @@
+"""``specforge bench acceptance``: tau, acceptance per position and speed of draft trees in the
+reference engine (and chains in the real vLLM), on the same prompts and the same draft.
+
+Contract: :func:`bench_acceptance` runs the reference engine on held-out chat prompts, first with no
+speculation, then with every requested shape, all at the same batch size, and reports per shape:
+tau (tokens per target forward per sequence, bonus included), alpha per position (conditional
+acceptance), acceptance per position, accepted/drafted, tokens/s, and the speed-up over plain
+decoding measured in the same run (runs are interleaved over ``repeats``; the best time of each
+counts). It checks that greedy outputs equal plain decoding's. Results go to ``result.json`` and
+``acceptance.png`` in ``out_dir``, beside the resolved arguments.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from serving.drafters.eagle3 import Eagle3Drafter
+from serving.engine import NO_SPECULATION, SpeculativeEngine, TreeShape
+from specforge.bench.vllm_chain import chat_prompts
+from specforge.errors import SpecforgeError
+from specforge.export import load_draft
+from specforge.targets import load_target
+from specforge.tiny_target import distinct_ngram_ratio
+
+
+def parse_shape(text: str) -> TreeShape:
+    """``chain:K`` or ``tree:DEPTH:TOPK:TOKENS``."""
+    parts = text.split(":")
+    try:
+        if parts[0] == "chain" and len(parts) == 2:
+            return TreeShape.chain(int(parts[1]))
+        if parts[0] == "tree" and len(parts) == 4:
+            return TreeShape(int(parts[1]), int(parts[2]), int(parts[3]))
+    except ValueError:
+        pass
+    raise SpecforgeError(
+        f"shape {text!r} is not chain:K or tree:DEPTH:TOPK:TOKENS (e.g. chain:4, tree:5:4:16)"
+    )
+
+
+def shape_name(s: TreeShape) -> str:
+    if s.num_draft_tokens == 0:
+        return "plain"
+    return f"chain:{s.num_draft_tokens}" if s.top_k == 1 else f"tree:{s.depth}:{s.top_k}:{s.num_draft_tokens}"
+
+
+def bench_acceptance(
+    target_dir: Path,
+    draft_dir: Path,
+    data: Path,
+    out_dir: Path,
+    shapes: list[TreeShape],
+    batch_size: int = 1,
+    prompts: int = 16,
+    max_new_tokens: int = 96,
+    temperature: float = 0.0,
+    repeats: int = 1,
+) -> dict:
+    target = load_target(target_dir)
+    draft = load_draft(draft_dir, target.model.get_input_embeddings().weight.detach())
+    if draft.config.vocab_size != target.vocab_size or draft.config.target_hidden_size != target.hidden_size:
+        raise SpecforgeError(
+            f"the draft in {draft_dir} was trained for a target with vocabulary {draft.config.vocab_size} and hidden "
+            f"size {draft.config.target_hidden_size}, but {target_dir} has {target.vocab_size} and {target.hidden_size}"
+        )
+    toks = chat_prompts(target_dir, data, prompts)
+    eos = target.tokenizer.eos_token_id
+    engines = {"plain": SpeculativeEngine(target.model, None, eos)}
+    drafted = SpeculativeEngine(target.model, Eagle3Drafter(draft), eos)
+    all_shapes = [NO_SPECULATION, *shapes]
+    best: dict[str, float] = {}
+    results: dict[str, dict] = {}
+    outputs: dict[str, list[list[int]]] = {}
+    torch.manual_seed(0)
+    for _ in range(repeats):
+        for s in all_shapes:
+            name = shape_name(s)
+            engine = engines["plain"] if s.num_draft_tokens == 0 else drafted
+            tokens, stats_list, seconds = [], [], 0.0
+            for lo in range(0, len(toks), batch_size):
+                out = engine.generate(
+                    toks[lo : lo + batch_size], max_new_tokens, s, temperature=temperature, seed=lo
+                )
+                tokens += out.tokens
+                stats_list.append(out.stats)
+                seconds += out.stats.seconds
+            if name not in best or seconds < best[name]:
+                best[name] = seconds
+            emitted = sum(st.emitted for st in stats_list)
+            steps = sum(st.sequence_steps for st in stats_list)
+            depth = max((len(st.accepted_at_depth) for st in stats_list), default=0)
+            at_depth = [
+                sum(st.accepted_at_depth[d] if d < len(st.accepted_at_depth) else 0 for st in stats_list)
+                for d in range(depth)
+            ]
+            alpha, prev = [], steps
+            for c in at_depth:
+                alpha.append(c / prev if prev else 0.0)
+                prev = c
+            results[name] = {
+                "shape": asdict(s),
+                "tau": emitted / max(1, steps),
+                "alpha": alpha,
+                "acceptance_per_position": [c / max(1, steps) for c in at_depth],
+                "accepted_over_drafted": sum(st.accepted for st in stats_list)
+                / max(1, sum(st.drafted for st in stats_list)),
+                "target_forwards": sum(st.target_forwards for st in stats_list),
+                "output_tokens": sum(len(t) for t in tokens),
+            }
+            outputs[name] = tokens
+    for name, r in results.items():
+        r["seconds"] = best[name]
+        r["tokens_per_s"] = r["output_tokens"] / best[name]
+        r["speedup"] = (
+            best["plain"] / best[name] * r["output_tokens"] / max(1, results["plain"]["output_tokens"])
+        )
+        r["lossless"] = outputs[name] == outputs["plain"] if temperature == 0 else None
+        r["distinct4"] = sum(distinct_ngram_ratio(t) for t in outputs[name]) / max(1, len(outputs[name]))
+    drafted.close()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "args": {
+            "target": str(target_dir),
+            "draft": str(draft_dir),
+            "data": str(data),
+            "batch_size": batch_size,
+            "prompts": len(toks),
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "repeats": repeats,
+        },
+        "results": results,
+    }
+    (out_dir / "result.json").write_text(json.dumps(summary, indent=1))
+    _plot(results, out_dir / "acceptance.png")
+    return summary
+
+
+def _plot(results: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in results if n != "plain"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.bar(names, [results[n]["tau"] for n in names], color="tab:blue", label="tau")
+    a.plot(names, [results[n]["speedup"] for n in names], "o-", color="tab:red", label="speed-up vs plain")
+    a.set_title("tau (bonus included) and speed-up")
+    a.legend()
+    a.tick_params(axis="x", rotation=30)
+    for n in names:
+        b.plot(
+            range(1, len(results[n]["acceptance_per_position"]) + 1),
+            results[n]["acceptance_per_position"],
+            "o-",
+            label=n,
+        )
+    b.set_xlabel("position (depth)")
+    b.set_ylabel("P(accepted)")
+    b.set_title("acceptance per position")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

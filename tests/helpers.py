@@ -1,0 +1,32 @@
+"""Small builders shared by the unit tests."""
+
+from __future__ import annotations
+
+import torch
+
+from draft_models.eagle3 import Eagle3Config, Eagle3Draft
+from specforge.vocab import build_draft_vocab
+
+
+def small_eagle3_config(hidden: int, vocab: int, draft_vocab: int, head_dim: int) -> Eagle3Config:
+    return Eagle3Config(
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_attention_heads=hidden // head_dim,
+        num_key_value_heads=1,
+        head_dim=head_dim,
+        vocab_size=vocab,
+        draft_vocab_size=draft_vocab,
+        target_hidden_size=hidden,
+        num_target_layers=8,
+        aux_layer_ids=[2, 4, 5],
+    )
+
+
+def small_eagle3(cfg: Eagle3Config, vocab_ids: list[int], seed: int = 0) -> Eagle3Draft:
+    """A randomly initialised draft whose vocabulary is drawn from ``vocab_ids``."""
+    torch.manual_seed(seed)
+    draft = Eagle3Draft(cfg)
+    vocab = build_draft_vocab([(vocab_ids, [1] * len(vocab_ids))], cfg.vocab_size, cfg.draft_vocab_size)
+    draft.set_vocab(vocab.d2t, vocab.t2d)
+    return draft

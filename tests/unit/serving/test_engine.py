@@ -1,0 +1,143 @@
+"""The reference engine: greedy output identical to plain decoding, across batch sizes, tree shapes,
+prompt lengths and EOS inside a tree; KV compaction; the EAGLE-3 drafter."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from serving.drafters.eagle3 import Eagle3Drafter
+from serving.engine import SpeculativeEngine, TreeShape
+from serving.tree import DraftTree
+from tests.helpers import small_eagle3, small_eagle3_config
+
+
+@pytest.fixture(scope="module")
+def target64(micro_target):
+    """The micro target in float64, so batched and single-token forwards agree far below any tie."""
+    return copy.deepcopy(micro_target.model).double()
+
+
+@pytest.fixture(scope="module")
+def prompts(micro_target):
+    tok = micro_target.tokenizer
+    texts = [
+        "def add(a, b):\n    return",
+        "import os\n\nclass Path:\n    def __init__(self",
+        "x = [",
+        "while True:\n",
+    ]
+    return [tok(t)["input_ids"] for t in texts]
+
+
+def reference(model, prompts, n, eos=None):
+    out = []
+    for p in prompts:
+        ids = model.generate(
+            torch.tensor([p]), max_new_tokens=n, do_sample=False, eos_token_id=eos, pad_token_id=0
+        )
+        out.append(ids[0, len(p) :].tolist())
+    return out
+
+
+class OracleDrafter:
+    """Proposes the reference continuation with random corruption and wrong siblings (test double)."""
+
+    def __init__(self, full: list[list[int]], seed: int = 0):
+        self.full, self.rng = full, random.Random(seed)
+        self.feature_layers = [2, 4, 5]
+
+    def reset(self, batch_size):
+        self.rows = list(range(batch_size))
+
+    def drop(self, keep):
+        self.rows = [self.rows[i] for i in keep]
+
+    def extend(self, b, features, next_tokens, start_pos):
+        assert features.shape[0] == next_tokens.shape[0]
+
+    def propose(self, b, root_pos, depth, top_k, num_draft_tokens):
+        truth = self.full[self.rows[b]][root_pos + 1 : root_pos + 1 + depth]
+        tokens, parents, depths, parent = [], [], [], -1
+        for d, tok in enumerate(truth):
+            wrong = (tok + 1 + self.rng.randrange(50)) % 400
+            good = tok if self.rng.random() < 0.8 else wrong
+            kids = [good] + ([wrong if good == tok else tok] if top_k > 1 else [])
+            for k in kids:
+                tokens.append(k)
+                parents.append(parent)
+                depths.append(d + 1)
+            parent = len(tokens) - len(kids)  # continue below the first child
+        n = min(num_draft_tokens, len(tokens))
+        return DraftTree(
+            torch.tensor(tokens[:n]), torch.tensor(parents[:n]), torch.tensor(depths[:n]), torch.zeros(n)
+        )
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_plain_decoding_matches_hf_generate(target64, prompts, batch):
+    ref = reference(target64, prompts[:batch], 20)
+    out = SpeculativeEngine(target64).generate(prompts[:batch], 20)
+    assert out.tokens == ref
+    assert out.stats.tau == 1.0
+
+
+@pytest.mark.parametrize(
+    "shape", [TreeShape.chain(1), TreeShape.chain(4), TreeShape(depth=4, top_k=2, num_draft_tokens=7)]
+)
+@pytest.mark.parametrize("batch", [1, 3, 4])
+def test_oracle_trees_are_lossless_and_accept(target64, prompts, shape, batch):
+    n = 24
+    ref = reference(target64, prompts[:batch], n)
+    full = [p + r for p, r in zip(prompts[:batch], ref)]
+    out = SpeculativeEngine(target64, OracleDrafter(full)).generate(prompts[:batch], n, shape)
+    assert out.tokens == ref
+    if shape.num_draft_tokens > 1:
+        assert out.stats.tau > 1.5 and out.stats.accepted > 0
+
+
+def test_eos_inside_a_tree(target64, prompts):
+    ref = reference(target64, prompts[:1], 24)[0]
+    eos = ref[6]  # a token the greedy continuation emits mid-way
+    cut = ref[: ref.index(eos) + 1]
+    assert reference(target64, prompts[:1], 24, eos=eos)[0] == cut
+    full = [prompts[0] + ref]
+    for shape in (TreeShape.chain(5), TreeShape(depth=5, top_k=2, num_draft_tokens=9)):
+        engine = SpeculativeEngine(target64, OracleDrafter(full), eos_token_id=eos)
+        assert engine.generate(prompts[:1], 24, shape).tokens[0] == cut
+    # Mixed batch: the other sequences go on after one stops.
+    many = prompts[:3]
+    refs = reference(target64, many, 16, eos=eos)
+    full = [p + r for p, r in zip(many, reference(target64, many, 16))]
+    out = SpeculativeEngine(target64, OracleDrafter(full), eos_token_id=eos).generate(
+        many, 16, TreeShape.chain(3)
+    )
+    assert out.tokens == refs
+
+
+@pytest.mark.parametrize("shape", [TreeShape.chain(3), TreeShape(depth=3, top_k=3, num_draft_tokens=8)])
+def test_eagle3_drafter_is_lossless(target64, micro_target, prompts, shape):
+    cfg = small_eagle3_config(64, micro_target.vocab_size, 128, head_dim=32)
+    draft = small_eagle3(cfg, list(range(micro_target.vocab_size))).double()
+    draft.load_target_embedding(target64.get_input_embeddings().weight)
+    ref = reference(target64, prompts, 16)
+    out = SpeculativeEngine(target64, Eagle3Drafter(draft)).generate(prompts, 16, shape)
+    assert out.tokens == ref
+    assert out.stats.drafted > 0
+
+
+def test_kv_compaction_keeps_listed_slots():
+    cache = DynamicCache()
+    keys = torch.arange(2 * 1 * 6 * 2, dtype=torch.float).view(2, 1, 6, 2)
+    cache.update(keys, -keys, 0)
+    engine = SpeculativeEngine.__new__(SpeculativeEngine)
+    engine.device = torch.device("cpu")
+    engine._compact(cache, rows=[1], gather=[[0, 1, 4]])
+    layer = cache.layers[0]
+    assert torch.equal(layer.keys, keys[1:2, :, [0, 1, 4]]) and torch.equal(
+        layer.values, -keys[1:2, :, [0, 1, 4]]
+    )

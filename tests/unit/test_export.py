@@ -1,0 +1,101 @@
+"""Export: vLLM's EAGLE-3 layout, its key/shape check, and the HF round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from draft_models.eagle3 import Eagle3Config
+from specforge.errors import SpecforgeError
+from specforge.export import check_vllm_eagle3, export_hf, export_vllm, load_draft, vllm_eagle3_spec
+from tests.helpers import small_eagle3, small_eagle3_config
+
+V, VD, H = 60, 24, 32
+
+
+def _cfg() -> Eagle3Config:
+    return small_eagle3_config(H, V, VD, head_dim=16)
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    d = small_eagle3(_cfg(), list(range(0, V, 2)))
+    run = tmp_path / "run"
+    run.mkdir()
+    save_file({k: v.contiguous() for k, v in d.state_dict().items()}, str(run / "draft.safetensors"))
+    (run / "draft_config.json").write_text(json.dumps({"type": "eagle3", **d.config.to_dict()}))
+    return run
+
+
+def test_vllm_export_layout(run_dir, tmp_path):
+    out = export_vllm(run_dir, tmp_path / "vllm")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLMEagle3"] and cfg["num_hidden_layers"] == 1
+    assert cfg["draft_vocab_size"] == VD and cfg["vocab_size"] == V and cfg["target_hidden_size"] == H
+    assert cfg["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [2, 4, 5]
+    tensors = load_file(out / "model.safetensors")
+    assert set(tensors) == set(vllm_eagle3_spec(_cfg()))
+    assert "embed_tokens.weight" not in tensors and tensors["d2t"].dtype == torch.int64
+    # d2t offsets reproduce the chosen target ids.
+    assert (torch.arange(VD) + tensors["d2t"]).tolist() == list(range(0, 2 * VD, 2))
+    assert not (tmp_path / "vllm.tmp").exists()
+
+
+def _good(run_dir, tmp_path):
+    return load_file(export_vllm(run_dir, tmp_path / "v") / "model.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda t: t.pop("fc.weight"), "missing tensor fc.weight"),
+        (lambda t: t.__setitem__("extra.weight", torch.zeros(1)), "unexpected tensor extra.weight"),
+        (
+            lambda t: t.__setitem__("fc.weight", torch.zeros(H, 2 * H)),
+            r"fc.weight has shape \(32, 64\), expected \(32, 96\)",
+        ),
+        (lambda t: t.__setitem__("lm_head.weight", torch.zeros(V, H)), "lm_head.weight has shape"),
+        (lambda t: t.__setitem__("d2t", t["d2t"].to(torch.int32)), "d2t has dtype torch.int32"),
+        (lambda t: t.__setitem__("d2t", torch.full((VD,), V)), "outside the target vocabulary"),
+        (lambda t: t.__setitem__("d2t", -torch.arange(VD)), "same target id"),
+        (lambda t: t["norm.weight"].__setitem__(0, float("nan")), "norm.weight holds NaN"),
+    ],
+)
+def test_key_check_failure_modes(run_dir, tmp_path, mutate, message):
+    tensors = _good(run_dir, tmp_path)
+    check_vllm_eagle3(tensors, _cfg())  # the real export passes
+    mutate(tensors)
+    with pytest.raises(SpecforgeError, match=message):
+        check_vllm_eagle3(tensors, _cfg())
+
+
+def test_export_refuses_a_broken_run_and_writes_nothing(run_dir, tmp_path):
+    state = load_file(run_dir / "draft.safetensors")
+    state["midlayer.self_attn.q_proj.weight"] = state["midlayer.self_attn.q_proj.weight"][:, :H].contiguous()
+    save_file(state, str(run_dir / "draft.safetensors"))
+    with pytest.raises(SpecforgeError, match="q_proj.weight has shape"):
+        export_vllm(run_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_and_corrupt_runs(tmp_path, run_dir):
+    with pytest.raises(SpecforgeError, match="not a finished training run"):
+        export_vllm(tmp_path / "nothing", tmp_path / "o")
+    (run_dir / "draft.safetensors").write_bytes(b"junk")
+    with pytest.raises(SpecforgeError, match="corrupt"):
+        export_vllm(run_dir, tmp_path / "o")
+
+
+def test_hf_round_trip(run_dir, tmp_path):
+    out = export_hf(run_dir, tmp_path / "hf")
+    emb = torch.randn(V, H)
+    d = load_draft(out, emb)
+    ref = load_file(run_dir / "draft.safetensors")
+    for k, v in d.state_dict().items():
+        if k == "embed_tokens.weight":
+            assert torch.equal(v, emb)
+        else:
+            assert torch.equal(v, ref[k]), k
