@@ -31,7 +31,8 @@ def run_demo(
     workdir: Path,
     max_train: int = 3000,
     max_heldout: int = 200,
-    regen_tokens: int = 192,
+    regen_tokens: int = 128,
+    max_prompt_chars: int = 360,
     k: int = 4,
     bench_prompts: int = 32,
     bench_tokens: int = 128,
@@ -50,7 +51,9 @@ def run_demo(
 
     data = workdir / "data"
     if not (data / "train.jsonl").is_file():
-        counts = write_demo_dataset(data, max_train, max_heldout)
+        # Short prompts: the tiny target was trained on 256-token windows, so prompt + response
+        # should stay within ~256 positions.
+        counts = write_demo_dataset(data, max_train, max_heldout, max_prompt_chars=max_prompt_chars)
         _log(f"demo conversations {counts}")
     t = time.time()
     target = load_target(target_dir)

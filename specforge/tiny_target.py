@@ -42,16 +42,16 @@ class TinyTargetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     vocab_size: int = 4096
-    hidden_size: int = 128
+    hidden_size: int = 96
     num_layers: int = 8
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 384
+    num_heads: int = 3
+    num_kv_heads: int = 3
+    intermediate_size: int = 256
     seq_len: int = 256
     batch_size: int = 16
-    steps: int = 800
+    steps: int = 1100
     lr: float = 4e-3
-    warmup_steps: int = 40
+    warmup_steps: int = 60
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.1
     chat_fraction: float = 0.25

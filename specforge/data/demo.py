@@ -73,8 +73,10 @@ def demo_conversations(
     max_rows: int | None = None,
     seed: int = 0,
     files: list[CorpusFile] | None = None,
+    max_prompt_chars: int | None = None,
 ) -> list[dict]:
-    """Conversations from the ``split`` files, shuffled with ``seed`` and cut to ``max_rows``."""
+    """Conversations from the ``split`` files, shuffled with ``seed`` and cut to ``max_rows``;
+    with ``max_prompt_chars``, only those whose user turn is at most that long."""
     files = files if files is not None else stdlib_files()
     rows: list[dict] = []
     for f in files:
@@ -85,17 +87,25 @@ def demo_conversations(
             for kind in ("complete", "explain"):
                 rows.append(_conversation(kind, module, name, header, code, doc))
     random.Random(seed).shuffle(rows)
+    if max_prompt_chars is not None:
+        rows = [r for r in rows if len(r["messages"][0]["content"]) <= max_prompt_chars]
     return rows[:max_rows] if max_rows is not None else rows
 
 
-def write_demo_dataset(out_dir: Path, max_train: int = 4000, max_heldout: int = 200, seed: int = 0) -> dict:
+def write_demo_dataset(
+    out_dir: Path,
+    max_train: int = 4000,
+    max_heldout: int = 200,
+    seed: int = 0,
+    max_prompt_chars: int | None = None,
+) -> dict:
     """Write ``train.jsonl`` and ``heldout.jsonl`` (OpenAI messages format); return row counts."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = stdlib_files()
     counts = {}
     for split, n in (("train", max_train), ("heldout", max_heldout)):
-        rows = demo_conversations(split, n, seed, files)
+        rows = demo_conversations(split, n, seed, files, max_prompt_chars)
         tmp = out_dir / f".{split}.jsonl.tmp"
         with tmp.open("w", encoding="utf-8") as fh:
             for row in rows:

@@ -258,6 +258,7 @@ def train(cfg: TrainConfig) -> dict:
         disable=not (cfg.progress and accelerator.is_main_process),
     )
     history: list[dict] = []
+    last_tau = float("nan")
     t0 = time.time()
     while state.step < total_steps:
         epoch_loader = (
@@ -290,7 +291,8 @@ def train(cfg: TrainConfig) -> dict:
             accelerator.log(logs, step=state.step)
             history.append({"step": state.step, **logs})
             bar.update(1)
-            bar.set_postfix(loss=f"{logs['train/loss']:.3f}", tau=f"{logs.get('eval/tau', float('nan')):.2f}")
+            last_tau = logs.get("eval/tau", last_tau)
+            bar.set_postfix(loss=f"{logs['train/loss']:.3f}", eval_tau=f"{last_tau:.2f}")
             if state.step % cfg.save_every == 0 or state.step == total_steps:
                 save_checkpoint()
             if state.step >= total_steps:
