@@ -106,7 +106,7 @@ class Eagle3Draft(nn.Module):
         self.norm = RMSNorm(h, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(h, cfg.draft_vocab_size, bias=False)
         self.register_buffer("d2t", torch.zeros(cfg.draft_vocab_size, dtype=torch.long))
-        self.register_buffer("t2d", torch.ones(cfg.vocab_size, dtype=torch.bool)[: cfg.vocab_size])
+        self.register_buffer("t2d", torch.ones(cfg.vocab_size, dtype=torch.bool))  # set_vocab() fills both
 
     def set_vocab(self, d2t: torch.Tensor, t2d: torch.Tensor) -> None:
         self.d2t.copy_(d2t)

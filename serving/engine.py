@@ -94,6 +94,19 @@ class GenerationStats:
             prev = c
         return out
 
+    def merge(self, other: GenerationStats) -> None:
+        """Add another run's counts to these (for results gathered over several batches)."""
+        self.target_forwards += other.target_forwards
+        self.sequence_steps += other.sequence_steps
+        self.emitted += other.emitted
+        self.drafted += other.drafted
+        self.accepted += other.accepted
+        self.seconds += other.seconds
+        for d, c in enumerate(other.accepted_at_depth):
+            if d == len(self.accepted_at_depth):
+                self.accepted_at_depth.append(0)
+            self.accepted_at_depth[d] += c
+
     def record(self, num_drafted: int, num_accepted: int, num_emitted: int) -> None:
         self.sequence_steps += 1
         self.drafted += num_drafted

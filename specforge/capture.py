@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,13 +130,6 @@ def pad_batch(rows: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
         attn[i, :n] = 1
         loss[i, :n] = torch.as_tensor(r["loss_mask"])
     return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss}
-
-
-def iter_token_batches(
-    ds: datasets.Dataset, batch_size: int, pad_id: int
-) -> Iterator[dict[str, torch.Tensor]]:
-    for start in range(0, len(ds), batch_size):
-        yield pad_batch(_rows(ds, start, batch_size), pad_id)
 
 
 def _rows(ds: datasets.Dataset, start: int, n: int) -> list[dict]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from serving.drafters.eagle3 import Eagle3Drafter
-from serving.engine import NO_SPECULATION, SpeculativeEngine, TreeShape
+from serving.engine import NO_SPECULATION, GenerationStats, SpeculativeEngine, TreeShape
 from specforge.bench.vllm_chain import chat_prompts
 from specforge.errors import SpecforgeError
 from specforge.export import load_draft
@@ -80,35 +80,22 @@ def bench_acceptance(
         for s in all_shapes:
             name = shape_name(s)
             engine = engines["plain"] if s.num_draft_tokens == 0 else drafted
-            tokens, stats_list, seconds = [], [], 0.0
+            tokens, stats = [], GenerationStats()
             for lo in range(0, len(toks), batch_size):
                 out = engine.generate(
                     toks[lo : lo + batch_size], max_new_tokens, s, temperature=temperature, seed=lo
                 )
                 tokens += out.tokens
-                stats_list.append(out.stats)
-                seconds += out.stats.seconds
-            if name not in best or seconds < best[name]:
-                best[name] = seconds
-            emitted = sum(st.emitted for st in stats_list)
-            steps = sum(st.sequence_steps for st in stats_list)
-            depth = max((len(st.accepted_at_depth) for st in stats_list), default=0)
-            at_depth = [
-                sum(st.accepted_at_depth[d] if d < len(st.accepted_at_depth) else 0 for st in stats_list)
-                for d in range(depth)
-            ]
-            alpha, prev = [], steps
-            for c in at_depth:
-                alpha.append(c / prev if prev else 0.0)
-                prev = c
+                stats.merge(out.stats)
+            if name not in best or stats.seconds < best[name]:
+                best[name] = stats.seconds
             results[name] = {
                 "shape": asdict(s),
-                "tau": emitted / max(1, steps),
-                "alpha": alpha,
-                "acceptance_per_position": [c / max(1, steps) for c in at_depth],
-                "accepted_over_drafted": sum(st.accepted for st in stats_list)
-                / max(1, sum(st.drafted for st in stats_list)),
-                "target_forwards": sum(st.target_forwards for st in stats_list),
+                "tau": stats.tau,
+                "alpha": stats.alpha,
+                "acceptance_per_position": stats.acceptance_per_position,
+                "accepted_over_drafted": stats.accepted / max(1, stats.drafted),
+                "target_forwards": stats.target_forwards,
                 "output_tokens": sum(len(t) for t in tokens),
             }
             outputs[name] = tokens
