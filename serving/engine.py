@@ -31,26 +31,9 @@ import torch
 from transformers import DynamicCache
 
 from draft_models.aux_hooks import AuxHiddenHooks
+from serving.shape import NO_SPECULATION, TreeShape
 from serving.tree import DraftTree, ancestor_mask
 from serving.verify import target_probs, verify_greedy, verify_sampling
-
-
-@dataclass(frozen=True)
-class TreeShape:
-    depth: int
-    top_k: int
-    num_draft_tokens: int  # 0 = no speculation
-
-    @classmethod
-    def chain(cls, k: int) -> TreeShape:
-        return cls(depth=max(1, k), top_k=1, num_draft_tokens=k)
-
-    @classmethod
-    def none(cls) -> TreeShape:
-        return cls(depth=1, top_k=1, num_draft_tokens=0)
-
-
-NO_SPECULATION = TreeShape.none()
 
 
 class Drafter(Protocol):
@@ -169,7 +152,10 @@ class SpeculativeEngine:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int = 0,
+        on_step: Callable[[TreeShape, int, float], None] | None = None,
     ) -> GenerationOutput:
+        """``shape`` is fixed or a function of the live batch size (e.g. ``SpeculationPolicy.choose``);
+        ``on_step(shape, batch_size, mean tokens emitted per sequence)`` is called after every step."""
         if any(len(p) < 2 for p in prompts):
             raise ValueError("every prompt needs at least 2 tokens")
         pick = shape if callable(shape) else (lambda _b, s=shape: s)
@@ -232,6 +218,7 @@ class SpeculativeEngine:
             stats.target_forwards += 1
 
             keep_rows, gather, new_lens = [], [], []
+            step_emitted = 0
             for b, t in enumerate(trees):
                 rows = logits[b, : 1 + t.size].cpu()
                 if temperature > 0:
@@ -240,6 +227,7 @@ class SpeculativeEngine:
                     verdict = verify_greedy(t, rows)
                 emitted = verdict.tokens
                 stats.record(t.size, verdict.num_accepted, len(emitted))
+                step_emitted += len(emitted)
                 out = outputs[active[b]]
                 budget = max_new_tokens - len(out)
                 emitted = emitted[:budget]
@@ -257,6 +245,8 @@ class SpeculativeEngine:
                     gather.append(list(range(lens[b])) + [S + r for r in kept])
                     new_lens.append(lens[b] + len(kept))
                     roots[b] = verdict.tokens[-1]
+            if on_step is not None:
+                on_step(sh, len(trees), step_emitted / len(trees))
             if not keep_rows:
                 break
             self._compact(cache, keep_rows, gather)

@@ -260,6 +260,41 @@ def cmd_bench_acceptance(args: argparse.Namespace) -> None:
     print(json.dumps(res["results"], indent=1))
 
 
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from serving.calibrate import calibrate, cost_model_path, machine_id
+    from specforge.export import load_draft
+    from specforge.targets import load_target
+    from specforge.tiny_target import default_cache_root
+
+    target_dir = _target_path(args.target)
+    target = load_target(target_dir, need_chat_template=False)
+    draft = (
+        load_draft(args.draft, target.model.get_input_embeddings().weight.detach()) if args.draft else None
+    )
+    out = (
+        Path(args.out)
+        if args.out
+        else cost_model_path(default_cache_root() / "costs", target_dir, args.draft)
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    counts = [int(x) for x in args.token_counts.split(",")]
+    cost = calibrate(target.model, draft, counts, prefix=args.prefix, repeats=args.repeats)
+    cost.save(
+        out,
+        meta={"target": str(target_dir), "draft": args.draft, "machine": machine_id(), "prefix": args.prefix},
+    )
+    print(
+        json.dumps(
+            {
+                "out": str(out),
+                "target_seconds": dict(zip(counts, cost.target.seconds)),
+                "draft_seconds": dict(zip(counts, cost.draft.seconds)) if cost.draft else None,
+            },
+            indent=1,
+        )
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="specforge", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -360,6 +395,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--vllm-draft", help="vLLM-format export of the same draft: also measure its chains in vLLM"
     )
     ba.set_defaults(func=cmd_bench_acceptance)
+
+    ca = sub.add_parser(
+        "calibrate", help="profile target/draft step times into a cost model (per model and machine)"
+    )
+    ca.add_argument("--target")
+    ca.add_argument("--draft", help="training run or HF-format draft export")
+    ca.add_argument("--out", help="JSON path (default: the cache, keyed by model and machine)")
+    ca.add_argument("--token-counts", default="1,2,4,8,16,32,64,128,256")
+    ca.add_argument("--prefix", type=int, default=128, help="KV-cache length each profiled sequence holds")
+    ca.add_argument("--repeats", type=int, default=5)
+    ca.set_defaults(func=cmd_calibrate)
 
     dmo = sub.add_parser("demo", help="the main job on the embedded tiny target, end to end")
     dmo.add_argument("--workdir", default="outputs/demo")

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from serving.drafters.eagle3 import Eagle3Drafter
-from serving.engine import NO_SPECULATION, GenerationStats, SpeculativeEngine, TreeShape
+from serving.engine import GenerationStats, SpeculativeEngine
+from serving.shape import NO_SPECULATION, TreeShape
 from specforge.bench.vllm_chain import chat_prompts
 from specforge.errors import SpecforgeError
 from specforge.export import load_draft
@@ -34,7 +35,7 @@ def parse_shape(text: str) -> TreeShape:
         if parts[0] == "chain" and len(parts) == 2:
             return TreeShape.chain(int(parts[1]))
         if parts[0] == "tree" and len(parts) == 4:
-            return TreeShape(int(parts[1]), int(parts[2]), int(parts[3]))
+            return TreeShape.tree(int(parts[1]), int(parts[2]), int(parts[3]))
     except ValueError:
         pass
     raise SpecforgeError(

@@ -11,7 +11,8 @@ import torch
 from transformers import DynamicCache
 
 from serving.drafters.eagle3 import Eagle3Drafter
-from serving.engine import SpeculativeEngine, TreeShape
+from serving.engine import SpeculativeEngine
+from serving.shape import TreeShape
 from serving.tree import DraftTree
 from tests.helpers import small_eagle3, small_eagle3_config
 
@@ -141,3 +142,35 @@ def test_kv_compaction_keeps_listed_slots():
     assert torch.equal(layer.keys, keys[1:2, :, [0, 1, 4]]) and torch.equal(
         layer.values, -keys[1:2, :, [0, 1, 4]]
     )
+
+
+def test_engine_consults_the_policy_every_step(target64, prompts):
+    from serving.policy import AcceptanceTracker, CostModel, Profile, SpeculationPolicy
+
+    shapes = [TreeShape.chain(2), TreeShape.chain(4), TreeShape.tree(depth=4, top_k=2, num_draft_tokens=7)]
+    # Verifying up to 8 tokens costs one step, more costs 100: speculate alone, not at batch 3.
+    cost = CostModel(
+        target=Profile([1, 8, 9, 64], [1.0, 1.0, 100.0, 100.0]), draft=Profile([1, 64], [0.01, 0.01])
+    )
+    policy = SpeculationPolicy(cost, AcceptanceTracker.from_alpha([0.8] * 4, shapes), shapes)
+    seen: list[tuple[TreeShape, int]] = []
+
+    def choose(batch):
+        shape = policy.choose(batch)
+        seen.append((shape, batch))
+        return shape
+
+    lengths = [8, 16, 24]
+    refs = reference(target64, prompts[:3], max(lengths))
+    full = [p + r for p, r in zip(prompts[:3], refs)]
+    engine = SpeculativeEngine(target64, OracleDrafter(full))
+    outs = [
+        engine.generate([p], n, choose, on_step=policy.observe).tokens[0]
+        for p, n in zip(prompts[:3], lengths)
+    ]
+    assert outs == [r[:n] for r, n in zip(refs, lengths)]
+    batch3 = engine.generate(prompts[:3], 12, choose, on_step=policy.observe)
+    assert batch3.tokens == [r[:12] for r in refs]
+    assert all(s.is_none for s, b in seen if b >= 3)
+    assert any(not s.is_none for s, b in seen if b == 1)
+    assert policy.acceptance.ema  # online statistics were recorded

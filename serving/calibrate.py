@@ -1,0 +1,96 @@
+"""Profile a target (and a draft) on the machine at hand into a :class:`serving.policy.CostModel`.
+
+Contract: :func:`calibrate` times one decode forward of the target for ``n`` query tokens, each a
+separate sequence holding a ``prefix``-token KV cache (decode at batch ``n``), for ``n`` in
+``token_counts``; the draft's one-step forward likewise. Each point is the median of ``repeats``
+runs after a warm-up. :func:`cost_model_path` names the cache file by target, draft and machine, so
+a cost model is measured once per model and machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+from serving.policy import CostModel, Profile
+
+DEFAULT_TOKEN_COUNTS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+
+
+def machine_id() -> str:
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return f"{platform.node()}|{platform.processor() or platform.machine()}|{gpu}|threads={torch.get_num_threads()}"
+
+
+def cost_model_path(root: Path, target_dir: Path, draft_dir: Path | None) -> Path:
+    key = hashlib.sha256(
+        f"{Path(target_dir).resolve()}|{draft_dir and Path(draft_dir).resolve()}|{machine_id()}".encode()
+    )
+    return Path(root) / f"cost-{key.hexdigest()[:16]}.json"
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def time_target(model: torch.nn.Module, n: int, prefix: int, repeats: int) -> float:
+    device = next(model.parameters()).device
+    vocab = model.config.vocab_size
+    ctx = torch.randint(0, vocab, (n, prefix), device=device)
+    cache = DynamicCache()
+    model(input_ids=ctx, past_key_values=cache, use_cache=True)
+    step = torch.randint(0, vocab, (n, 1), device=device)
+    pos = torch.full((n, 1), prefix, device=device)
+
+    def run():
+        model(input_ids=step, position_ids=pos, past_key_values=cache, use_cache=True)
+        cache.crop(prefix)  # drop the token just added, so every run sees the same cache
+
+    return _median_time(run, repeats)
+
+
+@torch.no_grad()
+def time_draft(draft: torch.nn.Module, n: int, prefix: int, repeats: int) -> float:
+    from draft_models.layers import attend
+
+    cfg = draft.config
+    k = torch.randn(n, cfg.num_key_value_heads, prefix, cfg.head_dim)
+    v = torch.randn_like(k)
+    ids = torch.randint(0, cfg.vocab_size, (n, 1))
+    hidden = torch.randn(n, 1, cfg.hidden_size)
+    pos = torch.full((n, 1), prefix)
+
+    def attn(q, k_new, v_new):
+        return attend(q, torch.cat([k, k_new], 2), torch.cat([v, v_new], 2), None)
+
+    return _median_time(lambda: draft.step(ids, hidden, pos, attn), repeats)
+
+
+def calibrate(
+    target: torch.nn.Module,
+    draft: torch.nn.Module | None = None,
+    token_counts: list[int] | None = None,
+    prefix: int = 128,
+    repeats: int = 5,
+) -> CostModel:
+    counts = token_counts or DEFAULT_TOKEN_COUNTS
+    target_prof = Profile(counts, [time_target(target, n, prefix, repeats) for n in counts])
+    draft_prof = (
+        Profile(counts, [time_draft(draft, n, prefix, repeats) for n in counts])
+        if draft is not None
+        else None
+    )
+    return CostModel(target_prof, draft_prof)

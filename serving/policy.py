@@ -1,0 +1,160 @@
+"""Adaptive speculation: pick the draft shape that maximises goodput at the live batch size.
+
+Contract
+--------
+* :class:`CostModel` predicts one decode step's time from profiled timings: the target's forward
+  time as a function of the number of query tokens in the batch, and the draft's per-depth
+  forward time likewise (piecewise-linear interpolation, linear extrapolation past the last point).
+  A step at batch ``B`` with shape ``(depth, top_k, N)`` costs
+  ``target(B * (1 + N)) + draft(B) + (depth - 1) * draft(B * top_k)`` (``N = 0``: ``target(B)``).
+* :class:`AcceptanceTracker` keeps, per shape, an EMA of the tokens emitted per sequence per step
+  (tau, bonus included), seeded from an offline estimate (the trained head's alpha_k for chains).
+* :class:`SpeculationPolicy.choose` returns the candidate maximising
+  ``goodput = B * tau(shape) / step_time(B, shape)``, with "no speculation" (tau = 1) always a
+  candidate. Choices are *monotone*: for the same statistics, a larger batch never gets more
+  speculation (shapes are ordered by draft tokens, then depth, then top-k; the choice at ``B`` is
+  capped by the choices at every smaller batch size).
+
+Pure Python, no torch: the engine, the vLLM plugin and the tests drive it the same way.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from serving.shape import NO_SPECULATION, TreeShape
+
+Shape = TreeShape  # the policy speaks of the same shapes the engine runs
+NONE = NO_SPECULATION
+
+
+@dataclass
+class Profile:
+    """Measured (tokens, seconds) points of one forward, tokens ascending."""
+
+    tokens: list[int]
+    seconds: list[float]
+
+    def __post_init__(self) -> None:
+        if len(self.tokens) != len(self.seconds) or not self.tokens:
+            raise ValueError("a profile needs as many times as token counts, and at least one")
+        if self.tokens != sorted(set(self.tokens)):
+            raise ValueError("profile token counts must strictly ascend")
+        # More tokens never take less time: smooth out timing noise with a running maximum.
+        self.seconds = [max(self.seconds[: i + 1]) for i in range(len(self.seconds))]
+
+    def __call__(self, n: float) -> float:
+        """Seconds for ``n`` tokens: interpolated, flat below the first point, extrapolated above the last."""
+        t, s = self.tokens, self.seconds
+        if len(t) == 1:
+            return s[0] * max(1.0, n / t[0])
+        if n <= t[0]:
+            return s[0]
+        i = min(bisect.bisect_left(t, n), len(t) - 1)
+        x0, x1, y0, y1 = t[i - 1], t[i], s[i - 1], s[i]
+        return y0 + (y1 - y0) / (x1 - x0) * (n - x0)
+
+
+@dataclass
+class CostModel:
+    target: Profile
+    draft: Profile | None = None
+
+    def step_time(self, batch: int, shape: Shape) -> float:
+        if shape.is_none or self.draft is None:
+            return self.target(batch)
+        drafting = self.draft(batch) + (shape.depth - 1) * self.draft(batch * shape.top_k)
+        return self.target(batch * (1 + shape.num_draft_tokens)) + drafting
+
+    def save(self, path: str | Path, meta: dict | None = None) -> None:
+        payload = {
+            "target": asdict(self.target),
+            "draft": asdict(self.draft) if self.draft else None,
+            "meta": meta or {},
+        }
+        p = Path(path)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload, indent=1))
+        tmp.replace(p)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CostModel:
+        raw = json.loads(Path(path).read_text())
+        return cls(Profile(**raw["target"]), Profile(**raw["draft"]) if raw.get("draft") else None)
+
+
+def chain_tau(alpha: list[float], k: int) -> float:
+    """Expected tokens per step of a k-token chain from conditional acceptances alpha_1..: 1 + sum prod."""
+    tau, run = 1.0, 1.0
+    for i in range(k):
+        run *= alpha[i] if i < len(alpha) else (alpha[-1] if alpha else 0.0)
+        tau += run
+    return tau
+
+
+@dataclass
+class AcceptanceTracker:
+    """EMA of tau per shape; shapes never observed fall back to their seed."""
+
+    seed: dict[Shape, float]
+    beta: float = 0.05  # weight of a new observation
+    ema: dict[Shape, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_alpha(cls, alpha: list[float], shapes: list[Shape], beta: float = 0.05) -> AcceptanceTracker:
+        """Seed every shape from chain acceptances: a tree is seeded as the chain of its depth
+        (conservative: a tree accepts at least what its best path would)."""
+        seed = {s: (1.0 if s.is_none else chain_tau(alpha, min(s.depth, s.num_draft_tokens))) for s in shapes}
+        return cls(seed=seed, beta=beta)
+
+    def tau(self, shape: Shape) -> float:
+        if shape.is_none:
+            return 1.0
+        return self.ema.get(shape, self.seed.get(shape, 1.0))
+
+    def observe(self, shape: Shape, emitted_per_sequence: float) -> None:
+        if shape.is_none:
+            return
+        prev = self.tau(shape)
+        self.ema[shape] = (1 - self.beta) * prev + self.beta * emitted_per_sequence
+
+
+@dataclass
+class SpeculationPolicy:
+    cost: CostModel
+    acceptance: AcceptanceTracker
+    candidates: list[Shape]
+
+    def __post_init__(self) -> None:
+        self.candidates = sorted(set(self.candidates) | {NONE})
+
+    def goodput(self, batch: int, shape: Shape) -> float:
+        """Expected tokens per second for the whole batch."""
+        return batch * self.acceptance.tau(shape) / self.cost.step_time(batch, shape)
+
+    def best_unconstrained(self, batch: int) -> Shape:
+        # Ties go to less speculation (earlier in the order).
+        return max(
+            self.candidates,
+            key=lambda s: (self.goodput(batch, s), [-x for x in (s.num_draft_tokens, s.depth, s.top_k)]),
+        )
+
+    def choose(self, batch: int) -> Shape:
+        """The goodput-maximising shape, capped so that it never exceeds the choice at any smaller batch."""
+        if batch < 1:
+            raise ValueError("batch must be >= 1")
+        cap = None
+        for b in range(1, batch + 1):
+            best = self.best_unconstrained(b)
+            cap = best if cap is None or best < cap else cap
+        return cap
+
+    def table(self, batch_sizes: list[int]) -> dict[int, Shape]:
+        return {b: self.choose(b) for b in batch_sizes}
+
+    def observe(self, shape: Shape, batch: int, emitted_per_sequence: float) -> None:
+        """Engine feedback (matches ``SpeculativeEngine.generate(on_step=...)``)."""
+        self.acceptance.observe(shape, emitted_per_sequence)

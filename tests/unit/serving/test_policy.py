@@ -1,0 +1,96 @@
+"""The adaptive speculation policy: cost model, acceptance tracking, goodput and monotonicity."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from serving.policy import NONE, AcceptanceTracker, CostModel, Profile, Shape, SpeculationPolicy, chain_tau
+
+CANDIDATES = [Shape.chain(1), Shape.chain(2), Shape.chain(4), Shape(8, 4, 2), Shape(16, 5, 4)]
+
+
+def overhead_then_compute(flat_until: int, per_token: float, base: float) -> Profile:
+    """A target that costs `base` until `flat_until` query tokens, then grows linearly."""
+    pts = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
+    return Profile(pts, [base + per_token * max(0, n - flat_until) for n in pts])
+
+
+def test_profile_interpolates_and_extrapolates():
+    p = Profile([1, 10, 20], [1.0, 2.0, 4.0])
+    assert p(1) == 1.0 and p(0.5) == 1.0
+    assert p(5.5) == pytest.approx(1.5) and p(15) == pytest.approx(3.0)
+    assert p(30) == pytest.approx(6.0)  # last slope continued
+    noisy = Profile([1, 2, 3], [1.0, 0.8, 1.2])
+    assert noisy.seconds == [1.0, 1.0, 1.2]  # never faster with more tokens
+    with pytest.raises(ValueError):
+        Profile([2, 1], [1.0, 1.0])
+
+
+def test_step_time_formula():
+    cost = CostModel(target=Profile([1, 100], [1.0, 100.0]), draft=Profile([1, 100], [0.1, 10.0]))
+    assert cost.step_time(4, NONE) == pytest.approx(4.0)
+    s = Shape(num_draft_tokens=6, depth=3, top_k=2)
+    # target(4 * 7) + draft(4) + 2 * draft(8)
+    assert cost.step_time(4, s) == pytest.approx(28.0 + 0.4 + 2 * 0.8)
+
+
+def test_chain_tau_and_tracker():
+    assert chain_tau([0.5, 0.5], 2) == pytest.approx(1 + 0.5 + 0.25)
+    assert chain_tau([0.8], 3) == pytest.approx(1 + 0.8 + 0.64 + 0.512)  # last alpha repeats
+    tr = AcceptanceTracker.from_alpha([0.8, 0.7], CANDIDATES, beta=0.5)
+    assert tr.tau(Shape.chain(2)) == pytest.approx(1 + 0.8 + 0.56)
+    assert tr.tau(Shape(8, 4, 2)) == pytest.approx(chain_tau([0.8, 0.7], 4))  # seeded as its depth's chain
+    tr.observe(Shape.chain(2), 3.0)
+    assert tr.tau(Shape.chain(2)) == pytest.approx(0.5 * (1 + 0.8 + 0.56) + 0.5 * 3.0)
+    assert tr.tau(NONE) == 1.0
+
+
+def _policy(alpha=(0.85, 0.85, 0.8, 0.8, 0.75), flat_until=64):
+    cost = CostModel(
+        target=overhead_then_compute(flat_until, 0.01, 1.0),
+        draft=overhead_then_compute(flat_until, 0.001, 0.1),
+    )
+    return SpeculationPolicy(cost, AcceptanceTracker.from_alpha(list(alpha), CANDIDATES), CANDIDATES)
+
+
+def test_small_batch_speculates_large_batch_does_not():
+    pol = _policy()
+    assert pol.choose(1) != NONE and pol.choose(1).num_draft_tokens >= 4
+    assert pol.choose(512) == NONE
+    # Goodput really is maximised at batch 1.
+    best = max(pol.candidates, key=lambda s: pol.goodput(1, s))
+    assert pol.goodput(1, pol.choose(1)) == pytest.approx(pol.goodput(1, best))
+
+
+def test_poor_acceptance_means_no_speculation():
+    pol = _policy(alpha=(0.02,))
+    assert pol.choose(1) == NONE
+
+
+def test_online_acceptance_moves_the_choice():
+    pol = _policy()
+    first = pol.choose(1)
+    for _ in range(200):  # the chosen shape keeps emitting only 1 token per step
+        pol.acceptance.observe(first, 1.0)
+    assert pol.choose(1) != first
+
+
+def test_monotone_in_batch_size_for_random_statistics():
+    rng = random.Random(0)
+    for _ in range(60):
+        alpha = [rng.uniform(0.05, 0.95) for _ in range(5)]
+        pol = _policy(alpha=alpha, flat_until=rng.choice([1, 8, 32, 128]))
+        for s in CANDIDATES:  # random online observations too
+            pol.acceptance.observe(s, rng.uniform(1.0, 1 + s.num_draft_tokens))
+        choices = [pol.choose(b) for b in (1, 2, 3, 4, 8, 16, 32, 64, 128)]
+        assert all(later <= earlier for earlier, later in itertools.pairwise(choices)), choices
+
+
+def test_cost_model_round_trip(tmp_path):
+    cost = CostModel(Profile([1, 8], [0.01, 0.02]), Profile([1, 8], [0.001, 0.002]))
+    cost.save(tmp_path / "c.json", meta={"machine": "test"})
+    again = CostModel.load(tmp_path / "c.json")
+    assert again.step_time(2, Shape.chain(3)) == cost.step_time(2, Shape.chain(3))
