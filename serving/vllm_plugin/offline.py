@@ -35,15 +35,16 @@ def vllm_env() -> dict[str, str]:
     return env
 
 
-def run_vllm(request: dict, workdir: Path, timeout: float = 900) -> dict:
-    """Run one request in a subprocess; raise RuntimeError with vLLM's last output on failure."""
+def run_vllm(request: dict, workdir: Path, timeout: float = 900, env: dict[str, str] | None = None) -> dict:
+    """Run one request in a subprocess; raise RuntimeError with vLLM's last output on failure.
+    ``env`` adds environment variables (e.g. SPECFORGE_ADAPTIVE_SPEC for the adaptive plugin)."""
     workdir.mkdir(parents=True, exist_ok=True)
     req, res = workdir / "vllm_request.json", workdir / "vllm_result.json"
     req.write_text(json.dumps(request))
     res.unlink(missing_ok=True)
     proc = subprocess.run(
         [sys.executable, "-m", "serving.vllm_plugin.offline", str(req), str(res)],
-        env=vllm_env(),
+        env={**vllm_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -91,6 +92,8 @@ def main(request_path: str, result_path: str) -> None:
             "model": req["draft"],
             "num_speculative_tokens": int(req["num_speculative_tokens"]),
         }
+        if req.get("num_speculative_tokens_per_batch_size"):
+            spec["num_speculative_tokens_per_batch_size"] = req["num_speculative_tokens_per_batch_size"]
     llm = LLM(
         model=req["target"],
         speculative_config=spec,
@@ -99,6 +102,7 @@ def main(request_path: str, result_path: str) -> None:
         max_model_len=int(req.get("max_model_len", 2048)),
         seed=int(req.get("seed", 0)),
         disable_log_stats=False,
+        max_num_seqs=int(req.get("max_num_seqs", 64)),
     )
     params = SamplingParams(
         temperature=float(req.get("temperature", 0.0)),

