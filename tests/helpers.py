@@ -30,3 +30,17 @@ def small_eagle3(cfg: Eagle3Config, vocab_ids: list[int], seed: int = 0) -> Eagl
     vocab = build_draft_vocab([(vocab_ids, [1] * len(vocab_ids))], cfg.vocab_size, cfg.draft_vocab_size)
     draft.set_vocab(vocab.d2t, vocab.t2d)
     return draft
+
+
+def write_draft_run(run_dir, draft: Eagle3Draft):
+    """Save a draft the way a finished training run does (draft_config.json + draft.safetensors)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in draft.state_dict().items()}, str(run / "draft.safetensors"))
+    (run / "draft_config.json").write_text(json.dumps({"type": "eagle3", **draft.config.to_dict()}))
+    return run

@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import json
 
-from safetensors.torch import save_file
-
 from specforge.cli import main
 from specforge.data.demo import write_demo_dataset
 from specforge.targets import load_target
-from tests.helpers import small_eagle3, small_eagle3_config
+from tests.helpers import small_eagle3, small_eagle3_config, write_draft_run
 
 
 def test_bench_acceptance_writes_json_and_plot(micro_target_dir, tmp_path, capsys):
     target = load_target(micro_target_dir)
     cfg = small_eagle3_config(64, target.vocab_size, 128, head_dim=32)
     draft = small_eagle3(cfg, list(range(target.vocab_size)))
-    run = tmp_path / "run"
-    run.mkdir()
-    state = {k: v.contiguous() for k, v in draft.state_dict().items() if k != "embed_tokens.weight"}
-    save_file(state, str(run / "draft.safetensors"))
-    (run / "draft_config.json").write_text(json.dumps({"type": "eagle3", **cfg.to_dict()}))
+    run = write_draft_run(tmp_path / "run", draft)
     write_demo_dataset(tmp_path / "data", max_train=2, max_heldout=4)
 
     rc = main(

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from draft_models.eagle3 import Eagle3Config
 from specforge.errors import SpecforgeError
 from specforge.export import check_vllm_eagle3, export_hf, export_vllm, load_draft, vllm_eagle3_spec
-from tests.helpers import small_eagle3, small_eagle3_config
+from tests.helpers import small_eagle3, small_eagle3_config, write_draft_run
 
 V, VD, H = 60, 24, 32
 
@@ -23,11 +23,7 @@ def _cfg() -> Eagle3Config:
 @pytest.fixture
 def run_dir(tmp_path):
     d = small_eagle3(_cfg(), list(range(0, V, 2)))
-    run = tmp_path / "run"
-    run.mkdir()
-    save_file({k: v.contiguous() for k, v in d.state_dict().items()}, str(run / "draft.safetensors"))
-    (run / "draft_config.json").write_text(json.dumps({"type": "eagle3", **d.config.to_dict()}))
-    return run
+    return write_draft_run(tmp_path / "run", d)
 
 
 def test_vllm_export_layout(run_dir, tmp_path):
