@@ -31,6 +31,7 @@ import torch
 from transformers import DynamicCache
 
 from draft_models.aux_hooks import AuxHiddenHooks
+from serving.policy import conditional_acceptance
 from serving.shape import NO_SPECULATION, TreeShape
 from serving.tree import DraftTree, ancestor_mask
 from serving.verify import target_probs, verify_greedy, verify_sampling
@@ -71,11 +72,7 @@ class GenerationStats:
 
     @property
     def alpha(self) -> list[float]:
-        out, prev = [], self.sequence_steps
-        for c in self.accepted_at_depth:
-            out.append(c / prev if prev else 0.0)
-            prev = c
-        return out
+        return conditional_acceptance(self.accepted_at_depth, self.sequence_steps)
 
     def merge(self, other: GenerationStats) -> None:
         """Add another run's counts to these (for results gathered over several batches)."""

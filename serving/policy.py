@@ -86,6 +86,16 @@ class CostModel:
         return cls(Profile(**raw["target"]), Profile(**raw["draft"]) if raw.get("draft") else None)
 
 
+def conditional_acceptance(accepted_at_position: list[float], total: float) -> list[float]:
+    """alpha_k = P(position k accepted | positions < k accepted), from counts (or rates) of
+    "position k accepted" out of ``total`` verification steps."""
+    out, prev = [], total
+    for c in accepted_at_position:
+        out.append(c / prev if prev else 0.0)
+        prev = c
+    return out
+
+
 def chain_tau(alpha: list[float], k: int) -> float:
     """Expected tokens per step of a k-token chain from conditional acceptances alpha_1..: 1 + sum prod."""
     tau, run = 1.0, 1.0

@@ -123,15 +123,11 @@ def run_capture(
     skip_bad_rows: bool,
 ) -> dict:
     from specforge.capture import CaptureConfig, write_shards
-    from specforge.data.formats import load_rows
-    from specforge.data.tokenize import tokenize_dataset
+    from specforge.data.tokenize import load_tokenized
     from specforge.targets import load_target
 
     target = load_target(target_dir)
-    rows, report = load_rows(data, skip_bad_rows=skip_bad_rows)
-    if limit is not None:
-        rows = rows.select(range(min(limit, len(rows))))
-    ds = tokenize_dataset(rows, target.tokenizer, max_length)
+    ds, report = load_tokenized(data, target.tokenizer, max_length, skip_bad_rows, limit)
     t0 = time.time()
     manifest = write_shards(
         target,
@@ -151,7 +147,8 @@ def run_capture(
         "disk_mib": round(manifest.bytes / 2**20, 2),
         "bytes_per_token": round(manifest.bytes / max(1, tokens)),
         "skipped_bad_rows": report.skipped,
-        "dropped_truncated_rows": len(rows) - len(ds),  # no assistant token left within max_length
+        "dropped_truncated_rows": min(report.rows, limit if limit is not None else report.rows)
+        - len(ds),  # no assistant token left within max_length
         "seconds": round(time.time() - t0, 1),
     }
 

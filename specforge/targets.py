@@ -136,3 +136,19 @@ def load_target(
         )
     model.to(device).eval().requires_grad_(False)
     return Target(model=model, tokenizer=tok, path=p)
+
+
+@torch.no_grad()
+def generate_left_padded(
+    model: PreTrainedModel, prompts: list[list[int]], pad_id: int, **generate_kwargs
+) -> list[list[int]]:
+    """``model.generate`` on token prompts of different lengths (left padding, KV cache); returns
+    only the new tokens of each prompt."""
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    device = next(model.parameters()).device
+    out = model.generate(
+        input_ids=ids.to(device), attention_mask=mask.to(device), pad_token_id=pad_id, **generate_kwargs
+    )
+    return [row[width:] for row in out.tolist()]

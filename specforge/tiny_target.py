@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from specforge.data.demo import demo_conversations
 from specforge.data.stdlib_corpus import read_source, stdlib_files
+from specforge.targets import generate_left_padded
 
 BUILDER_VERSION = 2
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -140,23 +141,17 @@ def heldout_loss(model, stream: torch.Tensor, seq_len: int, n_windows: int) -> f
     return float(sum(losses) / len(losses))
 
 
-@torch.no_grad()
 def greedy_continuations(model, tokenizer, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
-    """Greedy continuations of token prompts (left-padded batch, KV cache)."""
+    """Exactly ``new_tokens`` greedy tokens after each token prompt."""
     model.eval()
-    width = max(len(p) for p in prompts)
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=mask,
+    return generate_left_padded(
+        model,
+        prompts,
+        tokenizer.pad_token_id,
         max_new_tokens=new_tokens,
         min_new_tokens=new_tokens,
         do_sample=False,
-        pad_token_id=pad,
     )
-    return [row[width:].tolist() for row in out]
 
 
 def _code_prompts(tokenizer, heldout_texts: list[str], n: int, prompt_tokens: int = 64) -> list[list[int]]:

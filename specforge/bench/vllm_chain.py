@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from serving.policy import conditional_acceptance
 from serving.vllm_plugin.offline import run_vllm
 from specforge.data.formats import load_rows
 from specforge.targets import load_tokenizer
@@ -67,9 +68,7 @@ def bench_vllm_chain(
     c = spec["spec"]
     drafts = max(1, c.get("drafts", 0))
     per_pos = [a / drafts for a in c.get("accepted_per_pos", [])]
-    alpha = [per_pos[0]] + [
-        per_pos[i] / per_pos[i - 1] if per_pos[i - 1] else 0.0 for i in range(1, len(per_pos))
-    ]
+    alpha = conditional_acceptance(per_pos, 1.0)
     outputs = spec["outputs"]
     result = {
         "k": k,

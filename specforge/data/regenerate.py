@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from specforge.data.formats import load_rows
 from specforge.errors import SpecforgeError
-from specforge.targets import Target
+from specforge.targets import Target, generate_left_padded
 
 
 def _count_complete_lines(path: Path) -> int:
@@ -34,7 +34,6 @@ def _count_complete_lines(path: Path) -> int:
     return data[:keep].count(b"\n")
 
 
-@torch.no_grad()
 def generate_responses(
     target: Target,
     conversations: list[list[dict]],
@@ -46,24 +45,19 @@ def generate_responses(
     tok, model = target.tokenizer, target.model
     prompts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    width = max(len(e) for e in encoded)
-    pad = tok.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
-    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
-    device = next(model.parameters()).device
     sample = temperature > 0
-    out = model.generate(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
+    new = generate_left_padded(
+        model,
+        encoded,
+        tok.pad_token_id,
         max_new_tokens=max_new_tokens,
         do_sample=sample,
         temperature=temperature if sample else None,
         top_p=top_p if sample else None,
         top_k=None,
-        pad_token_id=pad,
         eos_token_id=tok.eos_token_id,
     )
-    return [tok.decode(row[width:], skip_special_tokens=True).strip() for row in out.tolist()]
+    return [tok.decode(row, skip_special_tokens=True).strip() for row in new]
 
 
 def regenerate(

@@ -91,3 +91,19 @@ def tokenize_dataset(
 
     out = ds.map(one, remove_columns=ds.column_names, num_proc=num_proc, desc="tokenizing")
     return out.filter(lambda r: sum(r["loss_mask"]) > 0, desc="dropping rows without assistant tokens")
+
+
+def load_tokenized(
+    path,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    skip_bad_rows: bool = False,
+    limit: int | None = None,
+):
+    """Load a dataset file (first ``limit`` rows) and tokenize it; returns (dataset, LoadReport)."""
+    from specforge.data.formats import load_rows
+
+    rows, report = load_rows(path, skip_bad_rows=skip_bad_rows)
+    if limit is not None:
+        rows = rows.select(range(min(limit, len(rows))))
+    return tokenize_dataset(rows, tokenizer, max_length), report

@@ -36,8 +36,7 @@ from specforge.capture import (
     write_shards,
 )
 from specforge.config import TrainConfig
-from specforge.data.formats import load_rows
-from specforge.data.tokenize import tokenize_dataset
+from specforge.data.tokenize import load_tokenized
 from specforge.errors import SpecforgeError
 from specforge.targets import Target, load_target
 from specforge.train.ttt import acceptance_stats, ttt_forward
@@ -74,10 +73,7 @@ class TTTModule(nn.Module):
 
 
 def _tokenized(path: str, target: Target, cfg: TrainConfig, limit: int | None = None):
-    rows, report = load_rows(path, skip_bad_rows=cfg.data.skip_bad_rows)
-    if limit is not None:
-        rows = rows.select(range(min(limit, len(rows))))
-    return tokenize_dataset(rows, target.tokenizer, cfg.data.max_length), report
+    return load_tokenized(path, target.tokenizer, cfg.data.max_length, cfg.data.skip_bad_rows, limit)
 
 
 def _latest(output_dir: Path) -> Path | None:

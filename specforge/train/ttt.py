@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from draft_models.eagle3 import Eagle3Draft
 from draft_models.layers import attend
+from serving.policy import chain_tau
 from specforge.capture import CapturedBatch
 
 
@@ -156,8 +157,4 @@ def acceptance_stats(correct: torch.Tensor, valid: torch.Tensor) -> AcceptanceSt
         alpha.append(int(hit.sum()) / n if n else 0.0)
         acc.append(int((valid[k] & correct[k]).sum()) / max(1, int(valid[k].sum())))
         alive = hit
-    tau, run = 1.0, 1.0
-    for a in alpha:
-        run *= a
-        tau += run
-    return AcceptanceStats(alpha=alpha, tau=tau, acc=acc)
+    return AcceptanceStats(alpha=alpha, tau=chain_tau(alpha, steps), acc=acc)
