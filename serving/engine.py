@@ -149,10 +149,11 @@ class SpeculativeEngine:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int = 0,
-        on_step: Callable[[TreeShape, int, float], None] | None = None,
+        on_step: Callable[[TreeShape, int, float, float], None] | None = None,
     ) -> GenerationOutput:
         """``shape`` is fixed or a function of the live batch size (e.g. ``SpeculationPolicy.choose``);
-        ``on_step(shape, batch_size, mean tokens emitted per sequence)`` is called after every step."""
+        ``on_step(shape, batch_size, mean tokens emitted per sequence, step seconds)`` is called after
+        every step."""
         if any(len(p) < 2 for p in prompts):
             raise ValueError("every prompt needs at least 2 tokens")
         pick = shape if callable(shape) else (lambda _b, s=shape: s)
@@ -187,6 +188,7 @@ class SpeculativeEngine:
                 self.drafter.extend(b, aux[b, : lens[b]].cpu(), torch.tensor(p[1:]), 0)
 
         while active:
+            t_step = time.perf_counter()
             sh = pick(len(active))
             trees = [
                 self.drafter.propose(b, lens[b], sh.depth, sh.top_k, sh.num_draft_tokens)
@@ -242,16 +244,18 @@ class SpeculativeEngine:
                     gather.append(list(range(lens[b])) + [S + r for r in kept])
                     new_lens.append(lens[b] + len(kept))
                     roots[b] = verdict.tokens[-1]
+            batch = len(trees)
+            if keep_rows:
+                self._compact(cache, keep_rows, gather)
+                active = [active[b] for b in keep_rows]
+                lens = new_lens
+                roots = [roots[b] for b in keep_rows]
+                if self.drafter is not None:
+                    self.drafter.drop(keep_rows)
+            else:
+                active = []
             if on_step is not None:
-                on_step(sh, len(trees), step_emitted / len(trees))
-            if not keep_rows:
-                break
-            self._compact(cache, keep_rows, gather)
-            active = [active[b] for b in keep_rows]
-            lens = new_lens
-            roots = [roots[b] for b in keep_rows]
-            if self.drafter is not None:
-                self.drafter.drop(keep_rows)
+                on_step(sh, batch, step_emitted / batch, time.perf_counter() - t_step)
         stats.seconds = time.perf_counter() - t0
         return GenerationOutput(tokens=outputs, stats=stats)
 

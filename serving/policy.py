@@ -6,7 +6,13 @@ Contract
   time as a function of the number of query tokens in the batch, and the draft's per-depth
   forward time likewise (piecewise-linear interpolation, linear extrapolation past the last point).
   A step at batch ``B`` with shape ``(depth, top_k, N)`` costs
-  ``target(B * (1 + N)) + draft(B) + (depth - 1) * draft(B * top_k)`` (``N = 0``: ``target(B)``).
+  ``target(B * (1 + N)) + draft(B) + (depth - 1) * draft(B * top_k)`` (``N = 0``: ``target(B)``);
+  a drafter that runs one sequence at a time pays ``B * (draft(1) + (depth - 1) * draft(top_k))``.
+* :class:`StepTable` is the other cost model: whole measured server steps (e.g. vLLM's, drafting,
+  verification and its own overheads included) per chain length ``k`` and batch size, interpolated
+  over batch size. :class:`OnlineStepCost` wraps either one and corrects it with the step times the
+  server measures live: the prior times a live/prior ratio (EMA), learnt per shape over all batch
+  sizes once the shape has been seen ``min_count`` times, and over all steps before that.
 * :class:`AcceptanceTracker` keeps, per shape, an EMA of the tokens emitted per sequence per step
   (tau, bonus included), seeded from an offline estimate (the trained head's alpha_k for chains).
 * :class:`SpeculationPolicy.choose` returns the candidate maximising
@@ -24,6 +30,7 @@ import bisect
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from serving.shape import NO_SPECULATION, TreeShape
 
@@ -62,11 +69,17 @@ class Profile:
 class CostModel:
     target: Profile
     draft: Profile | None = None
+    # False for a drafter that runs one sequence at a time (the reference engine's): drafting then
+    # costs batch x (draft(1) + (depth - 1) x draft(top_k)) instead of one batched pass per depth.
+    batched_drafts: bool = True
 
     def step_time(self, batch: int, shape: Shape) -> float:
         if shape.is_none or self.draft is None:
             return self.target(batch)
-        drafting = self.draft(batch) + (shape.depth - 1) * self.draft(batch * shape.top_k)
+        if self.batched_drafts:
+            drafting = self.draft(batch) + (shape.depth - 1) * self.draft(batch * shape.top_k)
+        else:
+            drafting = batch * (self.draft(1) + (shape.depth - 1) * self.draft(shape.top_k))
         return self.target(batch * (1 + shape.num_draft_tokens)) + drafting
 
     def save(self, path: str | Path, meta: dict | None = None) -> None:
@@ -84,6 +97,71 @@ class CostModel:
     def load(cls, path: str | Path) -> CostModel:
         raw = json.loads(Path(path).read_text())
         return cls(Profile(**raw["target"]), Profile(**raw["draft"]) if raw.get("draft") else None)
+
+
+class StepCost(Protocol):
+    def step_time(self, batch: int, shape: Shape) -> float: ...
+
+
+@dataclass
+class StepTable:
+    """Measured seconds of one whole server step, per chain length k (0: no speculation) and batch size."""
+
+    seconds: dict[int, Profile]  # k -> Profile over batch size
+
+    def __post_init__(self) -> None:
+        if 0 not in self.seconds:
+            raise ValueError("a step table needs the step time without speculation (k = 0)")
+
+    @property
+    def ks(self) -> list[int]:
+        return sorted(self.seconds)
+
+    def step_time(self, batch: int, shape: Shape) -> float:
+        k = shape.num_draft_tokens
+        if shape.depth != k and not shape.is_none:
+            raise ValueError(f"a step table prices chains only, not {shape}")
+        if k not in self.seconds:
+            raise KeyError(f"no measured step time for k={k} (measured: {self.ks})")
+        return self.seconds[k](batch)
+
+    def to_json(self) -> dict:
+        return {str(k): asdict(p) for k, p in sorted(self.seconds.items())}
+
+    @classmethod
+    def from_json(cls, raw: dict) -> StepTable:
+        return cls({int(k): Profile(**p) for k, p in raw.items()})
+
+
+@dataclass
+class OnlineStepCost:
+    """A prior step cost corrected by live step times (see the module contract).
+
+    The correction is a factor on the prior, learnt per shape and pooled over batch sizes (the prior
+    keeps the batch dependence): one step time is noisy, a factor over many steps of any batch size
+    is not. A shape seen fewer than ``min_count`` times uses the factor of all steps seen.
+    """
+
+    prior: StepCost
+    beta: float = 0.05
+    min_count: int = 16
+    scale: float = 1.0  # EMA of measured / prior over all observed steps
+    shape_scale: dict[Shape, float] = field(default_factory=dict)  # EMA of measured / prior per shape
+    count: dict[Shape, int] = field(default_factory=dict)
+
+    def observe(self, batch: int, shape: Shape, seconds: float) -> None:
+        ratio = seconds / self.prior.step_time(batch, shape)
+        n = self.count.get(shape, 0)
+        prev = self.shape_scale.get(shape, self.scale)
+        self.shape_scale[shape] = (1 - self.beta) * prev + self.beta * ratio
+        self.count[shape] = n + 1
+        self.scale = (1 - self.beta) * self.scale + self.beta * ratio
+
+    def factor(self, shape: Shape) -> float:
+        return self.shape_scale[shape] if self.count.get(shape, 0) >= self.min_count else self.scale
+
+    def step_time(self, batch: int, shape: Shape) -> float:
+        return self.prior.step_time(batch, shape) * self.factor(shape)
 
 
 def conditional_acceptance(accepted_at_position: list[float], total: float) -> list[float]:
@@ -134,7 +212,7 @@ class AcceptanceTracker:
 
 @dataclass
 class SpeculationPolicy:
-    cost: CostModel
+    cost: StepCost
     acceptance: AcceptanceTracker
     candidates: list[Shape]
 
@@ -165,6 +243,11 @@ class SpeculationPolicy:
     def table(self, batch_sizes: list[int]) -> dict[int, Shape]:
         return {b: self.choose(b) for b in batch_sizes}
 
-    def observe(self, shape: Shape, batch: int, emitted_per_sequence: float) -> None:
-        """Engine feedback (matches ``SpeculativeEngine.generate(on_step=...)``)."""
+    def observe(
+        self, shape: Shape, batch: int, emitted_per_sequence: float, seconds: float | None = None
+    ) -> None:
+        """Step feedback (matches ``SpeculativeEngine.generate(on_step=...)``); ``seconds``, the step's
+        measured time, reaches the cost model when it learns online (:class:`OnlineStepCost`)."""
         self.acceptance.observe(shape, emitted_per_sequence)
+        if seconds is not None and isinstance(self.cost, OnlineStepCost):
+            self.cost.observe(batch, shape, seconds)

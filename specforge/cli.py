@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from specforge.bench.commands import add_serve_parser, cmd_calibrate_vllm
 from specforge.errors import SpecforgeError
 
 
@@ -258,6 +259,9 @@ def cmd_bench_acceptance(args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
+    if args.vllm:
+        cmd_calibrate_vllm(args)
+        return
     from serving.calibrate import calibrate, cost_model_path, machine_id
     from specforge.export import load_draft
     from specforge.targets import load_target
@@ -392,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--vllm-draft", help="vLLM-format export of the same draft: also measure its chains in vLLM"
     )
     ba.set_defaults(func=cmd_bench_acceptance)
+    add_serve_parser(be)
 
     ca = sub.add_parser(
         "calibrate", help="profile target/draft step times into a cost model (per model and machine)"
@@ -402,6 +407,15 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--token-counts", default="1,2,4,8,16,32,64,128,256")
     ca.add_argument("--prefix", type=int, default=128, help="KV-cache length each profiled sequence holds")
     ca.add_argument("--repeats", type=int, default=5)
+    ca.add_argument(
+        "--vllm",
+        metavar="DRAFT_EXPORT",
+        help="time whole vLLM steps per (batch size, k) with this vLLM-format draft instead, and write "
+        "the plugin's policy file (--draft must then be the training run)",
+    )
+    ca.add_argument("--data", help="(--vllm) held-out conversations with regenerated answers")
+    ca.add_argument("--k-max", type=int, default=5, help="(--vllm) largest k to time")
+    ca.add_argument("--batch-sizes", default="1,2,4,8,16,32,64", help="(--vllm) batch sizes to time")
     ca.set_defaults(func=cmd_calibrate)
 
     dmo = sub.add_parser("demo", help="the main job on the embedded tiny target, end to end")

@@ -10,8 +10,14 @@ Contract
   ``[[1, max_num_seqs, k]]``, which turns on vLLM's per-step k path. The plugin then replaces the
   scheduler's batch-size table with :class:`AdaptiveLookup`: each step, k is the policy's choice
   for the live batch size (chains only: this vLLM has no tree attention).
-* Acceptance is tracked online from what each step emits per request (EMA), and step times come
-  from the calibrated cost model (``specforge calibrate``).
+* Acceptance is tracked online from what each steady decode step emits per request (EMA), seeded
+  from the head's offline alpha_k. Step times come from the policy file's prior (best: whole vLLM
+  steps measured by ``specforge calibrate --vllm``) corrected online by the steps this scheduler
+  times itself (:class:`StepRecorder`, :class:`serving.policy.OnlineStepCost`). Timing assumes
+  vLLM's synchronous scheduling (the CPU default).
+* ``SPECFORGE_STEP_LOG=/path/steps.json`` writes the timed steps (per batch size and k) and the
+  current choices whenever the engine drains; with a policy file in ``"mode": "explore"`` k cycles
+  through the given values, which is how ``specforge calibrate --vllm`` measures vLLM's steps.
 * Anything that goes wrong (a bad policy file, an exception in the policy) logs one warning and
   falls back to plain decoding (k = 0). It never takes the server down.
 
@@ -23,51 +29,99 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
+import time
+from dataclasses import asdict
 from pathlib import Path
 
-from serving.policy import AcceptanceTracker, CostModel, Profile, SpeculationPolicy
-from serving.shape import TreeShape
+from serving.policy import (
+    AcceptanceTracker,
+    CostModel,
+    OnlineStepCost,
+    Profile,
+    SpeculationPolicy,
+    StepTable,
+)
+from serving.shape import NO_SPECULATION, TreeShape
 
 ENV = "SPECFORGE_ADAPTIVE_SPEC"
+STEP_LOG_ENV = "SPECFORGE_STEP_LOG"
 logger = logging.getLogger("specforge.vllm_plugin")
 _PATCHED = False
 
 
 def write_policy_file(
-    path: str | Path, cost: CostModel, alpha: list[float], ks: list[int], beta: float = 0.05
+    path: str | Path,
+    cost: CostModel | StepTable,
+    alpha: list[float],
+    ks: list[int],
+    beta: float = 0.05,
+    meta: dict | None = None,
 ) -> Path:
-    """Everything the plugin needs, in one JSON file."""
-    payload = {
-        "cost": {"target": cost.target.__dict__, "draft": cost.draft.__dict__ if cost.draft else None},
-        "alpha": list(alpha),
-        "ks": list(ks),
-        "beta": beta,
-    }
+    """Everything the plugin needs, in one JSON file: a step cost (profiled forwards, or whole
+    measured vLLM steps from ``specforge calibrate --vllm``), the head's offline alpha_k, and the
+    chain lengths it may choose from."""
+    if isinstance(cost, StepTable):
+        payload: dict = {"steps": cost.to_json()}
+    else:
+        payload = {
+            "cost": {"target": asdict(cost.target), "draft": asdict(cost.draft) if cost.draft else None}
+        }
+    payload.update({"alpha": list(alpha), "ks": list(ks), "beta": beta, "meta": meta or {}})
     p = Path(path)
-    p.write_text(json.dumps(payload, indent=1))
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(p)
+    return p
+
+
+def write_explore_file(path: str | Path, ks: list[int], hold: int = 4) -> Path:
+    """A policy file that makes the plugin cycle k through ``ks`` (step-time calibration)."""
+    p = Path(path)
+    p.write_text(json.dumps({"mode": "explore", "ks": list(ks), "hold": hold}))
     return p
 
 
 def load_policy(path: str | Path, k_max: int) -> SpeculationPolicy:
     raw = json.loads(Path(path).read_text())
-    cost = CostModel(
-        Profile(**raw["cost"]["target"]),
-        Profile(**raw["cost"]["draft"]) if raw["cost"].get("draft") else None,
-    )
-    shapes = [TreeShape.chain(k) for k in raw["ks"] if 0 < k <= k_max]
+    if "steps" in raw:
+        prior: CostModel | StepTable = StepTable.from_json(raw["steps"])
+        usable = set(prior.ks)
+    else:
+        prior = CostModel(
+            Profile(**raw["cost"]["target"]),
+            Profile(**raw["cost"]["draft"]) if raw["cost"].get("draft") else None,
+        )
+        usable = {int(k) for k in raw["ks"]}
+    shapes = [TreeShape.chain(k) for k in raw["ks"] if 0 < k <= k_max and k in usable]
     if not shapes:
         raise ValueError(f"no k in {raw['ks']} fits the configured num_speculative_tokens={k_max}")
     tracker = AcceptanceTracker.from_alpha(raw["alpha"], shapes, beta=float(raw.get("beta", 0.05)))
-    return SpeculationPolicy(cost, tracker, shapes)
+    return SpeculationPolicy(OnlineStepCost(prior), tracker, shapes)
 
 
 class AdaptiveLookup:
-    """Stands in for vLLM's dense ``dynamic_sd_lookup`` list: ``lookup[batch_size] -> k``."""
+    """Stands in for vLLM's dense ``dynamic_sd_lookup`` list: ``lookup[batch_size] -> k``.
 
-    def __init__(self, policy: SpeculationPolicy | None, k_max: int):
+    The policy's choice for a batch size is cached and recomputed every ``refresh_steps`` lookups,
+    so the per-step cost is a dict lookup. In explore mode (calibration) k cycles through ``ks``,
+    held for ``hold`` steps each, whatever the batch size.
+    """
+
+    def __init__(
+        self,
+        policy: SpeculationPolicy | None,
+        k_max: int,
+        explore: list[int] | None = None,
+        hold: int = 4,
+        refresh_steps: int = 16,
+    ):
         self.policy, self.k_max = policy, k_max
+        self.explore, self.hold, self.refresh_steps = explore, hold, refresh_steps
         self.last_k = 0
-        self.choices: dict[int, int] = {}  # batch size -> last k chosen (for inspection)
+        self.steps = 0
+        self.choices: dict[int, int] = {}  # batch size -> k currently chosen
+        self._age: dict[int, int] = {}
         self._warned = False
 
     def _fail(self, err: Exception) -> int:
@@ -75,30 +129,124 @@ class AdaptiveLookup:
             logger.warning("specforge adaptive speculation disabled, decoding without speculation: %s", err)
             self._warned = True
         self.policy = None
+        self.explore = None
         return 0
 
     def __getitem__(self, batch_size: int) -> int:
+        self.steps += 1
+        b = int(batch_size)
+        if self.explore:
+            self.last_k = min(self.explore[(self.steps // self.hold) % len(self.explore)], self.k_max)
+            return self.last_k
         if self.policy is None:
             self.last_k = 0
             return 0
         try:
-            k = min(self.policy.choose(int(batch_size)).num_draft_tokens, self.k_max)
+            if b not in self.choices or self.steps - self._age[b] >= self.refresh_steps:
+                self.choices[b] = min(self.policy.choose(b).num_draft_tokens, self.k_max)
+                self._age[b] = self.steps
+            k = self.choices[b]
         except Exception as e:  # never take the server down
             k = self._fail(e)
-        self.last_k = self.choices[int(batch_size)] = k
+        self.last_k = k
         return k
 
-    def observe(self, batch_size: int, emitted_per_request: float) -> None:
-        if self.policy is None or self.last_k == 0:
+    def observe(self, batch_size: int, k: int, emitted_per_request: float, seconds: float | None) -> None:
+        """One steady decode step: ``k`` drafts were verified per request and ``k`` proposed."""
+        if self.policy is None:
             return
         try:
-            self.policy.observe(TreeShape.chain(self.last_k), batch_size, emitted_per_request)
+            shape = TreeShape.chain(k) if k > 0 else NO_SPECULATION
+            self.policy.observe(shape, batch_size, emitted_per_request, seconds)
         except Exception as e:
             self._fail(e)
 
 
+class StepRecorder:
+    """Timing of steady decode steps per (batch size, k): median seconds and mean tokens emitted
+    per request, written as JSON when asked.
+
+    A step is *steady* when every scheduled request is decoding and verifies exactly as many draft
+    tokens as the step proposes (so its time is the time of a step at constant k). A step's time
+    runs from its ``schedule()`` to the next ``schedule()`` (so it includes the engine loop's own
+    work); a gap after ``update_from_output`` longer than ``max_gap`` seconds and half the step
+    means the engine went idle, and the step is not timed.
+    """
+
+    def __init__(self, path: str | None, max_gap: float = 0.005, max_samples: int = 4096):
+        self.path, self.max_gap, self.max_samples = path, max_gap, max_samples
+        self.cells: dict[
+            tuple[int, int], tuple[list[float], list[float]]
+        ] = {}  # (batch, k) -> seconds, emitted
+        self.pending: tuple[int, int, float, float] | None = None  # batch, k, emitted, t_schedule
+        self.t_schedule = 0.0
+        self.t_done = 0.0
+
+    def on_schedule(self, now: float, lookup: AdaptiveLookup | None) -> None:
+        if self.pending is not None and now - self.t_done <= max(
+            self.max_gap, 0.5 * (self.t_done - self.pending[3])
+        ):
+            batch, k, emitted, t0 = self.pending
+            seconds, emits = self.cells.setdefault((batch, k), ([], []))
+            if len(seconds) < self.max_samples:
+                seconds.append(now - t0)
+                emits.append(emitted)
+            if lookup is not None:
+                lookup.observe(batch, k, emitted, now - t0)
+        self.pending = None
+        self.t_schedule = now
+
+    def on_output(self, now: float, scheduler_output, model_runner_output) -> tuple[int, int, float] | None:
+        """Record the step just finished; return (batch, verified k, mean emitted) for acceptance."""
+        self.t_done = now
+        sched = scheduler_output.num_scheduled_tokens or {}
+        drafts = scheduler_output.scheduled_spec_decode_tokens or {}
+        index = model_runner_output.req_id_to_index or {}
+        sampled = model_runner_output.sampled_token_ids or []
+        if not sched or scheduler_output.scheduled_new_reqs:
+            return None
+        ks = {len(drafts.get(r, ())) for r in sched}
+        if len(ks) != 1 or any(n != 1 + len(drafts.get(r, ())) for r, n in sched.items()):
+            return None  # a prefill chunk or mixed draft lengths
+        k = ks.pop()
+        counts = [len(sampled[index[r]]) for r in sched if r in index and index[r] < len(sampled)]
+        if len(counts) != len(sched):
+            return None
+        emitted = sum(counts) / len(counts)
+        if k == int(getattr(scheduler_output, "num_spec_tokens_to_schedule", k) or 0):
+            self.pending = (len(sched), k, emitted, self.t_schedule)
+        return len(sched), k, emitted
+
+    def summary(self, lookup: AdaptiveLookup | None) -> dict:
+        steps = [
+            {
+                "batch_size": b,
+                "k": k,
+                "steps": len(sec),
+                "seconds": statistics.median(sec),
+                "emitted": sum(em) / len(em),
+            }
+            for (b, k), (sec, em) in sorted(self.cells.items())
+        ]
+        out: dict = {"steps": steps}
+        if lookup is not None:
+            out["choices"] = {str(b): k for b, k in sorted(lookup.choices.items())}
+            out["fell_back"] = lookup.policy is None and not lookup.explore
+        return out
+
+    def flush(self, lookup: AdaptiveLookup | None) -> None:
+        if not self.path:
+            return
+        p = Path(self.path)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps(self.summary(lookup), indent=1))
+        tmp.replace(p)
+
+
 def _install(scheduler) -> None:
     path = os.environ.get(ENV)
+    recorder = StepRecorder(os.environ.get(STEP_LOG_ENV))
+    scheduler._specforge_recorder = recorder
     if not path or getattr(scheduler, "dynamic_sd_lookup", None) is None:
         if path:
             logger.warning(
@@ -109,21 +257,28 @@ def _install(scheduler) -> None:
         return
     k_max = int(scheduler.num_spec_tokens)
     try:
-        policy = load_policy(path, k_max)
+        raw = json.loads(Path(path).read_text())
+        if raw.get("mode") == "explore":
+            lookup = AdaptiveLookup(
+                None, k_max, explore=[int(k) for k in raw["ks"]], hold=int(raw.get("hold", 4))
+            )
+            logger.info("specforge step-time exploration: k cycles through %s", lookup.explore)
+        else:
+            policy = load_policy(path, k_max)
+            lookup = AdaptiveLookup(policy, k_max)
+            logger.info(
+                "specforge adaptive speculation on: k per batch size %s",
+                {b: s.num_draft_tokens for b, s in policy.table([1, 2, 4, 8, 16, 32, 64]).items()},
+            )
     except Exception as e:
         lookup = AdaptiveLookup(None, k_max)
         lookup._fail(e)
-    else:
-        lookup = AdaptiveLookup(policy, k_max)
-        logger.info(
-            "specforge adaptive speculation on: k per batch size %s", policy.table([1, 2, 4, 8, 16, 32, 64])
-        )
     scheduler.dynamic_sd_lookup = lookup
 
 
 def register() -> None:
     global _PATCHED
-    if _PATCHED or not os.environ.get(ENV):
+    if _PATCHED or not (os.environ.get(ENV) or os.environ.get(STEP_LOG_ENV)):
         return
     from vllm.v1.core.sched.scheduler import Scheduler
 
@@ -131,6 +286,7 @@ def register() -> None:
         _PATCHED = True
         return
     original_init = Scheduler.__init__
+    original_schedule = Scheduler.schedule
     original_update = Scheduler.update_from_output
 
     def __init__(self, *args, **kwargs):
@@ -140,22 +296,36 @@ def register() -> None:
         except Exception as e:  # pragma: no cover - defensive
             logger.warning("specforge adaptive speculation not installed: %s", e)
 
+    def schedule(self, *args, **kwargs):
+        recorder = getattr(self, "_specforge_recorder", None)
+        if recorder is not None:
+            lookup = getattr(self, "dynamic_sd_lookup", None)
+            try:
+                recorder.on_schedule(
+                    time.perf_counter(), lookup if isinstance(lookup, AdaptiveLookup) else None
+                )
+            except Exception as e:  # pragma: no cover - defensive
+                logger.warning("specforge step timing off: %s", e)
+                self._specforge_recorder = None
+        return original_schedule(self, *args, **kwargs)
+
     def update_from_output(self, scheduler_output, model_runner_output):
         result = original_update(self, scheduler_output, model_runner_output)
-        lookup = getattr(self, "dynamic_sd_lookup", None)
-        if isinstance(lookup, AdaptiveLookup):
+        recorder = getattr(self, "_specforge_recorder", None)
+        if recorder is not None:
+            lookup = getattr(self, "dynamic_sd_lookup", None)
+            lookup = lookup if isinstance(lookup, AdaptiveLookup) else None
             try:
-                drafted = scheduler_output.scheduled_spec_decode_tokens or {}
-                sampled = model_runner_output.sampled_token_ids or []
-                index = model_runner_output.req_id_to_index or {}
-                counts = [len(sampled[index[r]]) for r in drafted if r in index and index[r] < len(sampled)]
-                if counts:
-                    lookup.observe(len(index), sum(counts) / len(counts))
+                recorder.on_output(time.perf_counter(), scheduler_output, model_runner_output)
+                if not self.running and not self.waiting:
+                    recorder.flush(lookup)  # the engine has drained: a good moment to write
             except Exception as e:
-                lookup._fail(e)
+                logger.warning("specforge step timing off: %s", e)
+                self._specforge_recorder = None
         return result
 
     Scheduler.__init__ = __init__
+    Scheduler.schedule = schedule
     Scheduler.update_from_output = update_from_output
     Scheduler._specforge_patched = True
     _PATCHED = True

@@ -6,10 +6,20 @@ generates for every prompt, and writes the outputs' token ids, the generate wall
 ``repeats``), and vLLM's speculative-decoding counters: drafts, draft tokens, accepted tokens and
 accepted tokens per position. vLLM's mean acceptance length (tau, bonus token included) is
 ``1 + accepted / drafts``. :func:`run_vllm` is the in-Python front door that does the subprocess.
+
+Sweep mode (``"sweep": {"batch_sizes": [...], "repeats": r}`` in the request): one engine serves
+every batch size ``B`` in turn, once unrecorded (warm-up) and then ``r`` times, alternating the
+order of batch sizes between repeats.
+Each measurement generates ``max_tokens`` tokens (``ignore_eos``) for the first ``B`` prompts at
+once, so the decode batch is exactly ``B``, and records output tokens/s, the per-request latency
+(time to first token + decode time, from vLLM's own per-request timestamps), time per output token
+the speculative counters of that measurement, and a digest of its output token ids (greedy
+outputs must not depend on the configuration). Its result holds ``"sweep": [ {...}, ... ]``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -109,8 +119,12 @@ def main(request_path: str, result_path: str) -> None:
         max_tokens=int(req["max_tokens"]),
         seed=int(req.get("seed", 0)) if req.get("temperature", 0.0) > 0 else None,
         ignore_eos=bool(req.get("ignore_eos", False)),
+        detokenize=not req.get("sweep"),  # a sweep needs token ids only: keep the front end light
     )
     prompts = [{"prompt_token_ids": ids} for ids in req["prompts"]]
+    if req.get("sweep"):
+        Path(result_path).write_text(json.dumps({"sweep": _sweep(llm, params, prompts, req["sweep"])}))
+        return
     best, outputs, counters = float("inf"), None, {}
     for _ in range(int(req.get("repeats", 1))):
         before = _spec_counters(llm)
@@ -126,6 +140,52 @@ def main(request_path: str, result_path: str) -> None:
             {"outputs": outputs, "seconds": best, "spec": counters, "output_tokens": sum(map(len, outputs))}
         )
     )
+
+
+def _request_latency(r, fallback: float) -> dict:
+    """Seconds from scheduling to the last token, and per output token after the first."""
+    m, n = getattr(r, "metrics", None), len(r.outputs[0].token_ids)
+    if m is None or not getattr(m, "last_token_ts", 0.0) or not getattr(m, "first_token_ts", 0.0):
+        return {"latency": fallback, "tpot": fallback / max(n, 1)}
+    decode = m.last_token_ts - m.first_token_ts
+    return {"latency": m.first_token_latency + decode, "tpot": decode / max(n - 1, 1)}
+
+
+def _digest(outputs: list[list[int]]) -> str:
+    return hashlib.sha256(json.dumps(outputs).encode()).hexdigest()[:16]
+
+
+def _sweep(llm, params, prompts: list[dict], sweep: dict) -> list[dict]:
+    sizes = [int(b) for b in sweep["batch_sizes"]]
+    if max(sizes) > len(prompts):
+        prompts = [prompts[i % len(prompts)] for i in range(max(sizes))]
+    # Warm-up: one full unrecorded pass. The first time a kernel meets a shape (token count,
+    # sequence length) costs extra on CPU; a shorter warm-up left the first repeat up to 1.6x slower.
+    for b in sizes:
+        llm.generate(prompts[:b], params, use_tqdm=False)
+    rows = []
+    for rep in range(int(sweep.get("repeats", 1))):
+        for b in sizes if rep % 2 == 0 else sizes[::-1]:
+            before = _spec_counters(llm)
+            t0 = time.perf_counter()
+            result = llm.generate(prompts[:b], params, use_tqdm=False)
+            elapsed = time.perf_counter() - t0
+            lat = [_request_latency(r, elapsed) for r in result]
+            tokens = sum(len(r.outputs[0].token_ids) for r in result)
+            rows.append(
+                {
+                    "batch_size": b,
+                    "repeat": rep,
+                    "seconds": elapsed,
+                    "output_tokens": tokens,
+                    "tokens_per_s": tokens / elapsed,
+                    "latency_mean": sum(x["latency"] for x in lat) / len(lat),
+                    "tpot_mean": sum(x["tpot"] for x in lat) / len(lat),
+                    "spec": _diff(_spec_counters(llm), before),
+                    "outputs_sha": _digest([list(r.outputs[0].token_ids) for r in result]),
+                }
+            )
+    return rows
 
 
 if __name__ == "__main__":

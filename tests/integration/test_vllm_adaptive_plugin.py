@@ -28,6 +28,8 @@ def served(micro_target_dir, tmp_path_factory):
             f"target={micro_target_dir}",
             f"output_dir={tmp / 'run'}",
             f"data.train={tmp / 'data' / 'train.jsonl'}",
+            f"data.eval={tmp / 'data' / 'heldout.jsonl'}",
+            "data.eval_limit=8",
             "data.max_length=256",
             "draft.draft_vocab_size=256",
             "ttt.steps=2",
@@ -92,3 +94,41 @@ def test_bad_policy_falls_back_to_plain_decoding(micro_target_dir, served):
         env={"SPECFORGE_ADAPTIVE_SPEC": str(tmp / "broken.json")},
     )
     assert res["spec"].get("drafts", 0) == 0 and len(res["outputs"][0]) == 24
+
+
+def test_bench_serve_sweep_with_calibrated_plugin(micro_target_dir, served):
+    """`specforge bench serve` end to end at a small scale: vLLM step times are calibrated through
+    the plugin's explore mode, every configuration serves every batch size, outputs stay lossless."""
+    from specforge.bench.serve_vllm import bench_serve_vllm
+
+    tmp, draft = served
+    res = bench_serve_vllm(
+        micro_target_dir,
+        draft,
+        tmp / "run",
+        tmp / "data" / "heldout.jsonl",
+        tmp / "serve",
+        batch_sizes=[1, 4],
+        static_ks=[2],
+        max_tokens=12,
+        rounds=1,
+        repeats=1,
+        log=lambda _m: None,
+    )
+    steps = res["policy"]["steps"]  # measured vLLM step seconds per k and batch size
+    assert sorted(steps) == ["0", "1", "2"] and all(steps[k]["tokens"] == [1, 4] for k in steps)
+    assert all(s > 0 for k in steps for s in steps[k]["seconds"])
+    configs = {(r["config"], r["batch_size"]) for r in res["rows"]}
+    assert configs == {(c, b) for c in ["none", "k2", "vllm-table", "specforge"] for b in [1, 4]}
+    for r in res["rows"]:
+        assert r["output_tokens"] == 12 * r["batch_size"] and r["tokens_per_s"] > 0
+        assert (
+            bool(r["spec"].get("drafts")) == (r["config"] in ("k2", "vllm-table"))
+            or r["config"] == "specforge"
+        )
+    # the plugin timed its own steps and chose a k for both batch sizes
+    plugin = res["plugin_steps"][0]
+    assert plugin["steps"] and set(plugin["choices"]) >= {"1", "4"} and not plugin["fell_back"]
+    summary = res["summary"]
+    assert all(row["lossless"] for row in summary["per_batch_size"])
+    assert set(summary["bar"]["met"]) == {"vs_best_static", "vs_table", "vs_none"}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from types import SimpleNamespace
 
 import pytest
 
-from serving.policy import CostModel, Profile
-from serving.vllm_plugin.adaptive import AdaptiveLookup, load_policy, write_policy_file
+from serving.policy import CostModel, Profile, StepTable
+from serving.vllm_plugin.adaptive import AdaptiveLookup, StepRecorder, load_policy, write_policy_file
 
 
 def _policy(tmp_path):
@@ -16,12 +18,80 @@ def _policy(tmp_path):
 
 
 def test_lookup_follows_the_policy_and_learns(tmp_path):
-    lookup = AdaptiveLookup(_policy(tmp_path), k_max=3)
+    lookup = AdaptiveLookup(_policy(tmp_path), k_max=3, refresh_steps=1)
     assert lookup[1] == 3 and lookup[8] == 0
     lookup[1]
     for _ in range(300):  # k = 3 keeps emitting a single token per request
-        lookup.observe(1, 1.0)
+        lookup.observe(1, 3, 1.0, None)
     assert lookup[1] < 3
+
+
+def test_lookup_caches_choices_between_refreshes(tmp_path):
+    lookup = AdaptiveLookup(_policy(tmp_path), k_max=3, refresh_steps=50)
+    assert lookup[1] == 3
+    for _ in range(300):
+        lookup.observe(1, 3, 1.0, None)
+    assert lookup[1] == 3  # cached: the policy is consulted again only after 50 lookups
+    for _ in range(50):
+        k = lookup[1]
+    assert k < 3
+
+
+def test_explore_mode_cycles_k_and_ignores_batch_size():
+    lookup = AdaptiveLookup(None, k_max=4, explore=[0, 2, 5], hold=2)
+    ks = [lookup[b] for b in [1, 64, 3, 3, 2, 9, 1, 1]]
+    # steps 1..8 -> index (step // 2) % 3 -> 0, 1, 1, 2, 2, 0, 0, 1; k = 5 is capped at k_max = 4
+    assert ks == [0, 2, 2, 4, 4, 0, 0, 2]
+
+
+def _step(reqs: dict[str, int], k_next: int, emitted: dict[str, int], new: bool = False):
+    """A scheduler output and a model-runner output as vLLM passes them to update_from_output:
+    ``reqs`` maps request id -> draft tokens verified this step."""
+    sched = SimpleNamespace(
+        num_scheduled_tokens={r: 1 + k for r, k in reqs.items()},
+        scheduled_spec_decode_tokens={r: [7] * k for r, k in reqs.items() if k},
+        scheduled_new_reqs=[object()] if new else [],
+        num_spec_tokens_to_schedule=k_next,
+    )
+    runner = SimpleNamespace(
+        req_id_to_index={r: i for i, r in enumerate(reqs)},
+        sampled_token_ids=[[1] * emitted[r] for r in reqs],
+    )
+    return sched, runner
+
+
+def test_step_recorder_times_steady_decode_steps(tmp_path):
+    rec = StepRecorder(str(tmp_path / "steps.json"), max_gap=0.005)
+    lookup = AdaptiveLookup(_policy(tmp_path), k_max=3)
+    t = 100.0
+    # step 1: two requests verify 2 drafts each and propose 2 -> steady, timed at the next schedule
+    rec.on_schedule(t, lookup)
+    rec.on_output(t + 0.010, *_step({"a": 2, "b": 2}, 2, {"a": 3, "b": 1}))
+    rec.on_schedule(t + 0.011, lookup)  # 1 ms gap: the engine stayed busy
+    # step 2: verifies 2 but proposes 0 -> not steady, not timed
+    rec.on_output(t + 0.020, *_step({"a": 2, "b": 2}, 0, {"a": 1, "b": 1}))
+    rec.on_schedule(t + 0.021, lookup)
+    # step 3: steady k = 0, but the engine then idles for a second -> not timed
+    rec.on_output(t + 0.030, *_step({"a": 0, "b": 0}, 0, {"a": 1, "b": 1}))
+    rec.on_schedule(t + 1.0, lookup)
+    # step 4: a new request's prefill -> not timed
+    rec.on_output(t + 1.01, *_step({"a": 0, "c": 0}, 0, {"a": 1, "c": 1}, new=True))
+    rec.on_schedule(t + 1.011, lookup)
+    rec.flush(lookup)
+    summary = json.loads((tmp_path / "steps.json").read_text())
+    assert summary["steps"] == [
+        {"batch_size": 2, "k": 2, "steps": 1, "seconds": pytest.approx(0.011), "emitted": 2.0}
+    ]
+    # the timed step reached the policy: its cost model saw one step of (batch 2, chain 2)
+    assert lookup.policy.cost.count == {lookup.policy.candidates[2]: 1}
+
+
+def test_step_table_policy_file_round_trip(tmp_path):
+    table = StepTable({0: Profile([1, 64], [0.01, 0.02]), 2: Profile([1, 64], [0.012, 0.08])})
+    policy = load_policy(write_policy_file(tmp_path / "p.json", table, [0.9, 0.9], [1, 2]), k_max=5)
+    # k = 1 was not measured, so it is not a candidate; k = 2 pays alone, not at batch 64
+    assert [s.num_draft_tokens for s in policy.candidates] == [0, 2]
+    assert policy.choose(1).num_draft_tokens == 2 and policy.choose(64).num_draft_tokens == 0
 
 
 def test_policy_errors_fall_back_to_plain_decoding(tmp_path, caplog):

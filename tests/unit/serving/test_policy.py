@@ -7,7 +7,17 @@ import random
 
 import pytest
 
-from serving.policy import NONE, AcceptanceTracker, CostModel, Profile, Shape, SpeculationPolicy, chain_tau
+from serving.policy import (
+    NONE,
+    AcceptanceTracker,
+    CostModel,
+    OnlineStepCost,
+    Profile,
+    Shape,
+    SpeculationPolicy,
+    StepTable,
+    chain_tau,
+)
 
 CANDIDATES = [Shape.chain(1), Shape.chain(2), Shape.chain(4), Shape(8, 4, 2), Shape(16, 5, 4)]
 
@@ -94,3 +104,49 @@ def test_cost_model_round_trip(tmp_path):
     cost.save(tmp_path / "c.json", meta={"machine": "test"})
     again = CostModel.load(tmp_path / "c.json")
     assert again.step_time(2, Shape.chain(3)) == cost.step_time(2, Shape.chain(3))
+
+
+def test_step_table_prices_measured_chains_only():
+    table = StepTable({0: Profile([1, 8], [1.0, 2.0]), 2: Profile([1, 8], [1.5, 5.0])})
+    assert table.step_time(1, NONE) == 1.0
+    assert table.step_time(4, Shape.chain(2)) == pytest.approx(1.5 + 3.5 * 3 / 7)
+    with pytest.raises(KeyError, match="k=3"):
+        table.step_time(1, Shape.chain(3))
+    with pytest.raises(ValueError, match="chains only"):
+        table.step_time(1, Shape(4, 2, 2))
+    with pytest.raises(ValueError, match="k = 0"):
+        StepTable({2: Profile([1], [1.0])})
+    assert StepTable.from_json(table.to_json()) == table
+
+
+def test_online_step_cost_learns_a_factor_per_shape_and_overall():
+    prior = StepTable({0: Profile([1, 8], [1.0, 1.0]), 2: Profile([1, 8], [2.0, 4.0])})
+    cost = OnlineStepCost(prior, beta=0.5, min_count=2)
+    cost.observe(1, Shape.chain(2), 4.0)  # twice the prior
+    assert cost.scale == pytest.approx(0.5 * 1.0 + 0.5 * 2.0)
+    # one observation is not enough to trust the shape's own factor: every shape uses the overall one
+    assert cost.step_time(8, Shape.chain(2)) == pytest.approx(4.0 * 1.5)
+    assert cost.step_time(8, NONE) == pytest.approx(1.0 * 1.5)
+    cost.observe(8, Shape.chain(2), 12.0)  # three times the prior, at another batch size
+    factor = 0.5 * 1.5 + 0.5 * 3.0
+    assert cost.factor(Shape.chain(2)) == pytest.approx(factor)
+    assert cost.step_time(1, Shape.chain(2)) == pytest.approx(2.0 * factor)  # pooled over batch sizes
+
+
+def test_policy_with_live_step_times_stops_speculating_when_steps_get_slow():
+    prior = StepTable({0: Profile([1, 64], [1.0, 1.0]), 2: Profile([1, 64], [1.2, 1.2])})
+    tracker = AcceptanceTracker.from_alpha([0.8, 0.8], [Shape.chain(2)])
+    pol = SpeculationPolicy(OnlineStepCost(prior, beta=0.5, min_count=4), tracker, [Shape.chain(2)])
+    assert pol.choose(1) == Shape.chain(2)  # tau 2.44 for 1.2x the time
+    for _ in range(10):  # the server measures k = 2 steps at 3x the prior, k = 0 steps as predicted
+        pol.observe(Shape.chain(2), 1, 2.44, 3.6)
+        pol.observe(NONE, 1, 1.0, 1.0)
+    assert pol.choose(1) == NONE
+    assert pol.choose(8) == NONE  # the factor holds at batch sizes not measured
+
+
+def test_sequential_drafting_costs_batch_times_one_sequence():
+    cost = CostModel(Profile([1, 100], [1.0, 100.0]), Profile([1, 100], [0.1, 10.0]), batched_drafts=False)
+    s = Shape(num_draft_tokens=6, depth=3, top_k=2)
+    # target(4 * 7) + 4 * (draft(1) + 2 * draft(2))
+    assert cost.step_time(4, s) == pytest.approx(28.0 + 4 * (0.1 + 2 * 0.2))

@@ -1,0 +1,135 @@
+"""The ``specforge bench serve`` and ``specforge calibrate --vllm`` commands (argument parsing and output)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from specforge.errors import SpecforgeError
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SpecforgeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not out or min(out) < 1:
+        raise SpecforgeError(f"{text!r}: give positive integers, e.g. 1,2,4,8")
+    return out
+
+
+def _need_dir(path: str | None, what: str, flag: str) -> Path:
+    if not path:
+        raise SpecforgeError(f"{flag} is required: {what}")
+    p = Path(path)
+    if not p.is_dir():
+        raise SpecforgeError(f"{flag} {p} is not a directory: {what}")
+    return p
+
+
+def _need_file(path: str, what: str, flag: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise SpecforgeError(f"{flag} {p} not found: {what}")
+    return p
+
+
+def add_serve_parser(bench_sub) -> None:
+    bs = bench_sub.add_parser(
+        "serve",
+        help="throughput per batch size: no speculation vs static k vs vLLM's table vs the adaptive plugin",
+    )
+    bs.add_argument("--engine", choices=["vllm", "reference"], default="vllm")
+    bs.add_argument("--target", help="target model directory (default: the embedded tiny target)")
+    bs.add_argument("--run", required=True, help="the draft's training run directory (weights, alpha_k)")
+    bs.add_argument("--draft", help="vLLM-format export of the draft (--engine vllm)")
+    bs.add_argument("--data", required=True, help="held-out conversations with regenerated answers (JSONL)")
+    bs.add_argument("--out", default="outputs/bench/serve")
+    bs.add_argument("--batch-sizes", default="1,2,4,8,16,32,64")
+    bs.add_argument("--ks", default="1,2,3,4,5", help="static chain lengths (vLLM)")
+    bs.add_argument("--shapes", help="fixed shapes for --engine reference (chain:K, tree:D:K:N)")
+    bs.add_argument("--max-tokens", type=int, default=48, help="tokens generated per request")
+    bs.add_argument("--rounds", type=int, default=3)
+    bs.add_argument("--repeats", type=int, default=2, help="measurements per batch size inside an engine")
+    bs.add_argument("--policy", help="an existing plugin policy file (default: calibrate vLLM first)")
+    bs.add_argument("--seed", type=int, default=0)
+    bs.set_defaults(func=cmd_bench_serve)
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> None:
+    from specforge.bench.sweep import plot_sweep, summary_table
+    from specforge.cli import _target_path
+
+    target = _target_path(args.target)
+    run = _need_dir(args.run, "the draft's training run (with train_summary.json)", "--run")
+    data = _need_file(args.data, "held-out conversations with regenerated answers", "--data")
+    sizes = _ints(args.batch_sizes)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.engine == "vllm":
+        from specforge.bench.serve_vllm import bench_serve_vllm
+
+        draft = _need_dir(
+            args.draft, "the vLLM export of the draft (specforge export --format vllm)", "--draft"
+        )
+        res = bench_serve_vllm(
+            target,
+            draft,
+            run,
+            data,
+            out,
+            batch_sizes=sizes,
+            static_ks=_ints(args.ks),
+            max_tokens=args.max_tokens,
+            rounds=args.rounds,
+            repeats=args.repeats,
+            seed=args.seed,
+            policy=_need_file(args.policy, "a plugin policy file", "--policy") if args.policy else None,
+        )
+        title = "vLLM: throughput vs no speculation"
+    else:
+        from specforge.bench.serve_engine import DEFAULT_SHAPES, bench_serve_engine
+
+        res = bench_serve_engine(
+            target,
+            run,
+            data,
+            batch_sizes=sizes,
+            shapes=args.shapes or DEFAULT_SHAPES,
+            max_tokens=args.max_tokens,
+            rounds=args.rounds,
+            seed=args.seed,
+        )
+        title = "reference engine: throughput vs no speculation"
+    tmp = out / "result.json.tmp"
+    tmp.write_text(json.dumps(res, indent=1))
+    tmp.replace(out / "result.json")
+    plot_sweep(res["summary"], out / "serve.png", title)
+    table = summary_table(res["summary"])
+    (out / "table.md").write_text(table + "\n")
+    print(table)
+    print(json.dumps(res["summary"].get("bar"), indent=1))
+
+
+def cmd_calibrate_vllm(args: argparse.Namespace) -> None:
+    from specforge.bench.serve_vllm import calibrate_vllm, draft_alpha, long_answer_prompts
+    from specforge.cli import _target_path
+
+    target = _target_path(args.target)
+    run = _need_dir(args.draft, "the draft's training run (with train_summary.json)", "--draft")
+    draft = _need_dir(args.vllm, "the vLLM export of the draft", "--vllm")
+    data = (
+        _need_file(args.data, "held-out conversations with regenerated answers", "--data")
+        if args.data
+        else None
+    )
+    if data is None:
+        raise SpecforgeError("--data is required with --vllm: held-out conversations to time vLLM on")
+    k_max = args.k_max
+    prompts = long_answer_prompts(target, data, 16)
+    out = Path(args.out) if args.out else Path("outputs/calibrate-vllm")
+    policy, table = calibrate_vllm(
+        target, draft, draft_alpha(run, k_max), prompts, out, k_max, _ints(args.batch_sizes)
+    )
+    print(json.dumps({"policy": str(policy), "step_seconds": table.to_json()}, indent=1))

@@ -1,0 +1,141 @@
+"""`specforge bench serve --engine reference`: the same batch-size sweep on the reference engine, trees included.
+
+Contract: the workload is :func:`specforge.bench.serve_vllm.long_answer_prompts` (answers of at least
+``max_tokens`` tokens; the engine runs without an EOS token so every row decodes ``max_tokens``
+tokens and the batch size stays fixed). Configurations: ``none``, each fixed shape in ``shapes``
+(chains and EAGLE-2 trees), and ``policy`` — :class:`serving.policy.SpeculationPolicy` choosing among
+all of those shapes at every step, with the cost model of ``specforge calibrate`` as its prior,
+corrected online by the engine's own step times, and acceptance seeded from the head's alpha_k.
+Everything runs in one process, interleaved: each round visits the batch sizes (alternating
+order) and, at each, every configuration in a shuffled order. A round's policy is fresh (as after
+a server restart) and learns across the round's batch sizes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from serving.calibrate import calibrate, cost_model_path
+from serving.drafters.eagle3 import Eagle3Drafter
+from serving.engine import SpeculativeEngine
+from serving.policy import AcceptanceTracker, CostModel, OnlineStepCost, SpeculationPolicy
+from serving.shape import NO_SPECULATION, TreeShape
+from specforge.bench.acceptance import parse_shape, shape_name
+from specforge.bench.serve_vllm import BATCH_SIZES, draft_alpha, long_answer_prompts
+from specforge.bench.sweep import serve_summary
+from specforge.export import load_draft
+from specforge.targets import load_target
+from specforge.tiny_target import default_cache_root
+
+DEFAULT_SHAPES = "chain:1,chain:2,chain:4,tree:4:2:8,tree:4:4:16,tree:6:4:24"
+
+
+def engine_cost_model(
+    target, draft, target_dir: Path, run_dir: Path, log: Callable[[str], None]
+) -> CostModel:
+    """The cached ``specforge calibrate`` cost model for this target, draft and machine (built if missing)."""
+    path = cost_model_path(default_cache_root() / "costs", target_dir, run_dir)
+    if path.is_file():
+        return CostModel.load(path)
+    log(f"calibrating the reference engine's forwards into {path}")
+    cost = calibrate(target.model, draft, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cost.save(path, meta={"target": str(target_dir), "draft": str(run_dir)})
+    return cost
+
+
+def bench_serve_engine(
+    target_dir: Path,
+    run_dir: Path,
+    regen_data: Path,
+    batch_sizes: list[int] | None = None,
+    shapes: str = DEFAULT_SHAPES,
+    max_tokens: int = 48,
+    rounds: int = 2,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict:
+    sizes = batch_sizes or BATCH_SIZES
+    fixed = [parse_shape(s) for s in shapes.split(",")]
+    target = load_target(target_dir)
+    draft = load_draft(run_dir, target.model.get_input_embeddings().weight.detach())
+    prompts = long_answer_prompts(target_dir, regen_data, max_tokens)
+    prompts = [prompts[i % len(prompts)] for i in range(max(sizes))]
+    alpha = draft_alpha(run_dir, max(s.depth for s in fixed))
+    profiled = engine_cost_model(target, draft, target_dir, run_dir, log)
+    cost = CostModel(profiled.target, profiled.draft, batched_drafts=False)  # the engine drafts per sequence
+    engine = SpeculativeEngine(target.model, Eagle3Drafter(draft), eos_token_id=None)
+    configs: list[str] = ["none", *(shape_name(s) for s in fixed), "policy"]
+    by_name: dict[str, TreeShape] = {"none": NO_SPECULATION, **{shape_name(s): s for s in fixed}}
+    rows: list[dict] = []
+    chosen: list[dict] = []
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    engine.generate(prompts[:2], 4, fixed[-1])  # warm-up
+    for rnd in range(rounds):
+        policy = SpeculationPolicy(OnlineStepCost(cost), AcceptanceTracker.from_alpha(alpha, fixed), fixed)
+        for b in sizes if rnd % 2 == 0 else sizes[::-1]:
+            order = list(configs)
+            rng.shuffle(order)
+            for name in order:
+                picks: dict[str, int] = {}
+
+                def choose(batch: int, picks=picks, policy=policy) -> TreeShape:
+                    s = policy.choose(batch)
+                    picks[shape_name(s)] = picks.get(shape_name(s), 0) + 1
+                    return s
+
+                t0 = time.perf_counter()
+                if name == "policy":
+                    out = engine.generate(prompts[:b], max_tokens, choose, on_step=policy.observe)
+                else:
+                    out = engine.generate(prompts[:b], max_tokens, by_name[name])
+                elapsed = time.perf_counter() - t0
+                tokens = sum(map(len, out.tokens))
+                st = out.stats
+                rows.append(
+                    {
+                        "config": name,
+                        "round": rnd,
+                        "batch_size": b,
+                        "seconds": elapsed,
+                        "output_tokens": tokens,
+                        "tokens_per_s": tokens / elapsed,
+                        "latency_mean": elapsed,  # the whole batch finishes together
+                        "tau": st.tau,
+                        "outputs_sha": hashlib.sha256(json.dumps(out.tokens).encode()).hexdigest()[:16],
+                        "spec": {
+                            "drafts": st.target_forwards * b,
+                            "accepted_tokens": tokens - st.target_forwards * b,
+                        },
+                    }
+                )
+                if name == "policy":
+                    chosen.append({"round": rnd, "batch_size": b, "steps_per_shape": picks})
+            log(
+                f"round {rnd + 1}/{rounds} batch {b}: "
+                + ", ".join(
+                    f"{r['config']} {r['tokens_per_s']:.0f}"
+                    for r in rows
+                    if r["round"] == rnd and r["batch_size"] == b
+                )
+            )
+    return {
+        "engine": "reference",
+        "target": str(target_dir),
+        "draft": str(run_dir),
+        "max_tokens": max_tokens,
+        "batch_sizes": sizes,
+        "rounds": rounds,
+        "shapes": [shape_name(s) for s in fixed],
+        "policy_choices": chosen,
+        "rows": rows,
+        "summary": serve_summary(rows, sizes, adaptive="policy", table=None),
+    }

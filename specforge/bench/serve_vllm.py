@@ -1,0 +1,216 @@
+"""`specforge bench serve`: throughput per batch size of the real vLLM, with and without the plugin.
+
+Contract
+--------
+* The workload: held-out chat prompts whose regenerated (target-greedy) answer has at least
+  ``max_tokens`` tokens, so every request decodes ``max_tokens`` real answer tokens (``ignore_eos``
+  keeps the batch size fixed without running past the end of an answer). At batch size ``B`` the
+  first ``B`` prompts (cycled) are submitted at once.
+* Configurations, each a fresh vLLM engine: ``none`` (no speculation), ``k1``..``kK`` (static EAGLE-3
+  chains), ``vllm-table`` (vLLM's ``num_speculative_tokens_per_batch_size``, set as vLLM's docs set
+  it for EAGLE-3), and ``specforge`` (the adaptive plugin with a policy from
+  :func:`calibrate_vllm`).
+* Noise: every round runs every configuration once, in a shuffled order; inside an engine each
+  batch size is measured ``repeats`` times in alternating order. A cell's figure is the median over
+  rounds and repeats. :func:`serve_summary` checks the bar in ``BAR``.
+* :func:`calibrate_vllm` measures whole vLLM steps per (batch size, k) in one engine whose k the
+  plugin cycles (explore mode), and writes the policy file the plugin serves with.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+from serving.policy import Profile, StepTable
+from serving.vllm_plugin.adaptive import ENV, STEP_LOG_ENV, write_explore_file, write_policy_file
+from serving.vllm_plugin.offline import run_vllm
+from specforge.bench.sweep import serve_summary
+from specforge.data.formats import load_rows
+from specforge.errors import SpecforgeError
+from specforge.targets import load_tokenizer
+
+BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64]
+# The engine core in the measuring process: on a 2-core machine a separate engine-core process
+# competes with the front end for one core, which made identical measurements differ by up to 1.6x.
+SWEEP_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+# vLLM's documented EAGLE-3 schedule (docs/features/speculative_decoding/dynamic_speculative_decoding.md).
+VLLM_DOCS_TABLE = [[1, 16, 5], [17, 32, 4], [33, 64, 3], [65, 128, 1], [129, 512, 0]]
+
+
+def long_answer_prompts(target_dir: Path, regen_data: Path, min_answer_tokens: int) -> list[list[int]]:
+    """Token prompts (first user turn, chat template) whose first assistant answer in ``regen_data``
+    (the target's own regenerated answers) has at least ``min_answer_tokens`` tokens."""
+    tok = load_tokenizer(target_dir)
+    rows, _ = load_rows(regen_data)
+    prompts = []
+    for r in rows:
+        msgs = r["messages"]
+        i = next((j for j, m in enumerate(msgs) if m["role"] == "assistant"), None)
+        if i is None or len(tok(msgs[i]["content"])["input_ids"]) < min_answer_tokens:
+            continue
+        ids = tok.apply_chat_template(msgs[:i], add_generation_prompt=True)
+        prompts.append(list(ids["input_ids"] if hasattr(ids, "input_ids") else ids))
+    if not prompts:
+        raise SpecforgeError(
+            f"no conversation in {regen_data} has an answer of >= {min_answer_tokens} tokens: "
+            "lower --max-tokens or regenerate with more new tokens"
+        )
+    return prompts
+
+
+def draft_alpha(run_dir: Path, k: int) -> list[float]:
+    """The head's offline conditional acceptance alpha_1..alpha_k from its training summary."""
+    path = Path(run_dir) / "train_summary.json"
+    if not path.is_file():
+        raise SpecforgeError(f"{path} not found: pass the training run directory of the draft (--run)")
+    summary = json.loads(path.read_text())
+    summary = summary.get("final", summary)  # a training run keeps its last evaluation under "final"
+    alpha = [summary[f"eval/alpha_{i}"] for i in range(k) if f"eval/alpha_{i}" in summary]
+    if not alpha:
+        raise SpecforgeError(f"{path} has no eval/alpha_* entries: train with evaluation switched on")
+    return alpha
+
+
+def _base(
+    target: Path, prompts: list[list[int]], max_tokens: int, batch_sizes: list[int], repeats: int
+) -> dict:
+    return {
+        "target": str(target),
+        "prompts": prompts,
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "temperature": 0.0,
+        "max_num_seqs": max(batch_sizes),
+        "max_model_len": 1024,
+        "sweep": {"batch_sizes": batch_sizes, "repeats": repeats},
+    }
+
+
+def calibrate_vllm(
+    target: Path,
+    draft: Path,
+    alpha: list[float],
+    prompts: list[list[int]],
+    workdir: Path,
+    k_max: int = 5,
+    batch_sizes: list[int] | None = None,
+    max_tokens: int = 96,
+    hold: int = 6,
+) -> tuple[Path, StepTable]:
+    """Measure vLLM's step time per (batch size, k <= k_max) and write ``workdir/policy.json``."""
+    sizes = batch_sizes or BATCH_SIZES
+    workdir.mkdir(parents=True, exist_ok=True)
+    ks = list(range(k_max + 1))
+    explore = write_explore_file(workdir / "explore.json", ks, hold=hold)
+    log = workdir / "explore_steps.json"
+    log.unlink(missing_ok=True)
+    req = {
+        **_base(target, prompts, max_tokens, sizes, repeats=2),
+        "draft": str(draft),
+        "num_speculative_tokens": k_max,
+        "num_speculative_tokens_per_batch_size": [[1, max(sizes), k_max]],
+    }
+    run_vllm(req, workdir / "explore", env={**SWEEP_ENV, ENV: str(explore), STEP_LOG_ENV: str(log)})
+    cells = json.loads(log.read_text())["steps"]
+    table = step_table(cells, ks)
+    policy = write_policy_file(
+        workdir / "policy.json",
+        table,
+        alpha=alpha,
+        ks=[k for k in ks if k > 0],
+        meta={"target": str(target), "draft": str(draft), "max_tokens": max_tokens},
+    )
+    return policy, table
+
+
+def step_table(cells: list[dict], ks: list[int], min_steps: int = 5) -> StepTable:
+    """A :class:`StepTable` from recorded cells: per k, the batch sizes timed ``min_steps`` times or more."""
+    seconds = {}
+    for k in ks:
+        pts = sorted(
+            (c["batch_size"], c["seconds"]) for c in cells if c["k"] == k and c["steps"] >= min_steps
+        )
+        if pts:
+            seconds[k] = Profile([b for b, _ in pts], [s for _, s in pts])
+    if 0 not in seconds:
+        raise SpecforgeError("calibration timed no step without speculation: raise max_tokens or hold")
+    return StepTable(seconds)
+
+
+def bench_serve_vllm(
+    target: Path,
+    draft: Path,
+    run_dir: Path,
+    regen_data: Path,
+    workdir: Path,
+    batch_sizes: list[int] | None = None,
+    static_ks: list[int] | None = None,
+    max_tokens: int = 48,
+    rounds: int = 3,
+    repeats: int = 2,
+    seed: int = 0,
+    policy: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    sizes = batch_sizes or BATCH_SIZES
+    ks = static_ks or [1, 2, 3, 4, 5]
+    k_max = max(ks)
+    workdir.mkdir(parents=True, exist_ok=True)
+    prompts = long_answer_prompts(target, regen_data, max_tokens)
+    alpha = draft_alpha(run_dir, k_max)
+    if policy is None:
+        log(f"calibrating vLLM step times for k <= {k_max} at batch sizes {sizes}")
+        policy, _ = calibrate_vllm(target, draft, alpha, prompts, workdir / "calibrate", k_max, sizes)
+    base = _base(target, prompts, max_tokens, sizes, repeats)
+    spec = {"draft": str(draft)}
+    configs: dict[str, tuple[dict, dict]] = {"none": ({}, SWEEP_ENV)}
+    for k in ks:
+        configs[f"k{k}"] = ({**spec, "num_speculative_tokens": k}, SWEEP_ENV)
+    configs["vllm-table"] = (
+        {**spec, "num_speculative_tokens": k_max, "num_speculative_tokens_per_batch_size": VLLM_DOCS_TABLE},
+        SWEEP_ENV,
+    )
+    configs["specforge"] = (
+        {
+            **spec,
+            "num_speculative_tokens": k_max,
+            "num_speculative_tokens_per_batch_size": [[1, max(sizes), k_max]],
+        },
+        {**SWEEP_ENV, ENV: str(policy)},
+    )
+    rows, choices = [], []
+    rng = random.Random(seed)
+    for rnd in range(rounds):
+        order = list(configs)
+        rng.shuffle(order)
+        for name in order:
+            extra, env = configs[name]
+            wd = workdir / f"round{rnd}" / name
+            if name == "specforge":
+                env = {**env, STEP_LOG_ENV: str(wd / "steps.json")}
+            res = run_vllm({**base, **extra}, wd, env=env)
+            for r in res["sweep"]:
+                rows.append({"config": name, "round": rnd, **r})
+            if name == "specforge" and (wd / "steps.json").is_file():
+                choices.append(json.loads((wd / "steps.json").read_text()))
+            med = statistics.median(r["tokens_per_s"] for r in res["sweep"])
+            log(f"round {rnd + 1}/{rounds} {name:>10}: median {med:.0f} tok/s over batch sizes")
+    result = {
+        "engine": "vllm",
+        "target": str(target),
+        "draft": str(draft),
+        "max_tokens": max_tokens,
+        "prompts": len(prompts),
+        "batch_sizes": sizes,
+        "rounds": rounds,
+        "repeats": repeats,
+        "policy": json.loads(Path(policy).read_text()),
+        "plugin_steps": choices,
+        "rows": rows,
+    }
+    result["summary"] = serve_summary(rows, sizes, adaptive="specforge", table="vllm-table")
+    return result

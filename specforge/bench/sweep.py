@@ -1,0 +1,134 @@
+"""Summaries and plots shared by the serving sweeps (vLLM and the reference engine).
+
+Contract: a sweep is a list of rows ``{"config", "batch_size", "tokens_per_s", "latency_mean", ...}``,
+several per (config, batch size) from rounds and repeats. :func:`serve_summary` takes the median of
+each cell, names the best *static* configuration per batch size (every config except the adaptive
+one and the batch-size table), and checks the bar of the adaptive configuration:
+
+* ``vs_best_static >= 0.97`` at every batch size;
+* the geometric mean over batch sizes of ``adaptive / table`` >= 1.10;
+* ``vs_none >= 0.97`` at every batch size ("never below no speculation, beyond noise": the same 3 %).
+
+Per batch size, ``lossless`` says whether every configuration's greedy outputs (digests in the
+rows' ``outputs_sha``) equal no speculation's. It also reports the spread of each cell (max/min over its samples) so a reader can judge the noise.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+BAR = {"vs_best_static": 0.97, "vs_table_geomean": 1.10, "vs_none": 0.97}
+
+
+def _cells(rows: list[dict], key: str) -> dict[tuple[str, int], list[float]]:
+    out: dict[tuple[str, int], list[float]] = {}
+    for r in rows:
+        out.setdefault((r["config"], int(r["batch_size"])), []).append(float(r[key]))
+    return out
+
+
+def _tau(rows: list[dict]) -> dict[tuple[str, int], float | None]:
+    acc: dict[tuple[str, int], list[float]] = {}
+    for r in rows:
+        spec = r.get("spec") or {}
+        cell = acc.setdefault((r["config"], int(r["batch_size"])), [0.0, 0.0])
+        cell[0] += spec.get("drafts", 0) or 0
+        cell[1] += spec.get("accepted_tokens", 0) or 0
+    return {k: (1 + a / d if d else None) for k, (d, a) in acc.items()}
+
+
+def _lossless(rows: list[dict], b: int) -> bool | None:
+    """Whether every configuration's greedy outputs at batch size ``b`` equal no speculation's."""
+    ref = {
+        r["outputs_sha"]
+        for r in rows
+        if r["config"] == "none" and r["batch_size"] == b and "outputs_sha" in r
+    }
+    if len(ref) != 1:
+        return None
+    return all(r["outputs_sha"] in ref for r in rows if r["batch_size"] == b and "outputs_sha" in r)
+
+
+def serve_summary(rows: list[dict], batch_sizes: list[int], adaptive: str, table: str | None) -> dict:
+    tput, lat, taus = _cells(rows, "tokens_per_s"), _cells(rows, "latency_mean"), _tau(rows)
+    configs = sorted({c for c, _ in tput}, key=lambda c: (c != "none", c))
+    static = [c for c in configs if c not in (adaptive, table)]
+    per_batch = []
+    for b in batch_sizes:
+        med = {c: statistics.median(tput[(c, b)]) for c in configs if (c, b) in tput}
+        best = max((c for c in static if c in med), key=lambda c: med[c])
+        row = {
+            "batch_size": b,
+            "tokens_per_s": med,
+            "latency_s": {c: statistics.median(lat[(c, b)]) for c in med},
+            "tau": {c: taus.get((c, b)) for c in med},
+            "spread": {c: max(tput[(c, b)]) / min(tput[(c, b)]) for c in med},
+            "best_static": best,
+            "lossless": _lossless(rows, b),
+        }
+        if adaptive in med:
+            row["vs_best_static"] = med[adaptive] / med[best]
+            row["vs_none"] = med[adaptive] / med["none"] if "none" in med else None
+            if table and table in med:
+                row["vs_table"] = med[adaptive] / med[table]
+        per_batch.append(row)
+    out: dict = {"configs": configs, "per_batch_size": per_batch}
+    if all("vs_best_static" in r for r in per_batch):
+        vs_table = [r["vs_table"] for r in per_batch if "vs_table" in r]
+        out["bar"] = {
+            "min_vs_best_static": min(r["vs_best_static"] for r in per_batch),
+            "vs_table_geomean": math.exp(sum(map(math.log, vs_table)) / len(vs_table)) if vs_table else None,
+            "min_vs_none": min(r["vs_none"] for r in per_batch if r["vs_none"] is not None),
+        }
+        bar = out["bar"]
+        out["bar"]["met"] = {
+            "vs_best_static": bar["min_vs_best_static"] >= BAR["vs_best_static"],
+            "vs_table": bar["vs_table_geomean"] is not None
+            and bar["vs_table_geomean"] >= BAR["vs_table_geomean"],
+            "vs_none": bar["min_vs_none"] >= BAR["vs_none"],
+        }
+    return out
+
+
+def summary_table(summary: dict) -> str:
+    """A markdown table: throughput (tokens/s) per configuration and batch size, and the ratios."""
+    configs = summary["configs"]
+    head = ["batch", *configs, "best static", "adaptive / best", "adaptive / table"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary["per_batch_size"]:
+        cells = [str(r["batch_size"])] + [f"{r['tokens_per_s'].get(c, float('nan')):.0f}" for c in configs]
+        cells += [
+            r["best_static"],
+            f"{r.get('vs_best_static', float('nan')):.2f}",
+            f"{r.get('vs_table', float('nan')):.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_sweep(summary: dict, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sizes = [r["batch_size"] for r in summary["per_batch_size"]]
+    for c in summary["configs"]:
+        ys = [r["tokens_per_s"].get(c, float("nan")) for r in summary["per_batch_size"]]
+        none = [r["tokens_per_s"].get("none", float("nan")) for r in summary["per_batch_size"]]
+        style = {"lw": 2.5, "color": "black"} if c in ("specforge", "policy") else {"lw": 1, "alpha": 0.8}
+        ax.plot(sizes, [y / n for y, n in zip(ys, none)], marker="o", label=c, **style)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size (concurrent requests)")
+    ax.set_ylabel("throughput / no speculation")
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
