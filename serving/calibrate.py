@@ -4,7 +4,10 @@ Contract: :func:`calibrate` times one decode forward of the target for ``n`` que
 separate sequence holding a ``prefix``-token KV cache (decode at batch ``n``), for ``n`` in
 ``token_counts``; the draft's one-step forward likewise. Each point is the median of ``repeats``
 runs after a warm-up. :func:`cost_model_path` names the cache file by target, draft and machine, so
-a cost model is measured once per model and machine.
+a cost model is measured once per model and machine. :func:`calibrate_engine_steps` instead times
+whole steps of the reference engine per shape (a :class:`serving.policy.StepTable`), which is what
+the engine's policy should be priced with: per-sequence Python work makes an engine step cost far
+more than its forwards at large batch.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import hashlib
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from transformers import DynamicCache
 
-from serving.policy import CostModel, Profile
+from serving.policy import CostModel, Profile, StepTable
 
 DEFAULT_TOKEN_COUNTS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
@@ -94,3 +98,38 @@ def calibrate(
         else None
     )
     return CostModel(target_prof, draft_prof)
+
+
+def calibrate_engine_steps(
+    engine,
+    prompts: list[list[int]],
+    shapes: list,
+    batch_sizes: list[int],
+    max_new_tokens: int = 16,
+    progress: Callable[[str], None] | None = None,
+) -> StepTable:
+    """Time whole steps of a :class:`serving.engine.SpeculativeEngine` (drafting, the target
+    forward, verification and its Python overheads) per shape and batch size: the median step of a
+    ``max_new_tokens`` generation (the first step left out) for the first ``B`` prompts, cycled.
+    The engine must decode every row to ``max_new_tokens`` (no EOS) so the batch stays ``B``."""
+    from serving.shape import NO_SPECULATION
+
+    prompts = [prompts[i % len(prompts)] for i in range(max(batch_sizes))]
+    table: dict = {}
+    for shape in [NO_SPECULATION, *[s for s in shapes if not s.is_none]]:
+        seconds = []
+        for b in batch_sizes:
+            steps: list[float] = []
+            engine.generate(
+                prompts[:b],
+                max_new_tokens,
+                shape,
+                on_step=lambda _s, batch, _e, sec, b=b, steps=steps: (
+                    steps.append(sec) if batch == b else None
+                ),
+            )
+            seconds.append(statistics.median(steps[1:] or steps))
+        table[shape] = Profile(list(batch_sizes), seconds)
+        if progress is not None:
+            progress(f"timed {shape} at batch sizes {batch_sizes}")
+    return StepTable(table)

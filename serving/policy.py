@@ -8,13 +8,14 @@ Contract
   A step at batch ``B`` with shape ``(depth, top_k, N)`` costs
   ``target(B * (1 + N)) + draft(B) + (depth - 1) * draft(B * top_k)`` (``N = 0``: ``target(B)``);
   a drafter that runs one sequence at a time pays ``B * (draft(1) + (depth - 1) * draft(top_k))``.
-* :class:`StepTable` is the other cost model: whole measured server steps (e.g. vLLM's, drafting,
-  verification and its own overheads included) per chain length ``k`` and batch size, interpolated
-  over batch size. :class:`OnlineStepCost` wraps either one and corrects it with the step times the
+* :class:`StepTable` is the other cost model: whole measured server steps (vLLM's or the reference
+  engine's, drafting, verification and their own overheads included) per shape and batch size,
+  interpolated over batch size. :class:`OnlineStepCost` wraps either one and corrects it with the step times the
   server measures live: the prior times a live/prior ratio (EMA), learnt per shape over all batch
   sizes once the shape has been seen ``min_count`` times, and over all steps before that.
 * :class:`AcceptanceTracker` keeps, per shape, an EMA of the tokens emitted per sequence per step
-  (tau, bonus included), seeded from an offline estimate (the trained head's alpha_k for chains).
+  (tau, bonus included), seeded from an offline estimate (the trained head's alpha_k for chains);
+  or, given each sequence's accepted count, an EMA of the acceptance at each chain position.
 * :class:`SpeculationPolicy.choose` returns the candidate maximising
   ``goodput = B * tau(shape) / step_time(B, shape)``, with "no speculation" (tau = 1) always a
   candidate. Choices are *monotone*: for the same statistics, a larger batch never gets more
@@ -103,34 +104,61 @@ class StepCost(Protocol):
     def step_time(self, batch: int, shape: Shape) -> float: ...
 
 
+def _label(shape: Shape) -> str:
+    if shape.top_k == 1 and shape.depth == max(1, shape.num_draft_tokens):
+        return f"k={shape.num_draft_tokens}"
+    return f"tree depth {shape.depth}, top-k {shape.top_k}, {shape.num_draft_tokens} tokens"
+
+
 @dataclass
 class StepTable:
-    """Measured seconds of one whole server step, per chain length k (0: no speculation) and batch size."""
+    """Measured seconds of one whole server step, per shape (no speculation included) and batch size."""
 
-    seconds: dict[int, Profile]  # k -> Profile over batch size
+    seconds: dict[Shape, Profile]  # shape -> Profile over batch size
 
     def __post_init__(self) -> None:
-        if 0 not in self.seconds:
+        if NONE not in self.seconds:
             raise ValueError("a step table needs the step time without speculation (k = 0)")
+
+    @classmethod
+    def chains(cls, seconds: dict[int, Profile]) -> StepTable:
+        """A table of chains keyed by k (0: no speculation)."""
+        return cls({(NONE if k == 0 else Shape.chain(k)): p for k, p in seconds.items()})
+
+    @property
+    def shapes(self) -> list[Shape]:
+        return sorted(self.seconds)
 
     @property
     def ks(self) -> list[int]:
-        return sorted(self.seconds)
+        """The chain lengths measured (0 included)."""
+        return [s.num_draft_tokens for s in self.shapes if s.top_k == 1]
 
     def step_time(self, batch: int, shape: Shape) -> float:
-        k = shape.num_draft_tokens
-        if shape.depth != k and not shape.is_none:
-            raise ValueError(f"a step table prices chains only, not {shape}")
-        if k not in self.seconds:
-            raise KeyError(f"no measured step time for k={k} (measured: {self.ks})")
-        return self.seconds[k](batch)
+        if shape not in self.seconds:
+            raise KeyError(
+                f"no measured step time for {_label(shape)} (measured: {[_label(s) for s in self.shapes]})"
+            )
+        return self.seconds[shape](batch)
 
     def to_json(self) -> dict:
-        return {str(k): asdict(p) for k, p in sorted(self.seconds.items())}
+        """Keys ``"tokens:depth:top_k"``."""
+        return {
+            f"{s.num_draft_tokens}:{s.depth}:{s.top_k}": asdict(p) for s, p in sorted(self.seconds.items())
+        }
 
     @classmethod
     def from_json(cls, raw: dict) -> StepTable:
-        return cls({int(k): Profile(**p) for k, p in raw.items()})
+        """Reads :meth:`to_json`, and tables of chains keyed by k alone."""
+        out = {}
+        for key, p in raw.items():
+            if ":" in key:
+                n, d, t = (int(x) for x in key.split(":"))
+                shape = Shape(num_draft_tokens=n, depth=d, top_k=t)
+            else:
+                shape = NONE if int(key) == 0 else Shape.chain(int(key))
+            out[shape] = Profile(**p)
+        return cls(out)
 
 
 @dataclass
@@ -183,28 +211,57 @@ def chain_tau(alpha: list[float], k: int) -> float:
     return tau
 
 
+def _is_chain(shape: Shape) -> bool:
+    return shape.top_k == 1 and shape.depth == shape.num_draft_tokens
+
+
 @dataclass
 class AcceptanceTracker:
-    """EMA of tau per shape; shapes never observed fall back to their seed."""
+    """tau per shape, learnt online; shapes never observed fall back to their seed.
+
+    Two ways to learn: an EMA of tau per shape (from the mean tokens a step emits per sequence), or,
+    when each step reports every sequence's accepted count (``per_position``), an EMA of the
+    conditional acceptance at each chain position, from which every chain's tau follows
+    (:func:`chain_tau`). The second lets a server running k = 3 learn what k = 5 would accept at
+    positions 1-3, instead of comparing a measured k = 3 with a merely seeded k = 5.
+    """
 
     seed: dict[Shape, float]
     beta: float = 0.05  # weight of a new observation
     ema: dict[Shape, float] = field(default_factory=dict)
+    alpha: list[float] = field(default_factory=list)  # live conditional acceptance per chain position
+    per_position: bool = False
 
     @classmethod
-    def from_alpha(cls, alpha: list[float], shapes: list[Shape], beta: float = 0.05) -> AcceptanceTracker:
+    def from_alpha(
+        cls, alpha: list[float], shapes: list[Shape], beta: float = 0.05, per_position: bool = False
+    ) -> AcceptanceTracker:
         """Seed every shape from chain acceptances: a tree is seeded as the chain of its depth
         (conservative: a tree accepts at least what its best path would)."""
         seed = {s: (1.0 if s.is_none else chain_tau(alpha, min(s.depth, s.num_draft_tokens))) for s in shapes}
-        return cls(seed=seed, beta=beta)
+        return cls(seed=seed, beta=beta, alpha=list(alpha), per_position=per_position)
 
     def tau(self, shape: Shape) -> float:
         if shape.is_none:
             return 1.0
+        if self.per_position and self.alpha and _is_chain(shape):
+            return chain_tau(self.alpha, shape.num_draft_tokens)
         return self.ema.get(shape, self.seed.get(shape, 1.0))
 
-    def observe(self, shape: Shape, emitted_per_sequence: float) -> None:
+    def observe(self, shape: Shape, emitted_per_sequence: float, accepted: list[int] | None = None) -> None:
+        """``accepted``: each sequence's accepted draft tokens this step (per-position learning)."""
         if shape.is_none:
+            return
+        if self.per_position and accepted and _is_chain(shape):
+            k = shape.num_draft_tokens
+            while len(self.alpha) < k:  # positions past the seed start from the last seeded one
+                self.alpha.append(self.alpha[-1] if self.alpha else 0.5)
+            for i in range(k):  # position i + 1, among the sequences that reached it
+                reached = [a for a in accepted if a >= i]
+                if not reached:
+                    break
+                rate = sum(a > i for a in reached) / len(reached)
+                self.alpha[i] = (1 - self.beta) * self.alpha[i] + self.beta * rate
             return
         prev = self.tau(shape)
         self.ema[shape] = (1 - self.beta) * prev + self.beta * emitted_per_sequence
@@ -244,10 +301,16 @@ class SpeculationPolicy:
         return {b: self.choose(b) for b in batch_sizes}
 
     def observe(
-        self, shape: Shape, batch: int, emitted_per_sequence: float, seconds: float | None = None
+        self,
+        shape: Shape,
+        batch: int,
+        emitted_per_sequence: float,
+        seconds: float | None = None,
+        accepted: list[int] | None = None,
     ) -> None:
         """Step feedback (matches ``SpeculativeEngine.generate(on_step=...)``); ``seconds``, the step's
-        measured time, reaches the cost model when it learns online (:class:`OnlineStepCost`)."""
-        self.acceptance.observe(shape, emitted_per_sequence)
+        measured time, reaches the cost model when it learns online (:class:`OnlineStepCost`);
+        ``accepted``, each sequence's accepted draft tokens, the per-position acceptance."""
+        self.acceptance.observe(shape, emitted_per_sequence, accepted)
         if seconds is not None and isinstance(self.cost, OnlineStepCost):
             self.cost.observe(batch, shape, seconds)

@@ -10,8 +10,9 @@ Contract
   ``[[1, max_num_seqs, k]]``, which turns on vLLM's per-step k path. The plugin then replaces the
   scheduler's batch-size table with :class:`AdaptiveLookup`: each step, k is the policy's choice
   for the live batch size (chains only: this vLLM has no tree attention).
-* Acceptance is tracked online from what each steady decode step emits per request (EMA), seeded
-  from the head's offline alpha_k. Step times come from the policy file's prior (best: whole vLLM
+* Acceptance is tracked online per chain position (EMA of each position's conditional acceptance,
+  from every request's accepted count at each steady decode step), seeded from the head's offline
+  alpha_k, so running one k teaches the policy about the others. Step times come from the policy file's prior (best: whole vLLM
   steps measured by ``specforge calibrate --vllm``) corrected online by the steps this scheduler
   times itself (:class:`StepRecorder`, :class:`serving.policy.OnlineStepCost`). Timing assumes
   vLLM's synchronous scheduling (the CPU default).
@@ -96,7 +97,9 @@ def load_policy(path: str | Path, k_max: int) -> SpeculationPolicy:
     shapes = [TreeShape.chain(k) for k in raw["ks"] if 0 < k <= k_max and k in usable]
     if not shapes:
         raise ValueError(f"no k in {raw['ks']} fits the configured num_speculative_tokens={k_max}")
-    tracker = AcceptanceTracker.from_alpha(raw["alpha"], shapes, beta=float(raw.get("beta", 0.05)))
+    tracker = AcceptanceTracker.from_alpha(
+        raw["alpha"], shapes, beta=float(raw.get("beta", 0.05)), per_position=True
+    )
     return SpeculationPolicy(OnlineStepCost(prior), tracker, shapes)
 
 
@@ -151,13 +154,21 @@ class AdaptiveLookup:
         self.last_k = k
         return k
 
-    def observe(self, batch_size: int, k: int, emitted_per_request: float, seconds: float | None) -> None:
-        """One steady decode step: ``k`` drafts were verified per request and ``k`` proposed."""
+    def observe(
+        self,
+        batch_size: int,
+        k: int,
+        emitted_per_request: float,
+        seconds: float | None,
+        accepted: list[int] | None = None,
+    ) -> None:
+        """One steady decode step: ``k`` drafts were verified per request (``accepted[r]`` of them
+        accepted) and ``k`` proposed."""
         if self.policy is None:
             return
         try:
             shape = TreeShape.chain(k) if k > 0 else NO_SPECULATION
-            self.policy.observe(shape, batch_size, emitted_per_request, seconds)
+            self.policy.observe(shape, batch_size, emitted_per_request, seconds, accepted)
         except Exception as e:
             self._fail(e)
 
@@ -178,7 +189,9 @@ class StepRecorder:
         self.cells: dict[
             tuple[int, int], tuple[list[float], list[float]]
         ] = {}  # (batch, k) -> seconds, emitted
-        self.pending: tuple[int, int, float, float] | None = None  # batch, k, emitted, t_schedule
+        self.pending: tuple[int, int, float, float, list[int]] | None = (
+            None  # batch, k, emitted, t0, accepted
+        )
         self.t_schedule = 0.0
         self.t_done = 0.0
 
@@ -186,13 +199,13 @@ class StepRecorder:
         if self.pending is not None and now - self.t_done <= max(
             self.max_gap, 0.5 * (self.t_done - self.pending[3])
         ):
-            batch, k, emitted, t0 = self.pending
+            batch, k, emitted, t0, accepted = self.pending
             seconds, emits = self.cells.setdefault((batch, k), ([], []))
             if len(seconds) < self.max_samples:
                 seconds.append(now - t0)
                 emits.append(emitted)
             if lookup is not None:
-                lookup.observe(batch, k, emitted, now - t0)
+                lookup.observe(batch, k, emitted, now - t0, accepted)
         self.pending = None
         self.t_schedule = now
 
@@ -214,7 +227,7 @@ class StepRecorder:
             return None
         emitted = sum(counts) / len(counts)
         if k == int(getattr(scheduler_output, "num_spec_tokens_to_schedule", k) or 0):
-            self.pending = (len(sched), k, emitted, self.t_schedule)
+            self.pending = (len(sched), k, emitted, self.t_schedule, [c - 1 for c in counts])
         return len(sched), k, emitted
 
     def summary(self, lookup: AdaptiveLookup | None) -> dict:

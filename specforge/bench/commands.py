@@ -58,7 +58,7 @@ def add_serve_parser(bench_sub) -> None:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> None:
-    from specforge.bench.sweep import plot_sweep, summary_table
+    from specforge.bench.sweep import decode_table, plot_sweep, summary_table
     from specforge.cli import _target_path
 
     target = _target_path(args.target)
@@ -106,7 +106,12 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
     tmp.write_text(json.dumps(res, indent=1))
     tmp.replace(out / "result.json")
     plot_sweep(res["summary"], out / "serve.png", title)
-    table = summary_table(res["summary"])
+    table = "end-to-end throughput (tokens/s, median over rounds and repeats)\n\n" + summary_table(
+        res["summary"]
+    )
+    if res["summary"].get("decode_steps"):
+        table += "\n\ndecode goodput from the engines' step timings (tokens/s)\n\n"
+        table += decode_table(res["summary"]["decode_steps"])
     (out / "table.md").write_text(table + "\n")
     print(table)
     print(json.dumps(res["summary"].get("bar"), indent=1))

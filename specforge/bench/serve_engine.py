@@ -4,8 +4,10 @@ Contract: the workload is :func:`specforge.bench.serve_vllm.long_answer_prompts`
 ``max_tokens`` tokens; the engine runs without an EOS token so every row decodes ``max_tokens``
 tokens and the batch size stays fixed). Configurations: ``none``, each fixed shape in ``shapes``
 (chains and EAGLE-2 trees), and ``policy`` — :class:`serving.policy.SpeculationPolicy` choosing among
-all of those shapes at every step, with the cost model of ``specforge calibrate`` as its prior,
-corrected online by the engine's own step times, and acceptance seeded from the head's alpha_k.
+all of those shapes at every step, priced by whole engine steps timed per shape and batch size
+before the sweep (:func:`serving.calibrate.calibrate_engine_steps`; forward-only profiles miss the
+engine's per-sequence Python work), corrected online by the engine's own step times, with
+acceptance seeded from the head's alpha_k.
 Everything runs in one process, interleaved: each round visits the batch sizes (alternating
 order) and, at each, every configuration in a shuffled order. A round's policy is fresh (as after
 a server restart) and learns across the round's batch sizes.
@@ -22,33 +24,18 @@ from pathlib import Path
 
 import torch
 
-from serving.calibrate import calibrate, cost_model_path
+from serving.calibrate import calibrate_engine_steps
 from serving.drafters.eagle3 import Eagle3Drafter
 from serving.engine import SpeculativeEngine
-from serving.policy import AcceptanceTracker, CostModel, OnlineStepCost, SpeculationPolicy
+from serving.policy import AcceptanceTracker, OnlineStepCost, SpeculationPolicy
 from serving.shape import NO_SPECULATION, TreeShape
 from specforge.bench.acceptance import parse_shape, shape_name
 from specforge.bench.serve_vllm import BATCH_SIZES, draft_alpha, long_answer_prompts
 from specforge.bench.sweep import serve_summary
 from specforge.export import load_draft
 from specforge.targets import load_target
-from specforge.tiny_target import default_cache_root
 
 DEFAULT_SHAPES = "chain:1,chain:2,chain:4,tree:4:2:8,tree:4:4:16,tree:6:4:24"
-
-
-def engine_cost_model(
-    target, draft, target_dir: Path, run_dir: Path, log: Callable[[str], None]
-) -> CostModel:
-    """The cached ``specforge calibrate`` cost model for this target, draft and machine (built if missing)."""
-    path = cost_model_path(default_cache_root() / "costs", target_dir, run_dir)
-    if path.is_file():
-        return CostModel.load(path)
-    log(f"calibrating the reference engine's forwards into {path}")
-    cost = calibrate(target.model, draft, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cost.save(path, meta={"target": str(target_dir), "draft": str(run_dir)})
-    return cost
 
 
 def bench_serve_engine(
@@ -60,6 +47,7 @@ def bench_serve_engine(
     max_tokens: int = 48,
     rounds: int = 2,
     seed: int = 0,
+    calibrate_tokens: int = 16,
     log: Callable[[str], None] = print,
 ) -> dict:
     sizes = batch_sizes or BATCH_SIZES
@@ -69,9 +57,9 @@ def bench_serve_engine(
     prompts = long_answer_prompts(target_dir, regen_data, max_tokens)
     prompts = [prompts[i % len(prompts)] for i in range(max(sizes))]
     alpha = draft_alpha(run_dir, max(s.depth for s in fixed))
-    profiled = engine_cost_model(target, draft, target_dir, run_dir, log)
-    cost = CostModel(profiled.target, profiled.draft, batched_drafts=False)  # the engine drafts per sequence
     engine = SpeculativeEngine(target.model, Eagle3Drafter(draft), eos_token_id=None)
+    log(f"timing the engine's steps for {len(fixed) + 1} shapes at batch sizes {sizes}")
+    steps = calibrate_engine_steps(engine, prompts, fixed, sizes, max_new_tokens=calibrate_tokens)
     configs: list[str] = ["none", *(shape_name(s) for s in fixed), "policy"]
     by_name: dict[str, TreeShape] = {"none": NO_SPECULATION, **{shape_name(s): s for s in fixed}}
     rows: list[dict] = []
@@ -80,7 +68,7 @@ def bench_serve_engine(
     torch.manual_seed(seed)
     engine.generate(prompts[:2], 4, fixed[-1])  # warm-up
     for rnd in range(rounds):
-        policy = SpeculationPolicy(OnlineStepCost(cost), AcceptanceTracker.from_alpha(alpha, fixed), fixed)
+        policy = SpeculationPolicy(OnlineStepCost(steps), AcceptanceTracker.from_alpha(alpha, fixed), fixed)
         for b in sizes if rnd % 2 == 0 else sizes[::-1]:
             order = list(configs)
             rng.shuffle(order)
@@ -135,6 +123,7 @@ def bench_serve_engine(
         "batch_sizes": sizes,
         "rounds": rounds,
         "shapes": [shape_name(s) for s in fixed],
+        "step_table": steps.to_json(),
         "policy_choices": chosen,
         "rows": rows,
         "summary": serve_summary(rows, sizes, adaptive="policy", table=None),

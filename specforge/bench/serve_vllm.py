@@ -13,6 +13,10 @@ Contract
 * Noise: every round runs every configuration once, in a shuffled order; inside an engine each
   batch size is measured ``repeats`` times in alternating order. A cell's figure is the median over
   rounds and repeats. :func:`serve_summary` checks the bar in ``BAR``.
+* Every engine also times its own steady decode steps (the plugin's step recorder, switched on by
+  ``SPECFORGE_STEP_LOG`` without a policy for the other configurations): the summary's
+  ``decode_steps`` gives decode goodput per (configuration, batch size), ``B x emitted / step``,
+  from medians over hundreds of steps: a far less noisy view than end-to-end throughput.
 * :func:`calibrate_vllm` measures whole vLLM steps per (batch size, k) in one engine whose k the
   plugin cycles (explore mode), and writes the policy file the plugin serves with.
 """
@@ -28,7 +32,7 @@ from pathlib import Path
 from serving.policy import Profile, StepTable
 from serving.vllm_plugin.adaptive import ENV, STEP_LOG_ENV, write_explore_file, write_policy_file
 from serving.vllm_plugin.offline import run_vllm
-from specforge.bench.sweep import serve_summary
+from specforge.bench.sweep import decode_summary, serve_summary
 from specforge.data.formats import load_rows
 from specforge.errors import SpecforgeError
 from specforge.targets import load_tokenizer
@@ -138,7 +142,7 @@ def step_table(cells: list[dict], ks: list[int], min_steps: int = 5) -> StepTabl
             seconds[k] = Profile([b for b, _ in pts], [s for _, s in pts])
     if 0 not in seconds:
         raise SpecforgeError("calibration timed no step without speculation: raise max_tokens or hold")
-    return StepTable(seconds)
+    return StepTable.chains(seconds)
 
 
 def bench_serve_vllm(
@@ -183,6 +187,7 @@ def bench_serve_vllm(
         {**SWEEP_ENV, ENV: str(policy)},
     )
     rows, choices = [], []
+    step_logs: dict[str, list[list[dict]]] = {}  # config -> per round, the engine's timed steps
     rng = random.Random(seed)
     for rnd in range(rounds):
         order = list(configs)
@@ -190,13 +195,16 @@ def bench_serve_vllm(
         for name in order:
             extra, env = configs[name]
             wd = workdir / f"round{rnd}" / name
-            if name == "specforge":
-                env = {**env, STEP_LOG_ENV: str(wd / "steps.json")}
-            res = run_vllm({**base, **extra}, wd, env=env)
+            steps_log = wd / "steps.json"
+            steps_log.unlink(missing_ok=True)
+            res = run_vllm({**base, **extra}, wd, env={**env, STEP_LOG_ENV: str(steps_log)})
             for r in res["sweep"]:
                 rows.append({"config": name, "round": rnd, **r})
-            if name == "specforge" and (wd / "steps.json").is_file():
-                choices.append(json.loads((wd / "steps.json").read_text()))
+            if steps_log.is_file():
+                logged = json.loads(steps_log.read_text())
+                step_logs.setdefault(name, []).append(logged["steps"])
+                if name == "specforge":
+                    choices.append(logged)
             med = statistics.median(r["tokens_per_s"] for r in res["sweep"])
             log(f"round {rnd + 1}/{rounds} {name:>10}: median {med:.0f} tok/s over batch sizes")
     result = {
@@ -213,4 +221,7 @@ def bench_serve_vllm(
         "rows": rows,
     }
     result["summary"] = serve_summary(rows, sizes, adaptive="specforge", table="vllm-table")
+    result["summary"]["decode_steps"] = decode_summary(
+        step_logs, sizes, adaptive="specforge", table="vllm-table"
+    )
     return result

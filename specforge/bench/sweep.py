@@ -92,6 +92,42 @@ def serve_summary(rows: list[dict], batch_sizes: list[int], adaptive: str, table
     return out
 
 
+def decode_summary(
+    step_logs: dict[str, list[list[dict]]], batch_sizes: list[int], adaptive: str, table: str | None
+) -> dict:
+    """Decode goodput (tokens/s) per configuration and batch size from the engines' own step timings.
+
+    ``step_logs[config]`` holds, per round, the recorder's cells ``{"batch_size", "k", "steps",
+    "seconds" (median), "emitted" (mean per request)}``. A configuration's goodput at ``B`` is
+    ``B x emitted / seconds`` of its most-stepped k at exactly ``B`` in each round, then the median
+    over rounds. The adaptive configuration is compared with the best static one as in
+    :func:`serve_summary`.
+    """
+    per_batch = []
+    for b in batch_sizes:
+        good: dict[str, float] = {}
+        for c, rounds in step_logs.items():
+            vals = []
+            for cells in rounds:
+                at_b = [x for x in cells if x["batch_size"] == b and x["steps"] >= 3]
+                if at_b:
+                    top = max(at_b, key=lambda x: x["steps"])
+                    vals.append(b * top["emitted"] / top["seconds"])
+            if vals:
+                good[c] = statistics.median(vals)
+        static = [c for c in good if c not in (adaptive, table)]
+        row: dict = {"batch_size": b, "tokens_per_s": good}
+        if static:
+            best = max(static, key=lambda c: good[c])
+            row["best_static"] = best
+            if adaptive in good:
+                row["vs_best_static"] = good[adaptive] / good[best]
+                if table and table in good:
+                    row["vs_table"] = good[adaptive] / good[table]
+        per_batch.append(row)
+    return {"per_batch_size": per_batch}
+
+
 def summary_table(summary: dict) -> str:
     """A markdown table: throughput (tokens/s) per configuration and batch size, and the ratios."""
     configs = summary["configs"]
@@ -101,6 +137,24 @@ def summary_table(summary: dict) -> str:
         cells = [str(r["batch_size"])] + [f"{r['tokens_per_s'].get(c, float('nan')):.0f}" for c in configs]
         cells += [
             r["best_static"],
+            f"{r.get('vs_best_static', float('nan')):.2f}",
+            f"{r.get('vs_table', float('nan')):.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def decode_table(decode: dict) -> str:
+    """A markdown table of decode goodput (tokens/s) from the engines' step timings."""
+    configs = sorted(
+        {c for r in decode["per_batch_size"] for c in r["tokens_per_s"]}, key=lambda c: (c != "none", c)
+    )
+    head = ["batch", *configs, "best static", "adaptive / best", "adaptive / table"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in decode["per_batch_size"]:
+        cells = [str(r["batch_size"])] + [f"{r['tokens_per_s'].get(c, float('nan')):.0f}" for c in configs]
+        cells += [
+            r.get("best_static", "-"),
             f"{r.get('vs_best_static', float('nan')):.2f}",
             f"{r.get('vs_table', float('nan')):.2f}",
         ]

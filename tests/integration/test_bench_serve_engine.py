@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
+from serving.policy import StepTable
 from specforge.bench.serve_engine import bench_serve_engine
 from specforge.data.demo import write_demo_dataset
 from tests.helpers import small_eagle3, small_eagle3_config, write_draft_run
 
 
-def test_engine_sweep_runs_every_shape_losslessly(micro_target_dir, micro_target, tmp_path, monkeypatch):
-    monkeypatch.setenv("SPECFORGE_HOME", str(tmp_path / "cache"))
+def test_engine_sweep_runs_every_shape_losslessly(micro_target_dir, micro_target, tmp_path):
     cfg = small_eagle3_config(micro_target.hidden_size, micro_target.vocab_size, 64, 32)
     run = write_draft_run(tmp_path / "run", small_eagle3(cfg, list(range(64))))
     (run / "train_summary.json").write_text(json.dumps({"final": {"eval/alpha_0": 0.6, "eval/alpha_1": 0.5}}))
@@ -23,6 +23,7 @@ def test_engine_sweep_runs_every_shape_losslessly(micro_target_dir, micro_target
         shapes="chain:2,tree:2:2:4",
         max_tokens=6,
         rounds=1,
+        calibrate_tokens=4,
         log=lambda _m: None,
     )
     configs = {(r["config"], r["batch_size"]) for r in res["rows"]}
@@ -33,4 +34,6 @@ def test_engine_sweep_runs_every_shape_losslessly(micro_target_dir, micro_target
     for c in res["policy_choices"]:
         assert sum(c["steps_per_shape"].values()) > 0
         assert set(c["steps_per_shape"]) <= {"plain", "chain:2", "tree:2:2:4"}
-    assert (tmp_path / "cache" / "costs").is_dir()  # the cost model was calibrated and cached
+    # the policy was priced by whole engine steps, timed per shape at both batch sizes
+    table = StepTable.from_json(res["step_table"])
+    assert len(table.shapes) == 3 and all(p.tokens == [1, 3] for p in table.seconds.values())

@@ -99,6 +99,7 @@ def test_bad_policy_falls_back_to_plain_decoding(micro_target_dir, served):
 def test_bench_serve_sweep_with_calibrated_plugin(micro_target_dir, served):
     """`specforge bench serve` end to end at a small scale: vLLM step times are calibrated through
     the plugin's explore mode, every configuration serves every batch size, outputs stay lossless."""
+    from serving.policy import StepTable
     from specforge.bench.serve_vllm import bench_serve_vllm
 
     tmp, draft = served
@@ -115,9 +116,9 @@ def test_bench_serve_sweep_with_calibrated_plugin(micro_target_dir, served):
         repeats=1,
         log=lambda _m: None,
     )
-    steps = res["policy"]["steps"]  # measured vLLM step seconds per k and batch size
-    assert sorted(steps) == ["0", "1", "2"] and all(steps[k]["tokens"] == [1, 4] for k in steps)
-    assert all(s > 0 for k in steps for s in steps[k]["seconds"])
+    table = StepTable.from_json(res["policy"]["steps"])  # measured vLLM step seconds per k and batch size
+    assert table.ks == [0, 1, 2] and all(p.tokens == [1, 4] for p in table.seconds.values())
+    assert all(s > 0 for p in table.seconds.values() for s in p.seconds)
     configs = {(r["config"], r["batch_size"]) for r in res["rows"]}
     assert configs == {(c, b) for c in ["none", "k2", "vllm-table", "specforge"] for b in [1, 4]}
     for r in res["rows"]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from specforge.bench.sweep import plot_sweep, serve_summary, summary_table
+from specforge.bench.sweep import decode_summary, decode_table, plot_sweep, serve_summary, summary_table
 
 
 def _rows(table: dict[str, dict[int, list[float]]]) -> list[dict]:
@@ -43,3 +43,26 @@ def test_bar_fails_when_adaptive_lags():
     rows = _rows({"none": {1: [100]}, "k2": {1: [200]}, "table": {1: [190]}, "adaptive": {1: [180]}})
     met = serve_summary(rows, [1], adaptive="adaptive", table="table")["bar"]["met"]
     assert met == {"vs_best_static": False, "vs_table": False, "vs_none": True}
+
+
+def test_decode_summary_from_step_timings():
+    def cell(b, k, steps, sec, em):
+        return {
+            "batch_size": b,
+            "k": k,
+            "steps": steps,
+            "seconds": sec,
+            "emitted": em,
+        }
+
+    logs = {
+        "none": [[cell(4, 0, 50, 0.010, 1.0)], [cell(4, 0, 50, 0.012, 1.0)]],
+        "k2": [[cell(4, 2, 50, 0.015, 2.4), cell(3, 2, 2, 0.001, 3.0)]],  # batch 3: too few steps
+        "adaptive": [[cell(4, 2, 40, 0.015, 2.3), cell(4, 0, 5, 0.010, 1.0)]],  # its most-stepped k counts
+    }
+    d = decode_summary(logs, [3, 4], adaptive="adaptive", table=None)
+    at3, at4 = d["per_batch_size"]
+    assert at3["tokens_per_s"] == {}
+    assert at4["tokens_per_s"]["none"] == pytest.approx((4 / 0.010 + 4 / 0.012) / 2)  # median of two rounds
+    assert at4["best_static"] == "k2" and at4["vs_best_static"] == pytest.approx(2.3 / 2.4)
+    assert "| 4 |" in decode_table(d)

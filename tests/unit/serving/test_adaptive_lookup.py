@@ -22,7 +22,7 @@ def test_lookup_follows_the_policy_and_learns(tmp_path):
     assert lookup[1] == 3 and lookup[8] == 0
     lookup[1]
     for _ in range(300):  # k = 3 keeps emitting a single token per request
-        lookup.observe(1, 3, 1.0, None)
+        lookup.observe(1, 3, 1.0, None, [0])
     assert lookup[1] < 3
 
 
@@ -30,7 +30,7 @@ def test_lookup_caches_choices_between_refreshes(tmp_path):
     lookup = AdaptiveLookup(_policy(tmp_path), k_max=3, refresh_steps=50)
     assert lookup[1] == 3
     for _ in range(300):
-        lookup.observe(1, 3, 1.0, None)
+        lookup.observe(1, 3, 1.0, None, [0])
     assert lookup[1] == 3  # cached: the policy is consulted again only after 50 lookups
     for _ in range(50):
         k = lookup[1]
@@ -87,7 +87,7 @@ def test_step_recorder_times_steady_decode_steps(tmp_path):
 
 
 def test_step_table_policy_file_round_trip(tmp_path):
-    table = StepTable({0: Profile([1, 64], [0.01, 0.02]), 2: Profile([1, 64], [0.012, 0.08])})
+    table = StepTable.chains({0: Profile([1, 64], [0.01, 0.02]), 2: Profile([1, 64], [0.012, 0.08])})
     policy = load_policy(write_policy_file(tmp_path / "p.json", table, [0.9, 0.9], [1, 2]), k_max=5)
     # k = 1 was not measured, so it is not a candidate; k = 2 pays alone, not at batch 64
     assert [s.num_draft_tokens for s in policy.candidates] == [0, 2]

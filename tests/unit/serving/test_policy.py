@@ -106,21 +106,25 @@ def test_cost_model_round_trip(tmp_path):
     assert again.step_time(2, Shape.chain(3)) == cost.step_time(2, Shape.chain(3))
 
 
-def test_step_table_prices_measured_chains_only():
-    table = StepTable({0: Profile([1, 8], [1.0, 2.0]), 2: Profile([1, 8], [1.5, 5.0])})
+def test_step_table_prices_measured_shapes_only():
+    table = StepTable.chains({0: Profile([1, 8], [1.0, 2.0]), 2: Profile([1, 8], [1.5, 5.0])})
+    assert table.ks == [0, 2]
     assert table.step_time(1, NONE) == 1.0
     assert table.step_time(4, Shape.chain(2)) == pytest.approx(1.5 + 3.5 * 3 / 7)
     with pytest.raises(KeyError, match="k=3"):
         table.step_time(1, Shape.chain(3))
-    with pytest.raises(ValueError, match="chains only"):
+    with pytest.raises(KeyError, match="tree depth 2"):
         table.step_time(1, Shape(4, 2, 2))
     with pytest.raises(ValueError, match="k = 0"):
-        StepTable({2: Profile([1], [1.0])})
+        StepTable.chains({2: Profile([1], [1.0])})
     assert StepTable.from_json(table.to_json()) == table
+    assert StepTable.from_json({"0": {"tokens": [1], "seconds": [1.0]}}).ks == [0]  # keyed by k alone
+    trees = StepTable({NONE: Profile([1], [1.0]), Shape(8, 4, 2): Profile([1], [3.0])})
+    assert StepTable.from_json(trees.to_json()).step_time(1, Shape(8, 4, 2)) == 3.0
 
 
 def test_online_step_cost_learns_a_factor_per_shape_and_overall():
-    prior = StepTable({0: Profile([1, 8], [1.0, 1.0]), 2: Profile([1, 8], [2.0, 4.0])})
+    prior = StepTable.chains({0: Profile([1, 8], [1.0, 1.0]), 2: Profile([1, 8], [2.0, 4.0])})
     cost = OnlineStepCost(prior, beta=0.5, min_count=2)
     cost.observe(1, Shape.chain(2), 4.0)  # twice the prior
     assert cost.scale == pytest.approx(0.5 * 1.0 + 0.5 * 2.0)
@@ -134,7 +138,7 @@ def test_online_step_cost_learns_a_factor_per_shape_and_overall():
 
 
 def test_policy_with_live_step_times_stops_speculating_when_steps_get_slow():
-    prior = StepTable({0: Profile([1, 64], [1.0, 1.0]), 2: Profile([1, 64], [1.2, 1.2])})
+    prior = StepTable.chains({0: Profile([1, 64], [1.0, 1.0]), 2: Profile([1, 64], [1.2, 1.2])})
     tracker = AcceptanceTracker.from_alpha([0.8, 0.8], [Shape.chain(2)])
     pol = SpeculationPolicy(OnlineStepCost(prior, beta=0.5, min_count=4), tracker, [Shape.chain(2)])
     assert pol.choose(1) == Shape.chain(2)  # tau 2.44 for 1.2x the time
@@ -150,3 +154,18 @@ def test_sequential_drafting_costs_batch_times_one_sequence():
     s = Shape(num_draft_tokens=6, depth=3, top_k=2)
     # target(4 * 7) + 4 * (draft(1) + 2 * draft(2))
     assert cost.step_time(4, s) == pytest.approx(28.0 + 4 * (0.1 + 2 * 0.2))
+
+
+def test_per_position_acceptance_teaches_longer_chains():
+    shapes = [Shape.chain(1), Shape.chain(3), Shape.chain(5)]
+    tr = AcceptanceTracker.from_alpha([0.5] * 5, shapes, beta=0.5, per_position=True)
+    assert tr.tau(Shape.chain(5)) == pytest.approx(chain_tau([0.5] * 5, 5))
+    # running k = 3, two sequences accept all 3 drafts every step: positions 1-3 learn, 4-5 keep the seed
+    for _ in range(20):
+        tr.observe(Shape.chain(3), 4.0, accepted=[3, 3])
+    assert tr.alpha[:3] == pytest.approx([1.0] * 3, abs=1e-5) and tr.alpha[3:] == [0.5, 0.5]
+    assert tr.tau(Shape.chain(5)) == pytest.approx(1 + 1 + 1 + 1 + 0.5 + 0.25, abs=1e-4)
+    # position 2 is reached only by sequences that accepted position 1
+    tr.observe(Shape.chain(3), 1.5, accepted=[0, 1])
+    assert tr.alpha[0] == pytest.approx(0.5 * 1.0 + 0.5 * 0.5, abs=1e-5)  # 1 of 2 accepted position 1
+    assert tr.alpha[1] == pytest.approx(0.5 * 1.0 + 0.5 * 0.0, abs=1e-5)  # 0 of 1 accepted position 2
