@@ -100,7 +100,13 @@ def load_policy(path: str | Path, k_max: int) -> SpeculationPolicy:
     tracker = AcceptanceTracker.from_alpha(
         raw["alpha"], shapes, beta=float(raw.get("beta", 0.05)), per_position=True
     )
-    return SpeculationPolicy(OnlineStepCost(prior), tracker, shapes)
+    # The prior was timed in this same engine configuration (calibrate --vllm); one live step time
+    # is noisy (schedule-to-schedule jitter reached 1.5x here), so a shape's own correction needs
+    # hundreds of steps before it may move the choice.
+    cost = OnlineStepCost(
+        prior, beta=float(raw.get("cost_beta", 0.01)), min_count=int(raw.get("cost_min_steps", 500))
+    )
+    return SpeculationPolicy(cost, tracker, shapes)
 
 
 class AdaptiveLookup:
