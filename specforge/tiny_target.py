@@ -2,9 +2,10 @@
 
 Contract: :func:`build_tiny_target` trains a byte-level BPE tokenizer (with ``tokenizers``) and a
 deep, narrow ``LlamaForCausalLM`` on the standard library's sources plus chat-formatted demo
-conversations, and saves an ordinary Hugging Face model directory: config, safetensors weights,
+conversations, then runs a short phase of sequence-level unlikelihood on its own greedy
+continuations (so that greedy decoding does not fall into loops), and saves an ordinary Hugging Face model directory: config, safetensors weights,
 tokenizer with a chat template, and ``build_report.json`` (held-out loss, distinct-4-gram ratio of
-greedy continuations, sample continuations, wall time). The result is deterministic for a seed and
+greedy continuations, both also before the unlikelihood phase, sample continuations, wall time). The result is deterministic for a seed and
 a Python version, and cached: :func:`tiny_target_dir` names the directory by a hash of the build
 config, so a second build with the same config returns at once.
 """
@@ -29,7 +30,7 @@ from specforge.data.demo import demo_conversations
 from specforge.data.stdlib_corpus import read_source, stdlib_files
 from specforge.targets import generate_left_padded
 
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
@@ -38,7 +39,7 @@ CHAT_TEMPLATE = (
 
 
 class TinyTargetConfig(BaseModel):
-    """Shape and training budget of the embedded target (defaults: ~10 minutes on 2 CPU cores)."""
+    """Shape and training budget of the embedded target (defaults: ~12 minutes on 2 CPU cores)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -61,6 +62,14 @@ class TinyTargetConfig(BaseModel):
     eval_windows: int = 48
     sample_prompts: int = 16
     sample_tokens: int = 256
+    # Final phase: sequence-level unlikelihood on the model's own greedy continuations of training
+    # code (see specforge.train.unlikelihood), each step mixed with an ordinary next-token batch.
+    unlikelihood_steps: int = 100
+    unlikelihood_lr: float = 5e-4
+    unlikelihood_batch: int = 16
+    unlikelihood_prompt_tokens: int = 32
+    unlikelihood_new_tokens: int = 128
+    unlikelihood_weight: float = 2.0
     seed: int = 0
 
     def cache_key(self) -> str:
@@ -170,6 +179,87 @@ def _code_prompts(tokenizer, heldout_texts: list[str], n: int, prompt_tokens: in
     return prompts
 
 
+def _evaluate(model, tokenizer, heldout_stream: torch.Tensor, prompts: list[list[int]], cfg) -> dict:
+    """Held-out loss and the distinct-4-gram ratios of greedy continuations of held-out code."""
+    loss = heldout_loss(model, heldout_stream, cfg.seq_len, cfg.eval_windows)
+    conts = greedy_continuations(model, tokenizer, prompts, cfg.sample_tokens) if prompts else []
+    ratios = [distinct_ngram_ratio(c, 4) for c in conts] or [0.0]
+    model.train()
+    return {
+        "heldout_loss": round(loss, 4),
+        "distinct4_mean": round(sum(ratios) / len(ratios), 4),
+        "distinct4_min": round(min(ratios), 4),
+        "distinct4": [round(r, 4) for r in ratios],
+        "continuations": conts,
+    }
+
+
+def _adamw(model, cfg: TinyTargetConfig) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+    )
+
+
+def _optimizer_step(model, opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def _mle_batch(
+    cfg: TinyTargetConfig, code_stream: torch.Tensor, chat_stream: torch.Tensor, gen: torch.Generator
+) -> torch.Tensor:
+    """[batch_size, seq_len] windows: code, with a ``chat_fraction`` of chat-formatted conversations."""
+    n_chat = round(cfg.batch_size * cfg.chat_fraction)
+    return torch.cat(
+        [
+            _sample_windows(code_stream, cfg.batch_size - n_chat, cfg.seq_len, gen),
+            _sample_windows(chat_stream, n_chat, cfg.seq_len, gen),
+        ]
+    )
+
+
+def unlikelihood_phase(
+    model, cfg: TinyTargetConfig, code_stream: torch.Tensor, chat_stream: torch.Tensor, progress: bool
+) -> int:
+    """``cfg.unlikelihood_steps`` steps of next-token loss + unlikelihood of the model's own greedy
+    repeats on training code (fresh optimizer and generator, so the phase depends only on the
+    pretrained weights and the config); returns the tokens it trained on."""
+    from specforge.train.unlikelihood import unlikelihood_loss
+
+    opt = _adamw(model, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    bar = tqdm(range(cfg.unlikelihood_steps), desc="unlikelihood", disable=not progress, unit="step")
+    tokens = 0
+    for _ in bar:
+        prompts = _sample_windows(code_stream, cfg.unlikelihood_batch, cfg.unlikelihood_prompt_tokens, gen)
+        model.eval()
+        with torch.no_grad():
+            conts = model.generate(
+                input_ids=prompts,
+                attention_mask=torch.ones_like(prompts),
+                max_new_tokens=cfg.unlikelihood_new_tokens,
+                min_new_tokens=cfg.unlikelihood_new_tokens,
+                do_sample=False,
+                pad_token_id=model.config.pad_token_id,
+            )[:, prompts.shape[1] :]
+        model.train()
+        ul, repeated = unlikelihood_loss(model, prompts, conts)
+        batch = _mle_batch(cfg, code_stream, chat_stream, gen)
+        mle = model(input_ids=batch, labels=batch).loss
+        _optimizer_step(model, opt, mle + cfg.unlikelihood_weight * ul, cfg.unlikelihood_lr)
+        tokens += batch.numel() + conts.numel() + prompts.numel()
+        bar.set_postfix(mle=f"{mle.item():.3f}", ul=f"{ul.item():.3f}", repeated=f"{repeated:.2f}")
+    return tokens
+
+
 def build_tiny_target(
     cfg: TinyTargetConfig | None = None,
     out_dir: Path | None = None,
@@ -221,13 +311,7 @@ def build_tiny_target(
         pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(model_cfg)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(0.9, 0.95),
-    )
+    opt = _adamw(model, cfg)
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -236,33 +320,26 @@ def build_tiny_target(
         return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
     gen = torch.Generator().manual_seed(cfg.seed)
-    n_chat = round(cfg.batch_size * cfg.chat_fraction)
     model.train()
     bar = tqdm(range(cfg.steps), desc="tiny target", disable=not progress, unit="step")
     tokens_seen = 0
     for step in bar:
-        batch = torch.cat(
-            [
-                _sample_windows(code_stream, cfg.batch_size - n_chat, cfg.seq_len, gen),
-                _sample_windows(chat_stream, n_chat, cfg.seq_len, gen),
-            ]
-        )
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
+        batch = _mle_batch(cfg, code_stream, chat_stream, gen)
         loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        _optimizer_step(model, opt, loss, lr_at(step))
         tokens_seen += batch.numel()
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_seen / (time.time() - t0):.0f}")
     train_seconds = time.time() - t0
 
-    loss_code = heldout_loss(model, heldout_stream, cfg.seq_len, cfg.eval_windows)
     prompts = _code_prompts(tokenizer, heldout_texts, cfg.sample_prompts)
-    conts = greedy_continuations(model, tokenizer, prompts, cfg.sample_tokens) if prompts else []
-    ratios = [distinct_ngram_ratio(c, 4) for c in conts] or [0.0]
+    pretrained, unlikelihood_seconds = None, 0.0
+    if cfg.unlikelihood_steps > 0:
+        pretrained = _evaluate(model, tokenizer, heldout_stream, prompts, cfg)
+        tokens_seen += unlikelihood_phase(model, cfg, code_stream, chat_stream, progress)
+    unlikelihood_seconds = time.time() - t0 - train_seconds
+    evaluation = _evaluate(model, tokenizer, heldout_stream, prompts, cfg)
+    conts = evaluation.pop("continuations")
     report = {
         "parameters": sum(p.numel() for p in model.parameters()),
         "shape": {
@@ -273,10 +350,11 @@ def build_tiny_target(
         "train_tokens": tokens_seen,
         "build_seconds": round(time.time() - t0, 1),
         "train_seconds": round(train_seconds, 1),
-        "heldout_loss": round(loss_code, 4),
-        "distinct4_mean": round(sum(ratios) / len(ratios), 4),
-        "distinct4_min": round(min(ratios), 4),
-        "distinct4": [round(r, 4) for r in ratios],
+        "unlikelihood_seconds": round(unlikelihood_seconds, 1),
+        **evaluation,
+        "before_unlikelihood": (
+            {k: v for k, v in pretrained.items() if k != "continuations"} if pretrained else None
+        ),
         "samples": [
             {"prompt": tokenizer.decode(p), "continuation": tokenizer.decode(c)}
             for p, c in zip(prompts[:4], conts[:4])

@@ -32,6 +32,10 @@ def micro_target_dir(tmp_path_factory):
         eval_windows=2,
         sample_prompts=2,
         sample_tokens=16,
+        unlikelihood_steps=3,
+        unlikelihood_batch=4,
+        unlikelihood_prompt_tokens=16,
+        unlikelihood_new_tokens=16,
     )
     return build_tiny_target(cfg, out_dir=tmp_path_factory.mktemp("targets") / "micro", progress=False)
 

@@ -40,11 +40,17 @@ def test_build_is_deterministic_and_cached(tmp_path):
         eval_windows=1,
         sample_prompts=1,
         sample_tokens=8,
+        unlikelihood_steps=2,
+        unlikelihood_batch=2,
+        unlikelihood_prompt_tokens=8,
+        unlikelihood_new_tokens=8,
     )
     a = build_tiny_target(cfg, out_dir=tmp_path / "a", progress=False)
     b = build_tiny_target(cfg, out_dir=tmp_path / "b", progress=False)
     from safetensors.torch import load_file
 
+    report = json.loads((a / "build_report.json").read_text())
+    assert report["before_unlikelihood"]["heldout_loss"] > 0  # the report shows the phase's effect
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     stamp = (a / "model.safetensors").stat().st_mtime_ns
