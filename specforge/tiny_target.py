@@ -3,10 +3,11 @@
 Contract: :func:`build_tiny_target` trains a byte-level BPE tokenizer (with ``tokenizers``) and a
 deep, narrow ``LlamaForCausalLM`` on the standard library's sources plus chat-formatted demo
 conversations, then runs a short phase of sequence-level unlikelihood on its own greedy
-continuations (so that greedy decoding does not fall into loops), and saves an ordinary Hugging Face model directory: config, safetensors weights,
-tokenizer with a chat template, and ``build_report.json`` (held-out loss, distinct-4-gram ratio of
-greedy continuations, both also before the unlikelihood phase, sample continuations, wall time). The result is deterministic for a seed and
-a Python version, and cached: :func:`tiny_target_dir` names the directory by a hash of the build
+continuations (so that greedy decoding does not fall into loops), and saves an ordinary Hugging
+Face model directory: config, safetensors weights, tokenizer with a chat template, and
+``build_report.json`` (held-out loss and distinct-4-gram ratio of greedy continuations, both also
+before the unlikelihood phase, sample continuations, wall time). The result is deterministic for a
+seed and a Python version, and cached: :func:`tiny_target_dir` names the directory by a hash of the build
 config, so a second build with the same config returns at once.
 """
 
@@ -179,7 +180,9 @@ def _code_prompts(tokenizer, heldout_texts: list[str], n: int, prompt_tokens: in
     return prompts
 
 
-def _evaluate(model, tokenizer, heldout_stream: torch.Tensor, prompts: list[list[int]], cfg) -> dict:
+def _evaluate(
+    model, tokenizer, heldout_stream: torch.Tensor, prompts: list[list[int]], cfg: TinyTargetConfig
+) -> dict:
     """Held-out loss and the distinct-4-gram ratios of greedy continuations of held-out code."""
     loss = heldout_loss(model, heldout_stream, cfg.seq_len, cfg.eval_windows)
     conts = greedy_continuations(model, tokenizer, prompts, cfg.sample_tokens) if prompts else []
@@ -241,15 +244,17 @@ def unlikelihood_phase(
     for _ in bar:
         prompts = _sample_windows(code_stream, cfg.unlikelihood_batch, cfg.unlikelihood_prompt_tokens, gen)
         model.eval()
-        with torch.no_grad():
-            conts = model.generate(
-                input_ids=prompts,
-                attention_mask=torch.ones_like(prompts),
-                max_new_tokens=cfg.unlikelihood_new_tokens,
-                min_new_tokens=cfg.unlikelihood_new_tokens,
+        new = cfg.unlikelihood_new_tokens
+        conts = torch.tensor(
+            generate_left_padded(
+                model,
+                prompts.tolist(),
+                model.config.pad_token_id,
+                max_new_tokens=new,
+                min_new_tokens=new,
                 do_sample=False,
-                pad_token_id=model.config.pad_token_id,
-            )[:, prompts.shape[1] :]
+            )
+        )  # [unlikelihood_batch, new_tokens], greedy
         model.train()
         ul, repeated = unlikelihood_loss(model, prompts, conts)
         batch = _mle_batch(cfg, code_stream, chat_stream, gen)
@@ -336,8 +341,9 @@ def build_tiny_target(
     pretrained, unlikelihood_seconds = None, 0.0
     if cfg.unlikelihood_steps > 0:
         pretrained = _evaluate(model, tokenizer, heldout_stream, prompts, cfg)
+        t_ul = time.time()
         tokens_seen += unlikelihood_phase(model, cfg, code_stream, chat_stream, progress)
-    unlikelihood_seconds = time.time() - t0 - train_seconds
+        unlikelihood_seconds = time.time() - t_ul
     evaluation = _evaluate(model, tokenizer, heldout_stream, prompts, cfg)
     conts = evaluation.pop("continuations")
     report = {
