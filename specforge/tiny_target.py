@@ -7,8 +7,8 @@ continuations (so that greedy decoding does not fall into loops), and saves an o
 Face model directory: config, safetensors weights, tokenizer with a chat template, and
 ``build_report.json`` (held-out loss and distinct-4-gram ratio of greedy continuations, both also
 before the unlikelihood phase, sample continuations, wall time). The result is deterministic for a
-seed and a Python version, and cached: :func:`tiny_target_dir` names the directory by a hash of the build
-config, so a second build with the same config returns at once.
+seed and a Python version, and cached: :func:`tiny_target_dir` names the directory by a hash of the
+build config, so a second build with the same config returns at once.
 """
 
 from __future__ import annotations
@@ -230,7 +230,12 @@ def _mle_batch(
 
 
 def unlikelihood_phase(
-    model, cfg: TinyTargetConfig, code_stream: torch.Tensor, chat_stream: torch.Tensor, progress: bool
+    model,
+    tokenizer,
+    cfg: TinyTargetConfig,
+    code_stream: torch.Tensor,
+    chat_stream: torch.Tensor,
+    progress: bool,
 ) -> int:
     """``cfg.unlikelihood_steps`` steps of next-token loss + unlikelihood of the model's own greedy
     repeats on training code (fresh optimizer and generator, so the phase depends only on the
@@ -243,18 +248,9 @@ def unlikelihood_phase(
     tokens = 0
     for _ in bar:
         prompts = _sample_windows(code_stream, cfg.unlikelihood_batch, cfg.unlikelihood_prompt_tokens, gen)
-        model.eval()
-        new = cfg.unlikelihood_new_tokens
         conts = torch.tensor(
-            generate_left_padded(
-                model,
-                prompts.tolist(),
-                model.config.pad_token_id,
-                max_new_tokens=new,
-                min_new_tokens=new,
-                do_sample=False,
-            )
-        )  # [unlikelihood_batch, new_tokens], greedy
+            greedy_continuations(model, tokenizer, prompts.tolist(), cfg.unlikelihood_new_tokens)
+        )  # [unlikelihood_batch, new_tokens]
         model.train()
         ul, repeated = unlikelihood_loss(model, prompts, conts)
         batch = _mle_batch(cfg, code_stream, chat_stream, gen)
@@ -342,7 +338,7 @@ def build_tiny_target(
     if cfg.unlikelihood_steps > 0:
         pretrained = _evaluate(model, tokenizer, heldout_stream, prompts, cfg)
         t_ul = time.time()
-        tokens_seen += unlikelihood_phase(model, cfg, code_stream, chat_stream, progress)
+        tokens_seen += unlikelihood_phase(model, tokenizer, cfg, code_stream, chat_stream, progress)
         unlikelihood_seconds = time.time() - t_ul
     evaluation = _evaluate(model, tokenizer, heldout_stream, prompts, cfg)
     conts = evaluation.pop("continuations")
