@@ -20,7 +20,8 @@ Contract
   ``goodput = B * tau(shape) / step_time(B, shape)``, with "no speculation" (tau = 1) always a
   candidate. Choices are *monotone*: for the same statistics, a larger batch never gets more
   speculation (shapes are ordered by draft tokens, then depth, then top-k; the choice at ``B`` is
-  capped by the choices at every smaller batch size).
+  the best shape no more speculative than the choice at ``B - 1``). ``choose`` takes the expected
+  tau of the live batch when the caller knows it (:class:`RequestAcceptance`).
 
 Pure Python, no torch: the engine, the vLLM plugin and the tests drive it the same way.
 """
@@ -39,6 +40,20 @@ Shape = TreeShape  # the policy speaks of the same shapes the engine runs
 NONE = NO_SPECULATION
 
 
+def isotonic(values: list[float]) -> list[float]:
+    """The non-decreasing sequence closest to ``values`` in squared error (pool adjacent violators).
+
+    More tokens never take less time; a timing spike is averaged with its neighbours instead of being
+    carried to every larger size, as a running maximum would."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m1, n1), (m2, n2) = blocks[-2], blocks.pop()
+            blocks[-1] = [(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2]
+    return [m for m, n in blocks for _ in range(int(n))]
+
+
 @dataclass
 class Profile:
     """Measured (tokens, seconds) points of one forward, tokens ascending."""
@@ -51,8 +66,7 @@ class Profile:
             raise ValueError("a profile needs as many times as token counts, and at least one")
         if self.tokens != sorted(set(self.tokens)):
             raise ValueError("profile token counts must strictly ascend")
-        # More tokens never take less time: smooth out timing noise with a running maximum.
-        self.seconds = [max(self.seconds[: i + 1]) for i in range(len(self.seconds))]
+        self.seconds = isotonic(self.seconds)
 
     def __call__(self, n: float) -> float:
         """Seconds for ``n`` tokens: interpolated, flat below the first point, extrapolated above the last."""
@@ -231,15 +245,27 @@ class AcceptanceTracker:
     ema: dict[Shape, float] = field(default_factory=dict)
     alpha: list[float] = field(default_factory=list)  # live conditional acceptance per chain position
     per_position: bool = False
+    reference_batch: int = 1  # per-position learning: a step of this many sequences weighs ``beta``
 
     @classmethod
     def from_alpha(
-        cls, alpha: list[float], shapes: list[Shape], beta: float = 0.05, per_position: bool = False
+        cls,
+        alpha: list[float],
+        shapes: list[Shape],
+        beta: float = 0.05,
+        per_position: bool = False,
+        reference_batch: int = 1,
     ) -> AcceptanceTracker:
         """Seed every shape from chain acceptances: a tree is seeded as the chain of its depth
         (conservative: a tree accepts at least what its best path would)."""
         seed = {s: (1.0 if s.is_none else chain_tau(alpha, min(s.depth, s.num_draft_tokens))) for s in shapes}
-        return cls(seed=seed, beta=beta, alpha=list(alpha), per_position=per_position)
+        return cls(
+            seed=seed,
+            beta=beta,
+            alpha=list(alpha),
+            per_position=per_position,
+            reference_batch=reference_batch,
+        )
 
     def tau(self, shape: Shape) -> float:
         if shape.is_none:
@@ -261,10 +287,69 @@ class AcceptanceTracker:
                 if not reached:
                     break
                 rate = sum(a > i for a in reached) / len(reached)
-                self.alpha[i] = (1 - self.beta) * self.alpha[i] + self.beta * rate
+                # A step weighs as many sequence-steps as reached the position: a step of 2 straggling
+                # sequences must not count as much as a step of 64.
+                beta = 1 - (1 - self.beta) ** (len(reached) / self.reference_batch)
+                self.alpha[i] = (1 - beta) * self.alpha[i] + beta * rate
             return
         prev = self.tau(shape)
         self.ema[shape] = (1 - self.beta) * prev + self.beta * emitted_per_sequence
+
+
+@dataclass
+class RequestAcceptance:
+    """Acceptance of each sequence in flight, for the sequences in the live batch.
+
+    Acceptance varies far more between sequences (and along one sequence) than between steps: the
+    sequences still running at the end of a batch are mostly the ones the draft predicts badly. Each
+    sequence keeps decayed counts of "position i reached" and "position i accepted"; its conditional
+    acceptance at position i is ``(accepted_i + w * alpha_i) / (reached_i + w)``, shrunk towards the
+    population's ``alpha_i`` with ``w = prior_weight`` pseudo-steps. :meth:`chain_taus` averages each
+    chain's tau over the given sequences (a sequence never seen counts at the population's alpha).
+    """
+
+    prior_weight: float = 1.0
+    decay: float = 0.8  # weight of a sequence's previous counts at each new step
+    hits: dict[str, list[float]] = field(default_factory=dict)  # sequence -> accepted, per position
+    trials: dict[str, list[float]] = field(default_factory=dict)  # sequence -> reached, per position
+
+    def observe(self, seq: str, verified: int, accepted: int) -> None:
+        """One step of one sequence: ``accepted`` of its ``verified`` draft tokens were accepted."""
+        if verified <= 0:
+            return
+        hits, trials = self.hits.setdefault(seq, []), self.trials.setdefault(seq, [])
+        while len(hits) < verified:
+            hits.append(0.0)
+            trials.append(0.0)
+        for i in range(len(hits)):
+            hits[i] *= self.decay
+            trials[i] *= self.decay
+        for i in range(min(verified, accepted + 1)):  # positions 1..accepted+1 were reached
+            trials[i] += 1.0
+            hits[i] += 1.0 if i < accepted else 0.0
+
+    def forget(self, seq: str) -> None:
+        self.hits.pop(seq, None)
+        self.trials.pop(seq, None)
+
+    def chain_taus(self, seqs: list[str], alpha: list[float], k_max: int) -> list[float]:
+        """``[tau(k = 0), tau(k = 1), ..., tau(k = k_max)]``, averaged over ``seqs``."""
+        total = [0.0] * (k_max + 1)
+        w = self.prior_weight
+        prior = [alpha[i] if i < len(alpha) else (alpha[-1] if alpha else 0.0) for i in range(k_max)]
+        for seq in seqs:
+            hits, trials = self.hits.get(seq, ()), self.trials.get(seq, ())
+            tau, run = 1.0, 1.0
+            total[0] += 1.0
+            for i in range(k_max):
+                a = prior[i]
+                if i < len(hits):
+                    a = (hits[i] + w * a) / (trials[i] + w)
+                run *= a
+                tau += run
+                total[i + 1] += tau
+        n = max(len(seqs), 1)
+        return [t / n for t in total]
 
 
 @dataclass
@@ -273,29 +358,61 @@ class SpeculationPolicy:
     acceptance: AcceptanceTracker
     candidates: list[Shape]
 
+    # step_time(b, candidates[i]) for b = 1..len(_times), frozen by freeze_costs() (a fast path for
+    # a server that chooses every step); None: ask the cost model each time
+    _times: list[list[float]] | None = field(default=None, repr=False)
+
     def __post_init__(self) -> None:
         self.candidates = sorted(set(self.candidates) | {NONE})
 
-    def goodput(self, batch: int, shape: Shape) -> float:
-        """Expected tokens per second for the whole batch."""
-        return batch * self.acceptance.tau(shape) / self.cost.step_time(batch, shape)
+    def freeze_costs(self, max_batch: int) -> None:
+        """Tabulate the step times of every candidate up to ``max_batch``; :meth:`choose` reads the table
+        until the next call (the cost model's online updates are picked up by calling it again)."""
+        self._times = [[self.cost.step_time(b, s) for s in self.candidates] for b in range(1, max_batch + 1)]
 
-    def best_unconstrained(self, batch: int) -> Shape:
-        # Ties go to less speculation (earlier in the order).
-        return max(
-            self.candidates,
-            key=lambda s: (self.goodput(batch, s), [-x for x in (s.num_draft_tokens, s.depth, s.top_k)]),
-        )
+    def _row(self, batch: int) -> list[float]:
+        """Step times of every candidate at ``batch``."""
+        if self._times is not None and batch <= len(self._times):
+            return self._times[batch - 1]
+        return [self.cost.step_time(batch, s) for s in self.candidates]
 
-    def choose(self, batch: int) -> Shape:
-        """The goodput-maximising shape, capped so that it never exceeds the choice at any smaller batch."""
+    def goodput(self, batch: int, shape: Shape, tau: dict[Shape, float] | None = None) -> float:
+        """Expected tokens per second for the whole batch; ``tau`` overrides the tracker's per shape."""
+        t = tau[shape] if tau and shape in tau else self.acceptance.tau(shape)
+        return batch * t / self.cost.step_time(batch, shape)
+
+    def best_unconstrained(self, batch: int, tau: dict[Shape, float] | None = None) -> Shape:
+        return self.candidates[self._best_index(batch, self._taus(tau))]
+
+    def _taus(self, tau: dict[Shape, float] | None) -> list[float]:
+        return [tau[s] if tau and s in tau else self.acceptance.tau(s) for s in self.candidates]
+
+    def _best_index(self, batch: int, taus: list[float], upto: int | None = None) -> int:
+        """The candidate (among the first ``upto + 1``) with the highest tau / step time."""
+        row = self._row(batch)
+        best, best_rate = 0, taus[0] / row[0]
+        for i in range(1, len(taus) if upto is None else upto + 1):
+            rate = taus[i] / row[i]
+            if rate > best_rate:  # ties go to less speculation (earlier in the order)
+                best, best_rate = i, rate
+        return best
+
+    def choose(self, batch: int, tau: dict[Shape, float] | None = None) -> Shape:
+        """The goodput-maximising shape among those no more speculative than the choice at ``batch - 1``
+        (and so at every smaller batch): going up from batch 1, each batch size picks the best shape
+        still allowed, which caps every larger one.
+
+        ``tau`` (expected tokens per sequence per step, by shape) overrides the tracker's estimate, e.g.
+        with the acceptance of the sequences actually in the batch (:class:`RequestAcceptance`)."""
         if batch < 1:
             raise ValueError("batch must be >= 1")
-        cap = None
-        for b in range(1, batch + 1):
-            best = self.best_unconstrained(b)
-            cap = best if cap is None or best < cap else cap
-        return cap
+        taus = self._taus(tau)
+        cap = len(taus) - 1
+        for b in range(1, batch + 1):  # the best at b among the shapes still allowed
+            cap = self._best_index(b, taus, cap)
+            if cap == 0:
+                break
+        return self.candidates[cap]
 
     def table(self, batch_sizes: list[int]) -> dict[int, Shape]:
         return {b: self.choose(b) for b in batch_sizes}

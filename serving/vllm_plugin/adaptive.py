@@ -32,6 +32,7 @@ import logging
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from serving.policy import (
     CostModel,
     OnlineStepCost,
     Profile,
+    RequestAcceptance,
     SpeculationPolicy,
     StepTable,
 )
@@ -47,6 +49,7 @@ from serving.shape import NO_SPECULATION, TreeShape
 
 ENV = "SPECFORGE_ADAPTIVE_SPEC"
 STEP_LOG_ENV = "SPECFORGE_STEP_LOG"
+STEP_TRACE_ENV = "SPECFORGE_STEP_TRACE"  # "1": the step log also lists every step (diagnosis)
 logger = logging.getLogger("specforge.vllm_plugin")
 _PATCHED = False
 
@@ -76,10 +79,22 @@ def write_policy_file(
     return p
 
 
-def write_explore_file(path: str | Path, ks: list[int], hold: int = 4) -> Path:
-    """A policy file that makes the plugin cycle k through ``ks`` (step-time calibration)."""
+def write_explore_file(
+    path: str | Path, ks: list[int], hold: int = 4, drains_per_k: int = 1, skip_drains: int = 0
+) -> Path:
+    """A policy file that makes the plugin cycle k through ``ks`` (step-time calibration): the next k
+    every ``hold`` steps, or, with ``hold=0``, every ``drains_per_k`` times the engine drains (so that
+    every batch the caller submits runs at one constant k); then the first ``skip_drains`` batches at
+    each k are not timed (the first batch after a change of k runs slower)."""
     p = Path(path)
-    p.write_text(json.dumps({"mode": "explore", "ks": list(ks), "hold": hold}))
+    raw = {
+        "mode": "explore",
+        "ks": list(ks),
+        "hold": hold,
+        "drains_per_k": drains_per_k,
+        "skip_drains": skip_drains,
+    }
+    p.write_text(json.dumps(raw))
     return p
 
 
@@ -98,7 +113,7 @@ def load_policy(path: str | Path, k_max: int) -> SpeculationPolicy:
     if not shapes:
         raise ValueError(f"no k in {raw['ks']} fits the configured num_speculative_tokens={k_max}")
     tracker = AcceptanceTracker.from_alpha(
-        raw["alpha"], shapes, beta=float(raw.get("beta", 0.05)), per_position=True
+        raw["alpha"], shapes, beta=float(raw.get("beta", 0.05)), per_position=True, reference_batch=16
     )
     # The prior was timed in this same engine configuration (calibrate --vllm); one live step time
     # is noisy (schedule-to-schedule jitter reached 1.5x here), so a shape's own correction needs
@@ -112,9 +127,14 @@ def load_policy(path: str | Path, k_max: int) -> SpeculationPolicy:
 class AdaptiveLookup:
     """Stands in for vLLM's dense ``dynamic_sd_lookup`` list: ``lookup[batch_size] -> k``.
 
-    The policy's choice for a batch size is cached and recomputed every ``refresh_steps`` lookups,
-    so the per-step cost is a dict lookup. In explore mode (calibration) k cycles through ``ks``,
-    held for ``hold`` steps each, whatever the batch size.
+    Without ``running`` (the ids of the requests in the batch being scheduled), the policy's choice
+    for a batch size is cached and recomputed every ``refresh_steps`` lookups. With it, k is chosen
+    every step from the acceptance of the requests actually in the batch (:class:`RequestAcceptance`,
+    fed by :meth:`observe_requests`); the step-time table is re-frozen every ``refresh_steps``
+    lookups, so a step costs a few hundred arithmetic operations. In explore mode (calibration) k
+    cycles through ``ks``, held for ``hold`` steps each (``hold=0``: until the engine has drained
+    ``drains_per_k`` times, :meth:`drained`), whatever the batch size; :attr:`recording` is False
+    during the first ``skip_drains`` of those batches.
     """
 
     def __init__(
@@ -124,13 +144,22 @@ class AdaptiveLookup:
         explore: list[int] | None = None,
         hold: int = 4,
         refresh_steps: int = 16,
+        running: Callable[[int], list[str]] | None = None,
+        max_batch: int = 256,
+        drains_per_k: int = 1,
+        skip_drains: int = 0,
     ):
         self.policy, self.k_max = policy, k_max
         self.explore, self.hold, self.refresh_steps = explore, hold, refresh_steps
+        self.running, self.max_batch = running, max_batch
+        self.drains_per_k, self.skip_drains = max(1, drains_per_k), skip_drains
+        self.live = RequestAcceptance()
         self.last_k = 0
         self.steps = 0
-        self.choices: dict[int, int] = {}  # batch size -> k currently chosen
+        self.drains = 0
+        self.choices: dict[int, int] = {}  # batch size -> k last chosen
         self._age: dict[int, int] = {}
+        self._frozen_at = -(10**9)
         self._warned = False
 
     def _fail(self, err: Exception) -> int:
@@ -141,24 +170,57 @@ class AdaptiveLookup:
         self.explore = None
         return 0
 
+    @property
+    def recording(self) -> bool:
+        """Whether this step's time should be recorded (False while a new k warms up in explore mode)."""
+        return not (self.explore and self.hold <= 0 and self.drains % self.drains_per_k < self.skip_drains)
+
+    def drained(self) -> None:
+        """The engine has no request left (explore mode with ``hold=0`` moves to the next k)."""
+        self.drains += 1
+
     def __getitem__(self, batch_size: int) -> int:
         self.steps += 1
         b = int(batch_size)
         if self.explore:
-            self.last_k = min(self.explore[(self.steps // self.hold) % len(self.explore)], self.k_max)
+            i = self.drains // self.drains_per_k if self.hold <= 0 else self.steps // self.hold
+            self.last_k = min(self.explore[i % len(self.explore)], self.k_max)
             return self.last_k
         if self.policy is None:
             self.last_k = 0
             return 0
         try:
-            if b not in self.choices or self.steps - self._age[b] >= self.refresh_steps:
-                self.choices[b] = min(self.policy.choose(b).num_draft_tokens, self.k_max)
-                self._age[b] = self.steps
-            k = self.choices[b]
+            if self.running is not None:
+                k = self._choose_live(b)
+            else:
+                if b not in self.choices or self.steps - self._age[b] >= self.refresh_steps:
+                    self.choices[b] = min(self.policy.choose(b).num_draft_tokens, self.k_max)
+                    self._age[b] = self.steps
+                k = self.choices[b]
         except Exception as e:  # never take the server down
             k = self._fail(e)
         self.last_k = k
         return k
+
+    def _choose_live(self, batch: int) -> int:
+        policy = self.policy
+        if self.steps - self._frozen_at >= self.refresh_steps:
+            policy.freeze_costs(self.max_batch)
+            self._frozen_at = self.steps
+        alpha = policy.acceptance.alpha
+        taus = self.live.chain_taus(self.running(batch), alpha, self.k_max)
+        tau = {s: taus[s.num_draft_tokens] for s in policy.candidates if s.num_draft_tokens <= self.k_max}
+        k = min(policy.choose(batch, tau).num_draft_tokens, self.k_max)
+        self.choices[batch] = k
+        return k
+
+    def observe_requests(self, verified: dict[str, int], accepted: dict[str, int], finished) -> None:
+        """Every request's drafts verified and accepted this step (any step), and the requests that
+        finished since the last step."""
+        for r, v in verified.items():
+            self.live.observe(r, v, accepted.get(r, 0))
+        for r in finished or ():
+            self.live.forget(r)
 
     def observe(
         self,
@@ -190,8 +252,12 @@ class StepRecorder:
     means the engine went idle, and the step is not timed.
     """
 
-    def __init__(self, path: str | None, max_gap: float = 0.005, max_samples: int = 4096):
+    def __init__(
+        self, path: str | None, max_gap: float = 0.005, max_samples: int = 4096, trace: bool = False
+    ):
         self.path, self.max_gap, self.max_samples = path, max_gap, max_samples
+        # Every step when tracing: [schedule time, output time, requests, tokens, drafts, new, steady]
+        self.trace: list[list] | None = [] if trace else None
         self.cells: dict[
             tuple[int, int], tuple[list[float], list[float]]
         ] = {}  # (batch, k) -> seconds, emitted
@@ -215,13 +281,32 @@ class StepRecorder:
         self.pending = None
         self.t_schedule = now
 
-    def on_output(self, now: float, scheduler_output, model_runner_output) -> tuple[int, int, float] | None:
-        """Record the step just finished; return (batch, verified k, mean emitted) for acceptance."""
+    def on_output(
+        self, now: float, scheduler_output, model_runner_output, lookup: AdaptiveLookup | None = None
+    ) -> tuple[int, int, float] | None:
+        """Record the step just finished, give every request's acceptance to ``lookup``; return
+        (batch, verified k, mean emitted) of a steady step."""
         self.t_done = now
         sched = scheduler_output.num_scheduled_tokens or {}
         drafts = scheduler_output.scheduled_spec_decode_tokens or {}
         index = model_runner_output.req_id_to_index or {}
         sampled = model_runner_output.sampled_token_ids or []
+        if lookup is not None:
+            verified = {r: len(d) for r, d in drafts.items() if d and r in index and index[r] < len(sampled)}
+            accepted = {r: min(max(len(sampled[index[r]]) - 1, 0), verified[r]) for r in verified}
+            lookup.observe_requests(verified, accepted, getattr(scheduler_output, "finished_req_ids", ()))
+        if self.trace is not None and sched and len(self.trace) < 100_000:
+            self.trace.append(
+                [
+                    round(self.t_schedule, 6),
+                    round(now, 6),
+                    len(sched),
+                    sum(sched.values()),
+                    sum(len(d) for d in drafts.values()),
+                    len(scheduler_output.scheduled_new_reqs or ()),
+                    sum(len(sampled[index[r]]) for r in sched if r in index and index[r] < len(sampled)),
+                ]
+            )
         if not sched or scheduler_output.scheduled_new_reqs:
             return None
         ks = {len(drafts.get(r, ())) for r in sched}
@@ -232,7 +317,8 @@ class StepRecorder:
         if len(counts) != len(sched):
             return None
         emitted = sum(counts) / len(counts)
-        if k == int(getattr(scheduler_output, "num_spec_tokens_to_schedule", k) or 0):
+        recording = lookup is None or lookup.recording
+        if recording and k == int(getattr(scheduler_output, "num_spec_tokens_to_schedule", k) or 0):
             self.pending = (len(sched), k, emitted, self.t_schedule, [c - 1 for c in counts])
         return len(sched), k, emitted
 
@@ -248,9 +334,20 @@ class StepRecorder:
             for (b, k), (sec, em) in sorted(self.cells.items())
         ]
         out: dict = {"steps": steps}
+        if self.trace is not None:
+            out["trace_fields"] = ["t_schedule", "t_output", "requests", "tokens", "drafts", "new", "sampled"]
+            out["trace"] = self.trace
         if lookup is not None:
             out["choices"] = {str(b): k for b, k in sorted(lookup.choices.items())}
             out["fell_back"] = lookup.policy is None and not lookup.explore
+            if lookup.policy is not None:  # what the policy has learnt, for diagnosis
+                cost = lookup.policy.cost
+                out["alpha"] = list(lookup.policy.acceptance.alpha)
+                if isinstance(cost, OnlineStepCost):
+                    out["cost_factor"] = {
+                        str(s.num_draft_tokens): [cost.factor(s), cost.count.get(s, 0)]
+                        for s in lookup.policy.candidates
+                    }
         return out
 
     def flush(self, lookup: AdaptiveLookup | None) -> None:
@@ -264,7 +361,7 @@ class StepRecorder:
 
 def _install(scheduler) -> None:
     path = os.environ.get(ENV)
-    recorder = StepRecorder(os.environ.get(STEP_LOG_ENV))
+    recorder = StepRecorder(os.environ.get(STEP_LOG_ENV), trace=os.environ.get(STEP_TRACE_ENV) == "1")
     scheduler._specforge_recorder = recorder
     if not path or getattr(scheduler, "dynamic_sd_lookup", None) is None:
         if path:
@@ -279,12 +376,25 @@ def _install(scheduler) -> None:
         raw = json.loads(Path(path).read_text())
         if raw.get("mode") == "explore":
             lookup = AdaptiveLookup(
-                None, k_max, explore=[int(k) for k in raw["ks"]], hold=int(raw.get("hold", 4))
+                None,
+                k_max,
+                explore=[int(k) for k in raw["ks"]],
+                hold=int(raw.get("hold", 4)),
+                drains_per_k=int(raw.get("drains_per_k", 1)),
+                skip_drains=int(raw.get("skip_drains", 0)),
             )
             logger.info("specforge step-time exploration: k cycles through %s", lookup.explore)
         else:
             policy = load_policy(path, k_max)
-            lookup = AdaptiveLookup(policy, k_max)
+            running = None
+            if raw.get("per_request", True):  # k from the acceptance of the requests in the batch
+
+                def running(batch: int) -> list[str]:
+                    return [r.request_id for r in scheduler.running[:batch]]
+
+            lookup = AdaptiveLookup(
+                policy, k_max, running=running, max_batch=int(getattr(scheduler, "max_num_running_reqs", 256))
+            )
             logger.info(
                 "specforge adaptive speculation on: k per batch size %s",
                 {b: s.num_draft_tokens for b, s in policy.table([1, 2, 4, 8, 16, 32, 64]).items()},
@@ -335,8 +445,10 @@ def register() -> None:
             lookup = getattr(self, "dynamic_sd_lookup", None)
             lookup = lookup if isinstance(lookup, AdaptiveLookup) else None
             try:
-                recorder.on_output(time.perf_counter(), scheduler_output, model_runner_output)
+                recorder.on_output(time.perf_counter(), scheduler_output, model_runner_output, lookup)
                 if not self.running and not self.waiting:
+                    if lookup is not None:
+                        lookup.drained()
                     recorder.flush(lookup)  # the engine has drained: a good moment to write
             except Exception as e:
                 logger.warning("specforge step timing off: %s", e)

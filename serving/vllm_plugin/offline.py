@@ -7,11 +7,13 @@ generates for every prompt, and writes the outputs' token ids, the generate wall
 accepted tokens per position. vLLM's mean acceptance length (tau, bonus token included) is
 ``1 + accepted / drafts``. :func:`run_vllm` is the in-Python front door that does the subprocess.
 
-Sweep mode (``"sweep": {"batch_sizes": [...], "repeats": r}`` in the request): one engine serves
-every batch size ``B`` in turn, once unrecorded (warm-up) and then ``r`` times, alternating the
-order of batch sizes between repeats.
-Each measurement generates ``max_tokens`` tokens (``ignore_eos``) for the first ``B`` prompts at
-once, so the decode batch is exactly ``B``, and records output tokens/s, the per-request latency
+Sweep mode (``"sweep": {"batch_sizes": [...], "repeats": r, "min_requests": m}`` in the request):
+one engine serves every batch size ``B`` in turn, once unrecorded (warm-up) and then ``r`` times,
+alternating the order of batch sizes between repeats.
+Each measurement generates ``max_tokens`` tokens (``ignore_eos``) for ``B`` prompts submitted at
+once, so the decode batch is exactly ``B``, and does so for ``max(1, m // B)`` consecutive groups of
+distinct prompts (the first ``B``, the next ``B``, ...), so that a small batch is not measured on one
+or two prompts alone. It records output tokens/s, the per-request latency
 (time to first token + decode time, from vLLM's own per-request timestamps), time per output token
 the speculative counters of that measurement, and a digest of its output token ids (greedy
 outputs must not depend on the configuration). Its result holds ``"sweep": [ {...}, ... ]``.
@@ -157,18 +159,27 @@ def _digest(outputs: list[list[int]]) -> str:
 
 def _sweep(llm, params, prompts: list[dict], sweep: dict) -> list[dict]:
     sizes = [int(b) for b in sweep["batch_sizes"]]
-    if max(sizes) > len(prompts):
-        prompts = [prompts[i % len(prompts)] for i in range(max(sizes))]
+    min_requests = int(sweep.get("min_requests", 1))
+    needed = max(max(b, min_requests) for b in sizes)
+    if needed > len(prompts):
+        prompts = [prompts[i % len(prompts)] for i in range(needed)]
+
+    def measure(b: int) -> list:
+        out = []
+        for g in range(max(1, min_requests // b)):
+            out += llm.generate(prompts[g * b : (g + 1) * b], params, use_tqdm=False)
+        return out
+
     # Warm-up: one full unrecorded pass. The first time a kernel meets a shape (token count,
     # sequence length) costs extra on CPU; a shorter warm-up left the first repeat up to 1.6x slower.
-    for b in sizes:
-        llm.generate(prompts[:b], params, use_tqdm=False)
+    for b in sizes if sweep.get("warmup", True) else []:
+        measure(b)
     rows = []
     for rep in range(int(sweep.get("repeats", 1))):
         for b in sizes if rep % 2 == 0 else sizes[::-1]:
             before = _spec_counters(llm)
             t0 = time.perf_counter()
-            result = llm.generate(prompts[:b], params, use_tqdm=False)
+            result = measure(b)
             elapsed = time.perf_counter() - t0
             lat = [_request_latency(r, elapsed) for r in result]
             tokens = sum(len(r.outputs[0].token_ids) for r in result)

@@ -4,8 +4,8 @@ Contract
 --------
 * The workload: held-out chat prompts whose regenerated (target-greedy) answer has at least
   ``max_tokens`` tokens, so every request decodes ``max_tokens`` real answer tokens (``ignore_eos``
-  keeps the batch size fixed without running past the end of an answer). At batch size ``B`` the
-  first ``B`` prompts (cycled) are submitted at once.
+  keeps the batch size fixed without running past the end of an answer). At batch size ``B``, ``B``
+  prompts are submitted at once, in ``max(1, 8 // B)`` consecutive groups of distinct prompts.
 * Configurations, each a fresh vLLM engine: ``none`` (no speculation), ``k1``..``kK`` (static EAGLE-3
   chains), ``vllm-table`` (vLLM's ``num_speculative_tokens_per_batch_size``, set as vLLM's docs set
   it for EAGLE-3), and ``specforge`` (the adaptive plugin with a policy from
@@ -18,7 +18,10 @@ Contract
   ``decode_steps`` gives decode goodput per (configuration, batch size), ``B x emitted / step``,
   from medians over hundreds of steps: a far less noisy view than end-to-end throughput.
 * :func:`calibrate_vllm` measures whole vLLM steps per (batch size, k) in one engine whose k the
-  plugin cycles (explore mode), and writes the policy file the plugin serves with.
+  plugin cycles (explore mode): each (batch size, k) is submitted ``1 + repeats`` times in a row and
+  the plugin moves to the next k after as many drains, so every batch runs at one constant k, as it
+  would in a static engine; the first batch of each is not timed. It writes the policy file the
+  plugin serves with.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ from specforge.errors import SpecforgeError
 from specforge.targets import load_tokenizer
 
 BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64]
+# Each measurement serves at least this many distinct prompts (batch 1: eight requests in a row), so a
+# small batch's figure is not one prompt's acceptance.
+MIN_REQUESTS = 8
 # The engine core in the measuring process: on a 2-core machine a separate engine-core process
 # competes with the front end for one core, which made identical measurements differ by up to 1.6x.
 SWEEP_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
@@ -90,7 +96,7 @@ def _base(
         "temperature": 0.0,
         "max_num_seqs": max(batch_sizes),
         "max_model_len": 1024,
-        "sweep": {"batch_sizes": batch_sizes, "repeats": repeats},
+        "sweep": {"batch_sizes": batch_sizes, "repeats": repeats, "min_requests": MIN_REQUESTS},
     }
 
 
@@ -103,21 +109,27 @@ def calibrate_vllm(
     k_max: int = 5,
     batch_sizes: list[int] | None = None,
     max_tokens: int = 96,
-    hold: int = 6,
+    repeats: int = 2,
 ) -> tuple[Path, StepTable]:
     """Measure vLLM's step time per (batch size, k <= k_max) and write ``workdir/policy.json``."""
     sizes = batch_sizes or BATCH_SIZES
     workdir.mkdir(parents=True, exist_ok=True)
     ks = list(range(k_max + 1))
-    explore = write_explore_file(workdir / "explore.json", ks, hold=hold)
+    # Each (batch size, k) runs 1 + repeats batches in a row at constant k; the first is not timed (the
+    # first batch after a change of k, or at a new batch size, ran up to 35 % slower).
+    explore = write_explore_file(
+        workdir / "explore.json", ks, hold=0, drains_per_k=1 + repeats, skip_drains=1
+    )
     log = workdir / "explore_steps.json"
     log.unlink(missing_ok=True)
+    order = [b for b in sizes for _ in ks for _ in range(1 + repeats)]
     req = {
-        **_base(target, prompts, max_tokens, sizes, repeats=2),
+        **_base(target, prompts, max_tokens, sizes, repeats=1),
         "draft": str(draft),
         "num_speculative_tokens": k_max,
         "num_speculative_tokens_per_batch_size": [[1, max(sizes), k_max]],
     }
+    req["sweep"] = {**req["sweep"], "batch_sizes": order, "warmup": False}
     run_vllm(req, workdir / "explore", env={**SWEEP_ENV, ENV: str(explore), STEP_LOG_ENV: str(log)})
     cells = json.loads(log.read_text())["steps"]
     table = step_table(cells, ks)
@@ -141,7 +153,7 @@ def step_table(cells: list[dict], ks: list[int], min_steps: int = 5) -> StepTabl
         if pts:
             seconds[k] = Profile([b for b, _ in pts], [s for _, s in pts])
     if 0 not in seconds:
-        raise SpecforgeError("calibration timed no step without speculation: raise max_tokens or hold")
+        raise SpecforgeError("calibration timed no step without speculation: raise max_tokens")
     return StepTable.chains(seconds)
 
 
@@ -168,7 +180,9 @@ def bench_serve_vllm(
     alpha = draft_alpha(run_dir, k_max)
     if policy is None:
         log(f"calibrating vLLM step times for k <= {k_max} at batch sizes {sizes}")
-        policy, _ = calibrate_vllm(target, draft, alpha, prompts, workdir / "calibrate", k_max, sizes)
+        policy, _ = calibrate_vllm(
+            target, draft, alpha, prompts, workdir / "calibrate", k_max, sizes, max_tokens=max_tokens
+        )
     base = _base(target, prompts, max_tokens, sizes, repeats)
     spec = {"draft": str(draft)}
     configs: dict[str, tuple[dict, dict]] = {"none": ({}, SWEEP_ENV)}

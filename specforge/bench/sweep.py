@@ -99,9 +99,9 @@ def decode_summary(
 
     ``step_logs[config]`` holds, per round, the recorder's cells ``{"batch_size", "k", "steps",
     "seconds" (median), "emitted" (mean per request)}``. A configuration's goodput at ``B`` is
-    ``B x emitted / seconds`` of its most-stepped k at exactly ``B`` in each round, then the median
-    over rounds. The adaptive configuration is compared with the best static one as in
-    :func:`serve_summary`.
+    tokens over time of all its steps at exactly ``B``, whatever their k (``sum steps x B x emitted /
+    sum steps x seconds``; at least 3 steps), in each round, then the median over rounds. The
+    adaptive configuration is compared with the best static one as in :func:`serve_summary`.
     """
     per_batch = []
     for b in batch_sizes:
@@ -109,10 +109,10 @@ def decode_summary(
         for c, rounds in step_logs.items():
             vals = []
             for cells in rounds:
-                at_b = [x for x in cells if x["batch_size"] == b and x["steps"] >= 3]
-                if at_b:
-                    top = max(at_b, key=lambda x: x["steps"])
-                    vals.append(b * top["emitted"] / top["seconds"])
+                at_b = [x for x in cells if x["batch_size"] == b]
+                if sum(x["steps"] for x in at_b) >= 3:
+                    tokens = sum(x["steps"] * b * x["emitted"] for x in at_b)
+                    vals.append(tokens / sum(x["steps"] * x["seconds"] for x in at_b))
             if vals:
                 good[c] = statistics.median(vals)
         static = [c for c in good if c not in (adaptive, table)]

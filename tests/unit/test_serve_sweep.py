@@ -58,11 +58,13 @@ def test_decode_summary_from_step_timings():
     logs = {
         "none": [[cell(4, 0, 50, 0.010, 1.0)], [cell(4, 0, 50, 0.012, 1.0)]],
         "k2": [[cell(4, 2, 50, 0.015, 2.4), cell(3, 2, 2, 0.001, 3.0)]],  # batch 3: too few steps
-        "adaptive": [[cell(4, 2, 40, 0.015, 2.3), cell(4, 0, 5, 0.010, 1.0)]],  # its most-stepped k counts
+        "adaptive": [[cell(4, 2, 40, 0.015, 2.3), cell(4, 0, 5, 0.010, 1.0)]],  # every k at batch 4 counts
     }
     d = decode_summary(logs, [3, 4], adaptive="adaptive", table=None)
     at3, at4 = d["per_batch_size"]
     assert at3["tokens_per_s"] == {}
     assert at4["tokens_per_s"]["none"] == pytest.approx((4 / 0.010 + 4 / 0.012) / 2)  # median of two rounds
-    assert at4["best_static"] == "k2" and at4["vs_best_static"] == pytest.approx(2.3 / 2.4)
+    adaptive = (40 * 4 * 2.3 + 5 * 4 * 1.0) / (40 * 0.015 + 5 * 0.010)  # tokens / time over both cells
+    assert at4["tokens_per_s"]["adaptive"] == pytest.approx(adaptive)
+    assert at4["best_static"] == "k2" and at4["vs_best_static"] == pytest.approx(adaptive / (4 * 2.4 / 0.015))
     assert "| 4 |" in decode_table(d)

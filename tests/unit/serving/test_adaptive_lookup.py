@@ -21,8 +21,8 @@ def test_lookup_follows_the_policy_and_learns(tmp_path):
     lookup = AdaptiveLookup(_policy(tmp_path), k_max=3, refresh_steps=1)
     assert lookup[1] == 3 and lookup[8] == 0
     lookup[1]
-    for _ in range(300):  # k = 3 keeps emitting a single token per request
-        lookup.observe(1, 3, 1.0, None, [0])
+    for _ in range(300):  # k = 3 keeps emitting a single token per request, 16 requests a step
+        lookup.observe(16, 3, 1.0, None, [0] * 16)
     assert lookup[1] < 3
 
 
@@ -30,7 +30,7 @@ def test_lookup_caches_choices_between_refreshes(tmp_path):
     lookup = AdaptiveLookup(_policy(tmp_path), k_max=3, refresh_steps=50)
     assert lookup[1] == 3
     for _ in range(300):
-        lookup.observe(1, 3, 1.0, None, [0])
+        lookup.observe(16, 3, 1.0, None, [0] * 16)
     assert lookup[1] == 3  # cached: the policy is consulted again only after 50 lookups
     for _ in range(50):
         k = lookup[1]
@@ -42,6 +42,42 @@ def test_explore_mode_cycles_k_and_ignores_batch_size():
     ks = [lookup[b] for b in [1, 64, 3, 3, 2, 9, 1, 1]]
     # steps 1..8 -> index (step // 2) % 3 -> 0, 1, 1, 2, 2, 0, 0, 1; k = 5 is capped at k_max = 4
     assert ks == [0, 2, 2, 4, 4, 0, 0, 2]
+
+
+def test_explore_mode_holds_k_until_the_engine_drains():
+    lookup = AdaptiveLookup(None, k_max=5, explore=[0, 3, 5], hold=0)
+    assert [lookup[b] for b in [4, 4, 3, 1]] == [0, 0, 0, 0]  # one submitted batch: one k
+    lookup.drained()
+    assert [lookup[b] for b in [4, 2]] == [3, 3]
+    lookup.drained()
+    lookup.drained()
+    assert lookup[7] == 0  # the cycle wraps
+
+
+def test_explore_mode_runs_each_k_for_several_batches_and_times_the_later_ones():
+    lookup = AdaptiveLookup(None, k_max=5, explore=[1, 4], hold=0, drains_per_k=3, skip_drains=1)
+    seen = []
+    for _ in range(6):  # six submitted batches
+        seen.append((lookup[8], lookup.recording))
+        lookup.drained()
+    assert seen == [(1, False), (1, True), (1, True), (4, False), (4, True), (4, True)]
+    assert AdaptiveLookup(None, k_max=5).recording  # outside explore mode every step is timed
+
+
+def test_live_lookup_chooses_from_the_requests_in_the_batch(tmp_path):
+    table = StepTable.chains({0: Profile([1, 64], [1.0, 1.0]), 3: Profile([1, 64], [2.0, 2.0])})
+    policy = load_policy(write_policy_file(tmp_path / "t.json", table, [0.9, 0.9, 0.9], [3]), k_max=3)
+    batch: list[str] = []
+    lookup = AdaptiveLookup(policy, k_max=3, running=lambda b: batch[:b], max_batch=8)
+    batch[:] = ["a", "b"]
+    assert lookup[2] == 3  # unseen requests count at the head's offline alpha: tau 3.44 for 2x the time
+    for _ in range(10):  # "a" and "b" reject every draft
+        lookup.observe_requests({"a": 3, "b": 3}, {"a": 0, "b": 0}, finished=())
+    assert lookup[2] == 0  # speculating for these two costs more than it brings
+    batch[:] = ["a", "c"]
+    assert lookup[2] == 3  # with a fresh request in the batch, speculation pays again
+    lookup.observe_requests({}, {}, finished=["a"])
+    assert "a" not in lookup.live.hits and "b" in lookup.live.hits
 
 
 def _step(reqs: dict[str, int], k_next: int, emitted: dict[str, int], new: bool = False):
@@ -82,8 +118,19 @@ def test_step_recorder_times_steady_decode_steps(tmp_path):
     assert summary["steps"] == [
         {"batch_size": 2, "k": 2, "steps": 1, "seconds": pytest.approx(0.011), "emitted": 2.0}
     ]
+    assert len(summary["alpha"]) == 3 and set(summary["cost_factor"]) == {"0", "1", "2", "3"}
     # the timed step reached the policy: its cost model saw one step of (batch 2, chain 2)
     assert lookup.policy.cost.count == {lookup.policy.candidates[2]: 1}
+
+
+def test_step_recorder_feeds_every_requests_acceptance_to_the_lookup(tmp_path):
+    rec = StepRecorder(None)
+    lookup = AdaptiveLookup(_policy(tmp_path), k_max=3)
+    rec.on_schedule(1.0, lookup)
+    # "a" verifies 2 drafts and accepts 2 (3 sampled), "b" accepts none; a non-steady step counts too
+    rec.on_output(1.01, *_step({"a": 2, "b": 2}, 0, {"a": 3, "b": 1}), lookup)
+    assert lookup.live.hits == {"a": [1.0, 1.0], "b": [0.0, 0.0]}
+    assert lookup.live.trials == {"a": [1.0, 1.0], "b": [1.0, 0.0]}
 
 
 def test_step_table_policy_file_round_trip(tmp_path):

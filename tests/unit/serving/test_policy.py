@@ -13,10 +13,12 @@ from serving.policy import (
     CostModel,
     OnlineStepCost,
     Profile,
+    RequestAcceptance,
     Shape,
     SpeculationPolicy,
     StepTable,
     chain_tau,
+    isotonic,
 )
 
 CANDIDATES = [Shape.chain(1), Shape.chain(2), Shape.chain(4), Shape(8, 4, 2), Shape(16, 5, 4)]
@@ -34,7 +36,10 @@ def test_profile_interpolates_and_extrapolates():
     assert p(5.5) == pytest.approx(1.5) and p(15) == pytest.approx(3.0)
     assert p(30) == pytest.approx(6.0)  # last slope continued
     noisy = Profile([1, 2, 3], [1.0, 0.8, 1.2])
-    assert noisy.seconds == [1.0, 1.0, 1.2]  # never faster with more tokens
+    assert noisy.seconds == pytest.approx([0.9, 0.9, 1.2])  # never faster with more tokens
+    assert isotonic([1.0, 5.0, 2.0, 3.0, 4.0]) == pytest.approx(
+        [1.0, 10 / 3, 10 / 3, 10 / 3, 4.0]
+    )  # a spike is pooled
     with pytest.raises(ValueError):
         Profile([2, 1], [1.0, 1.0])
 
@@ -166,6 +171,45 @@ def test_per_position_acceptance_teaches_longer_chains():
     assert tr.alpha[:3] == pytest.approx([1.0] * 3, abs=1e-5) and tr.alpha[3:] == [0.5, 0.5]
     assert tr.tau(Shape.chain(5)) == pytest.approx(1 + 1 + 1 + 1 + 0.5 + 0.25, abs=1e-4)
     # position 2 is reached only by sequences that accepted position 1
+    # (a step weighs as many sequences as reached the position: beta 0.5 per sequence)
     tr.observe(Shape.chain(3), 1.5, accepted=[0, 1])
-    assert tr.alpha[0] == pytest.approx(0.5 * 1.0 + 0.5 * 0.5, abs=1e-5)  # 1 of 2 accepted position 1
+    assert tr.alpha[0] == pytest.approx(0.25 * 1.0 + 0.75 * 0.5, abs=1e-5)  # 1 of 2 accepted position 1
     assert tr.alpha[1] == pytest.approx(0.5 * 1.0 + 0.5 * 0.0, abs=1e-5)  # 0 of 1 accepted position 2
+
+
+def test_request_acceptance_follows_each_sequence_and_shrinks_to_the_population():
+    live = RequestAcceptance(prior_weight=2.0, decay=1.0)
+    alpha = [0.5, 0.5]
+    # never seen: the population's alpha; tau(k) = 1 + 0.5 + 0.25
+    assert live.chain_taus(["new"], alpha, 2) == pytest.approx([1.0, 1.5, 1.75])
+    for _ in range(8):  # "good" accepts both drafts every step, "bad" none
+        live.observe("good", 2, 2)
+        live.observe("bad", 2, 0)
+    good = (8 + 1) / (8 + 2)  # 8 accepted of 8 reached, plus 2 pseudo-steps at 0.5
+    assert live.chain_taus(["good"], alpha, 2) == pytest.approx([1.0, 1 + good, 1 + good + good**2])
+    bad1 = (0 + 1) / (8 + 2)  # position 2 was never reached: it keeps the population's 0.5
+    assert live.chain_taus(["bad"], alpha, 2) == pytest.approx([1.0, 1 + bad1, 1 + bad1 + bad1 * 0.5])
+    both = live.chain_taus(["good", "bad"], alpha, 2)
+    assert both[2] == pytest.approx((1 + good + good**2 + 1 + bad1 + bad1 * 0.5) / 2)
+    live.forget("bad")
+    assert live.chain_taus(["bad"], alpha, 2) == pytest.approx([1.0, 1.5, 1.75])
+
+
+def test_request_acceptance_decays_old_steps():
+    live = RequestAcceptance(prior_weight=1.0, decay=0.5)
+    for _ in range(20):
+        live.observe("s", 1, 1)
+    live.observe("s", 1, 0)  # one miss after a long run of hits weighs half of everything before it
+    assert live.trials["s"][0] == pytest.approx(2.0, abs=1e-5) and live.hits["s"][0] == pytest.approx(
+        1.0, abs=1e-5
+    )
+
+
+def test_live_acceptance_overrides_the_tracker_and_stops_speculation_for_bad_sequences():
+    prior = StepTable.chains({0: Profile([1, 64], [1.0, 2.0]), 2: Profile([1, 64], [1.3, 3.0])})
+    tracker = AcceptanceTracker.from_alpha([0.8, 0.8], [Shape.chain(2)])
+    pol = SpeculationPolicy(prior, tracker, [Shape.chain(2)])
+    assert pol.choose(2) == Shape.chain(2)
+    assert pol.choose(2, tau={Shape.chain(2): 1.1}) == NONE  # the batch left accepts almost nothing
+    pol.freeze_costs(8)
+    assert pol.choose(2) == Shape.chain(2) and pol.choose(64) == pol.choose(64, tau=None)
