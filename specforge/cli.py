@@ -416,6 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--data", help="(--vllm) held-out conversations with regenerated answers")
     ca.add_argument("--k-max", type=int, default=5, help="(--vllm) largest k to time")
     ca.add_argument("--batch-sizes", default="1,2,4,8,16,32,64", help="(--vllm) batch sizes to time")
+    ca.add_argument(
+        "--max-tokens",
+        type=int,
+        default=96,
+        help="(--vllm) tokens each timed request decodes: your typical answer length (context length "
+        "changes step times at large batch)",
+    )
     ca.set_defaults(func=cmd_calibrate)
 
     dmo = sub.add_parser("demo", help="the main job on the embedded tiny target, end to end")

@@ -12,10 +12,13 @@ Contract
   for the live batch size (chains only: this vLLM has no tree attention).
 * Acceptance is tracked online per chain position (EMA of each position's conditional acceptance,
   from every request's accepted count at each steady decode step), seeded from the head's offline
-  alpha_k, so running one k teaches the policy about the others. Step times come from the policy file's prior (best: whole vLLM
-  steps measured by ``specforge calibrate --vllm``) corrected online by the steps this scheduler
-  times itself (:class:`StepRecorder`, :class:`serving.policy.OnlineStepCost`). Timing assumes
-  vLLM's synchronous scheduling (the CPU default).
+  alpha_k, so running one k teaches the policy about the others; and per request in flight
+  (:class:`serving.policy.RequestAcceptance`), so k follows the requests actually in the batch.
+  Step times come from the policy file's prior (best: whole vLLM steps measured by ``specforge
+  calibrate --vllm``), scaled online by one live/prior factor from the steps this scheduler times
+  itself (:class:`StepRecorder`, :class:`serving.policy.OnlineStepCost`; a factor per shape only
+  with ``"cost_min_steps"`` in the policy file). Timing assumes vLLM's synchronous scheduling (the
+  CPU default).
 * ``SPECFORGE_STEP_LOG=/path/steps.json`` writes the timed steps (per batch size and k) and the
   current choices whenever the engine drains; with a policy file in ``"mode": "explore"`` k cycles
   through the given values, which is how ``specforge calibrate --vllm`` measures vLLM's steps.
@@ -115,11 +118,13 @@ def load_policy(path: str | Path, k_max: int) -> SpeculationPolicy:
     tracker = AcceptanceTracker.from_alpha(
         raw["alpha"], shapes, beta=float(raw.get("beta", 0.05)), per_position=True, reference_batch=16
     )
-    # The prior was timed in this same engine configuration (calibrate --vllm); one live step time
-    # is noisy (schedule-to-schedule jitter reached 1.5x here), so a shape's own correction needs
-    # hundreds of steps before it may move the choice.
+    # The prior was timed in this same engine configuration (calibrate --vllm). Online, one factor
+    # for all shapes follows the machine's speed (it does not change the ranking). A factor per shape
+    # is off by default: only the shape running at a batch size is observed there, and its
+    # factor, pooled over batch sizes, absorbed where it ran (a shape run at batch 8-16 looked 20 %
+    # slower than those run at 1 and 64) and pushed the choice away from it.
     cost = OnlineStepCost(
-        prior, beta=float(raw.get("cost_beta", 0.01)), min_count=int(raw.get("cost_min_steps", 500))
+        prior, beta=float(raw.get("cost_beta", 0.01)), min_count=int(raw.get("cost_min_steps", 10**9))
     )
     return SpeculationPolicy(cost, tracker, shapes)
 

@@ -135,6 +135,13 @@ def cmd_calibrate_vllm(args: argparse.Namespace) -> None:
     prompts = long_answer_prompts(target, data, 16)
     out = Path(args.out) if args.out else Path("outputs/calibrate-vllm")
     policy, table = calibrate_vllm(
-        target, draft, draft_alpha(run, k_max), prompts, out, k_max, _ints(args.batch_sizes)
+        target,
+        draft,
+        draft_alpha(run, k_max),
+        prompts,
+        out,
+        k_max,
+        _ints(args.batch_sizes),
+        max_tokens=args.max_tokens,
     )
     print(json.dumps({"policy": str(policy), "step_seconds": table.to_json()}, indent=1))

@@ -68,3 +68,19 @@ def test_decode_summary_from_step_timings():
     assert at4["tokens_per_s"]["adaptive"] == pytest.approx(adaptive)
     assert at4["best_static"] == "k2" and at4["vs_best_static"] == pytest.approx(adaptive / (4 * 2.4 / 0.015))
     assert "| 4 |" in decode_table(d)
+
+
+def test_step_table_fits_a_line_per_k_through_noisy_cells():
+    from specforge.bench.serve_vllm import step_table
+
+    def cell(b, k, steps, ms):
+        return {"batch_size": b, "k": k, "steps": steps, "seconds": ms / 1000, "emitted": 1.0}
+
+    # k = 2 costs 6 + 0.2 x batch ms, with one noisy cell (+30 % at batch 16) and a cell too small to count
+    cells = [cell(b, 2, 30, 6 + 0.2 * b) for b in (1, 4, 32, 64)] + [cell(16, 2, 30, 1.3 * 9.2)]
+    cells += [cell(9, 2, 2, 100.0), cell(1, 0, 30, 5.0), cell(64, 0, 30, 12.0)]
+    table = step_table(cells, [0, 2])
+    k2 = table.seconds[table.shapes[1]]
+    assert k2.tokens == [1, 64]
+    assert k2(16) == pytest.approx(0.0092, rel=0.08)  # the spike is averaged out, not interpolated
+    assert table.step_time(64, table.shapes[0]) == pytest.approx(0.012)
