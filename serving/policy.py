@@ -376,13 +376,9 @@ class SpeculationPolicy:
             return self._times[batch - 1]
         return [self.cost.step_time(batch, s) for s in self.candidates]
 
-    def goodput(self, batch: int, shape: Shape, tau: dict[Shape, float] | None = None) -> float:
-        """Expected tokens per second for the whole batch; ``tau`` overrides the tracker's per shape."""
-        t = tau[shape] if tau and shape in tau else self.acceptance.tau(shape)
-        return batch * t / self.cost.step_time(batch, shape)
-
-    def best_unconstrained(self, batch: int, tau: dict[Shape, float] | None = None) -> Shape:
-        return self.candidates[self._best_index(batch, self._taus(tau))]
+    def goodput(self, batch: int, shape: Shape) -> float:
+        """Expected tokens per second for the whole batch."""
+        return batch * self.acceptance.tau(shape) / self.cost.step_time(batch, shape)
 
     def _taus(self, tau: dict[Shape, float] | None) -> list[float]:
         return [tau[s] if tau and s in tau else self.acceptance.tau(s) for s in self.candidates]

@@ -261,7 +261,8 @@ class StepRecorder:
         self, path: str | None, max_gap: float = 0.005, max_samples: int = 4096, trace: bool = False
     ):
         self.path, self.max_gap, self.max_samples = path, max_gap, max_samples
-        # Every step when tracing: [schedule time, output time, requests, tokens, drafts, new, steady]
+        # Every step when tracing: [schedule time, output time, requests, tokens, drafts, new requests,
+        # tokens sampled]
         self.trace: list[list] | None = [] if trace else None
         self.cells: dict[
             tuple[int, int], tuple[list[float], list[float]]
@@ -296,9 +297,11 @@ class StepRecorder:
         drafts = scheduler_output.scheduled_spec_decode_tokens or {}
         index = model_runner_output.req_id_to_index or {}
         sampled = model_runner_output.sampled_token_ids or []
+        # tokens each scheduled request emitted this step
+        emitted_by = {r: len(sampled[index[r]]) for r in sched if r in index and index[r] < len(sampled)}
         if lookup is not None:
-            verified = {r: len(d) for r, d in drafts.items() if d and r in index and index[r] < len(sampled)}
-            accepted = {r: min(max(len(sampled[index[r]]) - 1, 0), verified[r]) for r in verified}
+            verified = {r: len(d) for r, d in drafts.items() if d and r in emitted_by}
+            accepted = {r: min(max(emitted_by[r] - 1, 0), verified[r]) for r in verified}
             lookup.observe_requests(verified, accepted, getattr(scheduler_output, "finished_req_ids", ()))
         if self.trace is not None and sched and len(self.trace) < 100_000:
             self.trace.append(
@@ -309,7 +312,7 @@ class StepRecorder:
                     sum(sched.values()),
                     sum(len(d) for d in drafts.values()),
                     len(scheduler_output.scheduled_new_reqs or ()),
-                    sum(len(sampled[index[r]]) for r in sched if r in index and index[r] < len(sampled)),
+                    sum(emitted_by.values()),
                 ]
             )
         if not sched or scheduler_output.scheduled_new_reqs:
@@ -318,7 +321,7 @@ class StepRecorder:
         if len(ks) != 1 or any(n != 1 + len(drafts.get(r, ())) for r, n in sched.items()):
             return None  # a prefill chunk or mixed draft lengths
         k = ks.pop()
-        counts = [len(sampled[index[r]]) for r in sched if r in index and index[r] < len(sampled)]
+        counts = list(emitted_by.values())
         if len(counts) != len(sched):
             return None
         emitted = sum(counts) / len(counts)
