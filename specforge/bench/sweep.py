@@ -10,16 +10,55 @@ one and the batch-size table), and checks the bar of the adaptive configuration:
 * ``vs_none >= 0.97`` at every batch size ("never below no speculation, beyond noise": the same 3 %).
 
 Per batch size, ``lossless`` says whether every configuration's greedy outputs (digests in the
-rows' ``outputs_sha``) equal no speculation's. It also reports the spread of each cell (max/min over its samples) so a reader can judge the noise.
+rows' ``outputs_sha``) equal no speculation's. It also reports the spread of each cell (max/min over
+its samples) and, for the adaptive configuration's ratios, a 90 % paired-bootstrap interval
+(:func:`bootstrap_ratio`): samples taken in the same round and repeat are resampled together, and
+the best static configuration is chosen again in every resample, so the interval also carries the
+upward bias of "the best of several noisy cells". ``bar["met_within_noise"]`` says whether each
+ratio's interval reaches its threshold (the point estimate may miss it by noise alone).
 """
 
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from pathlib import Path
 
 BAR = {"vs_best_static": 0.97, "vs_table_geomean": 1.10, "vs_none": 0.97}
+BOOTSTRAP = 2000  # resamples per interval
+
+
+def bootstrap_ratio(
+    samples: dict[str, dict[tuple, float]], adaptive: str, versus: list[str], seed: int = 0
+) -> tuple[float, float] | None:
+    """5th and 95th percentiles of ``median(adaptive) / max over versus of median(config)`` when the
+    sample keys (round, repeat) are resampled with replacement, jointly for every configuration.
+    ``samples[config][key]`` is one throughput sample. None when fewer than 3 keys are shared."""
+    configs = [adaptive, *versus]
+    keys = sorted(set.intersection(*(set(samples.get(c, {})) for c in configs)))
+    if len(keys) < 3:
+        return None
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(BOOTSTRAP):
+        pick = [rng.choice(keys) for _ in keys]
+        med = {c: statistics.median(samples[c][k] for k in pick) for c in configs}
+        ratios.append(med[adaptive] / max(med[c] for c in versus))
+    ratios.sort()
+    return ratios[int(0.05 * BOOTSTRAP)], ratios[int(0.95 * BOOTSTRAP) - 1]
+
+
+def _keyed(rows: list[dict], b: int) -> dict[str, dict[tuple, float]]:
+    """Throughput samples at batch size ``b`` per configuration, keyed by (round, repeat), or by the
+    sample's rank within its cell where rows carry neither."""
+    out: dict[str, dict[tuple, float]] = {}
+    for r in rows:
+        if int(r["batch_size"]) == b:
+            cell = out.setdefault(r["config"], {})
+            key = (r["round"], r.get("repeat", 0)) if "round" in r else (len(cell),)
+            cell[key] = float(r["tokens_per_s"])
+    return out
 
 
 def _cells(rows: list[dict], key: str) -> dict[tuple[str, int], list[float]]:
@@ -73,6 +112,11 @@ def serve_summary(rows: list[dict], batch_sizes: list[int], adaptive: str, table
             row["vs_none"] = med[adaptive] / med["none"] if "none" in med else None
             if table and table in med:
                 row["vs_table"] = med[adaptive] / med[table]
+            keyed = _keyed(rows, b)
+            row["interval"] = {
+                "vs_best_static": bootstrap_ratio(keyed, adaptive, [c for c in static if c in med]),
+                "vs_none": bootstrap_ratio(keyed, adaptive, ["none"]) if "none" in med else None,
+            }
         per_batch.append(row)
     out: dict = {"configs": configs, "per_batch_size": per_batch}
     if all("vs_best_static" in r for r in per_batch):
@@ -88,6 +132,13 @@ def serve_summary(rows: list[dict], batch_sizes: list[int], adaptive: str, table
             "vs_table": bar["vs_table_geomean"] is not None
             and bar["vs_table_geomean"] >= BAR["vs_table_geomean"],
             "vs_none": bar["min_vs_none"] >= BAR["vs_none"],
+        }
+        intervals = {
+            name: [r["interval"][name] for r in per_batch if r["interval"][name] is not None]
+            for name in ("vs_best_static", "vs_none")
+        }
+        out["bar"]["met_within_noise"] = {
+            name: bool(iv) and all(hi >= BAR[name] for _lo, hi in iv) for name, iv in intervals.items()
         }
     return out
 
@@ -131,13 +182,14 @@ def decode_summary(
 def summary_table(summary: dict) -> str:
     """A markdown table: throughput (tokens/s) per configuration and batch size, and the ratios."""
     configs = summary["configs"]
-    head = ["batch", *configs, "best static", "adaptive / best", "adaptive / table"]
+    head = ["batch", *configs, "best static", "adaptive / best (90 % interval)", "adaptive / table"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["per_batch_size"]:
         cells = [str(r["batch_size"])] + [f"{r['tokens_per_s'].get(c, float('nan')):.0f}" for c in configs]
+        iv = (r.get("interval") or {}).get("vs_best_static")
         cells += [
             r["best_static"],
-            f"{r.get('vs_best_static', float('nan')):.2f}",
+            f"{r.get('vs_best_static', float('nan')):.2f}" + (f" ({iv[0]:.2f}-{iv[1]:.2f})" if iv else ""),
             f"{r.get('vs_table', float('nan')):.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")

@@ -84,3 +84,39 @@ def test_step_table_fits_a_line_per_k_through_noisy_cells():
     assert k2.tokens == [1, 64]
     assert k2(16) == pytest.approx(0.0092, rel=0.08)  # the spike is averaged out, not interpolated
     assert table.step_time(64, table.shapes[0]) == pytest.approx(0.012)
+
+
+def test_bootstrap_interval_reflects_noise_and_the_best_of_bias():
+    """Paired bootstrap over (round, repeat): an adaptive config equal in law to the best static one
+    gets an interval around 1 that reaches the bar even where its point estimate may not; a config
+    10 % slower in every sample gets an interval well below it."""
+    from specforge.bench.sweep import bootstrap_ratio
+
+    rounds = range(6)
+    noise = [1.00, 1.08, 0.93, 1.05, 0.96, 1.02]
+    same = {
+        "k2": {(r, 0): 100 * noise[r] for r in rounds},
+        "k3": {(r, 0): 100 * noise[(r + 1) % 6] for r in rounds},
+        "adaptive": {(r, 0): 100 * noise[(r + 2) % 6] for r in rounds},
+    }
+    lo, hi = bootstrap_ratio(same, "adaptive", ["k2", "k3"])
+    assert lo < 1.0 < hi and hi >= 0.97
+    slow = {**same, "adaptive": {k: 0.9 * v for k, v in same["k2"].items()}}
+    lo, hi = bootstrap_ratio(slow, "adaptive", ["k2"])
+    assert lo == pytest.approx(0.9) and hi == pytest.approx(0.9)  # paired: the noise cancels
+    assert bootstrap_ratio({"a": {(0,): 1.0}, "b": {(0,): 1.0}}, "a", ["b"]) is None  # too few samples
+
+
+def test_summary_reports_intervals_and_verdict_within_noise():
+    rows = [
+        {"config": c, "batch_size": 1, "round": r, "repeat": 0, "tokens_per_s": t, "latency_mean": 1.0}
+        for c, ts in {"none": [100, 104, 98], "k2": [150, 140, 160], "adaptive": [140, 145, 138]}.items()
+        for r, t in enumerate(ts)
+    ]
+    s = serve_summary(rows, [1], adaptive="adaptive", table=None)
+    (b1,) = s["per_batch_size"]
+    lo, hi = b1["interval"]["vs_best_static"]
+    assert lo <= b1["vs_best_static"] <= hi
+    assert s["bar"]["met"]["vs_best_static"] is False  # medians: 140 / 150 = 0.93
+    assert s["bar"]["met_within_noise"] == {"vs_best_static": True, "vs_none": True}
+    assert "(" in summary_table(s)
