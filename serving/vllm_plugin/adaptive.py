@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -49,6 +48,8 @@ from serving.policy import (
     StepTable,
 )
 from serving.shape import NO_SPECULATION, TreeShape
+from serving.vllm_plugin.draft_skip import StaleDrafts, patch_proposer
+from serving.vllm_plugin.recorder import StepRecorder
 
 ENV = "SPECFORGE_ADAPTIVE_SPEC"
 STEP_LOG_ENV = "SPECFORGE_STEP_LOG"
@@ -153,8 +154,10 @@ class AdaptiveLookup:
         max_batch: int = 256,
         drains_per_k: int = 1,
         skip_drains: int = 0,
+        is_stale: Callable[[str], bool] | None = None,
     ):
         self.policy, self.k_max = policy, k_max
+        self.is_stale = is_stale  # requests that can no longer speculate (draft_skip.StaleDrafts)
         self.explore, self.hold, self.refresh_steps = explore, hold, refresh_steps
         self.running, self.max_batch = running, max_batch
         self.drains_per_k, self.skip_drains = max(1, drains_per_k), skip_drains
@@ -213,7 +216,14 @@ class AdaptiveLookup:
             policy.freeze_costs(self.max_batch)
             self._frozen_at = self.steps
         alpha = policy.acceptance.alpha
-        taus = self.live.chain_taus(self.running(batch), alpha, self.k_max)
+        ids = self.running(batch)
+        fresh = [r for r in ids if not self.is_stale(r)] if self.is_stale is not None else ids
+        if ids and not fresh:
+            self.choices[batch] = 0
+            return 0  # no request in the batch can speculate
+        taus = self.live.chain_taus(fresh, alpha, self.k_max)
+        if len(fresh) < len(ids):  # a stale request gains nothing from any k: tau 1
+            taus = [1 + (t - 1) * len(fresh) / len(ids) for t in taus]
         tau = {s: taus[s.num_draft_tokens] for s in policy.candidates if s.num_draft_tokens <= self.k_max}
         k = min(policy.choose(batch, tau).num_draft_tokens, self.k_max)
         self.choices[batch] = k
@@ -246,127 +256,6 @@ class AdaptiveLookup:
             self._fail(e)
 
 
-class StepRecorder:
-    """Timing of steady decode steps per (batch size, k): median seconds and mean tokens emitted
-    per request, written as JSON when asked.
-
-    A step is *steady* when every scheduled request is decoding and verifies exactly as many draft
-    tokens as the step proposes (so its time is the time of a step at constant k). A step's time
-    runs from its ``schedule()`` to the next ``schedule()`` (so it includes the engine loop's own
-    work); a gap after ``update_from_output`` longer than ``max_gap`` seconds and half the step
-    means the engine went idle, and the step is not timed.
-    """
-
-    def __init__(
-        self, path: str | None, max_gap: float = 0.005, max_samples: int = 4096, trace: bool = False
-    ):
-        self.path, self.max_gap, self.max_samples = path, max_gap, max_samples
-        # Every step when tracing: [schedule time, output time, requests, tokens, drafts, new requests,
-        # tokens sampled]
-        self.trace: list[list] | None = [] if trace else None
-        self.cells: dict[
-            tuple[int, int], tuple[list[float], list[float]]
-        ] = {}  # (batch, k) -> seconds, emitted
-        self.pending: tuple[int, int, float, float, list[int]] | None = (
-            None  # batch, k, emitted, t0, accepted
-        )
-        self.t_schedule = 0.0
-        self.t_done = 0.0
-
-    def on_schedule(self, now: float, lookup: AdaptiveLookup | None) -> None:
-        if self.pending is not None and now - self.t_done <= max(
-            self.max_gap, 0.5 * (self.t_done - self.pending[3])
-        ):
-            batch, k, emitted, t0, accepted = self.pending
-            seconds, emits = self.cells.setdefault((batch, k), ([], []))
-            if len(seconds) < self.max_samples:
-                seconds.append(now - t0)
-                emits.append(emitted)
-            if lookup is not None:
-                lookup.observe(batch, k, emitted, now - t0, accepted)
-        self.pending = None
-        self.t_schedule = now
-
-    def on_output(
-        self, now: float, scheduler_output, model_runner_output, lookup: AdaptiveLookup | None = None
-    ) -> tuple[int, int, float] | None:
-        """Record the step just finished, give every request's acceptance to ``lookup``; return
-        (batch, verified k, mean emitted) of a steady step."""
-        self.t_done = now
-        sched = scheduler_output.num_scheduled_tokens or {}
-        drafts = scheduler_output.scheduled_spec_decode_tokens or {}
-        index = model_runner_output.req_id_to_index or {}
-        sampled = model_runner_output.sampled_token_ids or []
-        # tokens each scheduled request emitted this step
-        emitted_by = {r: len(sampled[index[r]]) for r in sched if r in index and index[r] < len(sampled)}
-        if lookup is not None:
-            verified = {r: len(d) for r, d in drafts.items() if d and r in emitted_by}
-            accepted = {r: min(max(emitted_by[r] - 1, 0), verified[r]) for r in verified}
-            lookup.observe_requests(verified, accepted, getattr(scheduler_output, "finished_req_ids", ()))
-        if self.trace is not None and sched and len(self.trace) < 100_000:
-            self.trace.append(
-                [
-                    round(self.t_schedule, 6),
-                    round(now, 6),
-                    len(sched),
-                    sum(sched.values()),
-                    sum(len(d) for d in drafts.values()),
-                    len(scheduler_output.scheduled_new_reqs or ()),
-                    sum(emitted_by.values()),
-                ]
-            )
-        if not sched or scheduler_output.scheduled_new_reqs:
-            return None
-        ks = {len(drafts.get(r, ())) for r in sched}
-        if len(ks) != 1 or any(n != 1 + len(drafts.get(r, ())) for r, n in sched.items()):
-            return None  # a prefill chunk or mixed draft lengths
-        k = ks.pop()
-        counts = list(emitted_by.values())
-        if len(counts) != len(sched):
-            return None
-        emitted = sum(counts) / len(counts)
-        recording = lookup is None or lookup.recording
-        if recording and k == int(getattr(scheduler_output, "num_spec_tokens_to_schedule", k) or 0):
-            self.pending = (len(sched), k, emitted, self.t_schedule, [c - 1 for c in counts])
-        return len(sched), k, emitted
-
-    def summary(self, lookup: AdaptiveLookup | None) -> dict:
-        steps = [
-            {
-                "batch_size": b,
-                "k": k,
-                "steps": len(sec),
-                "seconds": statistics.median(sec),
-                "emitted": sum(em) / len(em),
-            }
-            for (b, k), (sec, em) in sorted(self.cells.items())
-        ]
-        out: dict = {"steps": steps}
-        if self.trace is not None:
-            out["trace_fields"] = ["t_schedule", "t_output", "requests", "tokens", "drafts", "new", "sampled"]
-            out["trace"] = self.trace
-        if lookup is not None:
-            out["choices"] = {str(b): k for b, k in sorted(lookup.choices.items())}
-            out["fell_back"] = lookup.policy is None and not lookup.explore
-            if lookup.policy is not None:  # what the policy has learnt, for diagnosis
-                cost = lookup.policy.cost
-                out["alpha"] = list(lookup.policy.acceptance.alpha)
-                if isinstance(cost, OnlineStepCost):
-                    out["cost_factor"] = {
-                        str(s.num_draft_tokens): [cost.factor(s), cost.count.get(s, 0)]
-                        for s in lookup.policy.candidates
-                    }
-        return out
-
-    def flush(self, lookup: AdaptiveLookup | None) -> None:
-        if not self.path:
-            return
-        p = Path(self.path)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(self.summary(lookup), indent=1))
-        tmp.replace(p)
-
-
 def _install(scheduler) -> None:
     path = os.environ.get(ENV)
     recorder = StepRecorder(os.environ.get(STEP_LOG_ENV), trace=os.environ.get(STEP_TRACE_ENV) == "1")
@@ -380,8 +269,11 @@ def _install(scheduler) -> None:
             )
         return
     k_max = int(scheduler.num_spec_tokens)
+    stale = None
     try:
         raw = json.loads(Path(path).read_text())
+        if raw.get("skip_draft_at_k0", False):
+            stale = StaleDrafts(scheduler, evict=bool(raw.get("evict_skipped_blocks", True)))
         if raw.get("mode") == "explore":
             lookup = AdaptiveLookup(
                 None,
@@ -401,7 +293,11 @@ def _install(scheduler) -> None:
                     return [r.request_id for r in scheduler.running[:batch]]
 
             lookup = AdaptiveLookup(
-                policy, k_max, running=running, max_batch=int(getattr(scheduler, "max_num_running_reqs", 256))
+                policy,
+                k_max,
+                running=running,
+                max_batch=int(getattr(scheduler, "max_num_running_reqs", 256)),
+                is_stale=stale.is_stale if stale is not None else None,
             )
             logger.info(
                 "specforge adaptive speculation on: k per batch size %s",
@@ -411,6 +307,15 @@ def _install(scheduler) -> None:
         lookup = AdaptiveLookup(None, k_max)
         lookup._fail(e)
     scheduler.dynamic_sd_lookup = lookup
+    scheduler._specforge_stale = stale
+
+
+def _skip_draft_at_k0() -> bool:
+    """Whether the policy file asks to skip the draft model at k = 0."""
+    try:
+        return bool(json.loads(Path(os.environ[ENV]).read_text()).get("skip_draft_at_k0", False))
+    except Exception:  # no or broken policy file: the plugin falls back to k = 0 without skipping
+        return False
 
 
 def register() -> None:
@@ -419,12 +324,16 @@ def register() -> None:
         return
     from vllm.v1.core.sched.scheduler import Scheduler
 
+    if os.environ.get(ENV) and _skip_draft_at_k0():
+        patch_proposer()  # worker processes: k = 0 runs no draft forward
     if getattr(Scheduler, "_specforge_patched", False):
         _PATCHED = True
         return
     original_init = Scheduler.__init__
     original_schedule = Scheduler.schedule
     original_update = Scheduler.update_from_output
+    original_drafts = Scheduler.update_draft_token_ids
+    original_free = Scheduler._free_request
 
     def __init__(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
@@ -444,7 +353,23 @@ def register() -> None:
             except Exception as e:  # pragma: no cover - defensive
                 logger.warning("specforge step timing off: %s", e)
                 self._specforge_recorder = None
-        return original_schedule(self, *args, **kwargs)
+        out = original_schedule(self, *args, **kwargs)
+        stale = getattr(self, "_specforge_stale", None)
+        if stale is not None:
+            stale.after_schedule(out)
+        return out
+
+    def update_draft_token_ids(self, draft_token_ids):
+        original_drafts(self, draft_token_ids)
+        stale = getattr(self, "_specforge_stale", None)
+        if stale is not None:
+            stale.drop_drafts(draft_token_ids.req_ids)
+
+    def _free_request(self, request, *args, **kwargs):
+        stale = getattr(self, "_specforge_stale", None)
+        if stale is not None:
+            stale.on_free(request)
+        return original_free(self, request, *args, **kwargs)
 
     def update_from_output(self, scheduler_output, model_runner_output):
         result = original_update(self, scheduler_output, model_runner_output)
@@ -466,5 +391,7 @@ def register() -> None:
     Scheduler.__init__ = __init__
     Scheduler.schedule = schedule
     Scheduler.update_from_output = update_from_output
+    Scheduler.update_draft_token_ids = update_draft_token_ids
+    Scheduler._free_request = _free_request
     Scheduler._specforge_patched = True
     _PATCHED = True

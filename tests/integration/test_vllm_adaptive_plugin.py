@@ -83,6 +83,27 @@ def test_plugin_changes_k_with_batch_size(micro_target_dir, served):
     assert crowd["outputs"][0] == alone["outputs"][0]  # greedy output unchanged
 
 
+def test_skipping_the_draft_at_k0_keeps_output_and_speculation_alone(micro_target_dir, served):
+    """With ``skip_draft_at_k0``, a k = 0 step runs no draft forward (serving/vllm_plugin/draft_skip.py)
+    and its requests never speculate again; greedy output is unchanged, and a lone request, whose
+    steps never run at k = 0, still speculates."""
+    import json
+
+    from serving.vllm_plugin.adaptive import write_policy_file
+    from serving.vllm_plugin.offline import run_vllm
+
+    tmp, draft = served
+    cost = CostModel(Profile([1, 4, 5, 64], [1.0, 1.0, 50.0, 50.0]), Profile([1, 64], [0.01, 0.01]))
+    path = write_policy_file(tmp / "skip.json", cost, alpha=[0.9, 0.9, 0.9], ks=[1, 2, 3])
+    path.write_text(json.dumps({**json.loads(path.read_text()), "skip_draft_at_k0": True}))
+    env = {"SPECFORGE_ADAPTIVE_SPEC": str(path)}
+    alone = run_vllm(_request(micro_target_dir, draft, 1), tmp / "skip-alone", env=env)
+    crowd = run_vllm(_request(micro_target_dir, draft, 8), tmp / "skip-crowd", env=env)
+    assert alone["spec"]["drafts"] > 0
+    assert crowd["spec"].get("drafts", 0) <= 2 < alone["spec"]["drafts"]
+    assert all(out == alone["outputs"][0] for out in crowd["outputs"])  # one prompt, 8 copies
+
+
 def test_bad_policy_falls_back_to_plain_decoding(micro_target_dir, served):
     from serving.vllm_plugin.offline import run_vllm
 

@@ -1,0 +1,142 @@
+"""Timing of the engine's own decode steps, for the adaptive plugin and for calibration.
+
+Contract: :class:`StepRecorder` is driven by the plugin's scheduler hooks (``on_schedule`` at every
+``schedule()``, ``on_output`` after every ``update_from_output``). It keeps, per (batch size, k),
+the seconds of *steady* decode steps and the tokens they emitted per request, feeds each step and
+each request's acceptance back to the :class:`~serving.vllm_plugin.adaptive.AdaptiveLookup`, and
+writes its summary as JSON (``flush``). It never imports vllm: it reads the scheduler's output
+objects by attribute.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from serving.policy import OnlineStepCost
+
+if TYPE_CHECKING:
+    from serving.vllm_plugin.adaptive import AdaptiveLookup
+
+
+class StepRecorder:
+    """Timing of steady decode steps per (batch size, k): median seconds and mean tokens emitted
+    per request, written as JSON when asked.
+
+    A step is *steady* when every scheduled request is decoding and verifies exactly as many draft
+    tokens as the step proposes (so its time is the time of a step at constant k). A step's time
+    runs from its ``schedule()`` to the next ``schedule()`` (so it includes the engine loop's own
+    work); a gap after ``update_from_output`` longer than ``max_gap`` seconds and half the step
+    means the engine went idle, and the step is not timed.
+    """
+
+    def __init__(
+        self, path: str | None, max_gap: float = 0.005, max_samples: int = 4096, trace: bool = False
+    ):
+        self.path, self.max_gap, self.max_samples = path, max_gap, max_samples
+        # Every step when tracing: [schedule time, output time, requests, tokens, drafts, new requests,
+        # tokens sampled]
+        self.trace: list[list] | None = [] if trace else None
+        self.cells: dict[
+            tuple[int, int], tuple[list[float], list[float]]
+        ] = {}  # (batch, k) -> seconds, emitted
+        self.pending: tuple[int, int, float, float, list[int]] | None = (
+            None  # batch, k, emitted, t0, accepted
+        )
+        self.t_schedule = 0.0
+        self.t_done = 0.0
+
+    def on_schedule(self, now: float, lookup: AdaptiveLookup | None) -> None:
+        if self.pending is not None and now - self.t_done <= max(
+            self.max_gap, 0.5 * (self.t_done - self.pending[3])
+        ):
+            batch, k, emitted, t0, accepted = self.pending
+            seconds, emits = self.cells.setdefault((batch, k), ([], []))
+            if len(seconds) < self.max_samples:
+                seconds.append(now - t0)
+                emits.append(emitted)
+            if lookup is not None:
+                lookup.observe(batch, k, emitted, now - t0, accepted)
+        self.pending = None
+        self.t_schedule = now
+
+    def on_output(
+        self, now: float, scheduler_output, model_runner_output, lookup: AdaptiveLookup | None = None
+    ) -> tuple[int, int, float] | None:
+        """Record the step just finished, give every request's acceptance to ``lookup``; return
+        (batch, verified k, mean emitted) of a steady step."""
+        self.t_done = now
+        sched = scheduler_output.num_scheduled_tokens or {}
+        drafts = scheduler_output.scheduled_spec_decode_tokens or {}
+        index = model_runner_output.req_id_to_index or {}
+        sampled = model_runner_output.sampled_token_ids or []
+        # tokens each scheduled request emitted this step
+        emitted_by = {r: len(sampled[index[r]]) for r in sched if r in index and index[r] < len(sampled)}
+        if lookup is not None:
+            verified = {r: len(d) for r, d in drafts.items() if d and r in emitted_by}
+            accepted = {r: min(max(emitted_by[r] - 1, 0), verified[r]) for r in verified}
+            lookup.observe_requests(verified, accepted, getattr(scheduler_output, "finished_req_ids", ()))
+        if self.trace is not None and sched and len(self.trace) < 100_000:
+            self.trace.append(
+                [
+                    round(self.t_schedule, 6),
+                    round(now, 6),
+                    len(sched),
+                    sum(sched.values()),
+                    sum(len(d) for d in drafts.values()),
+                    len(scheduler_output.scheduled_new_reqs or ()),
+                    sum(emitted_by.values()),
+                ]
+            )
+        if not sched or scheduler_output.scheduled_new_reqs:
+            return None
+        ks = {len(drafts.get(r, ())) for r in sched}
+        if len(ks) != 1 or any(n != 1 + len(drafts.get(r, ())) for r, n in sched.items()):
+            return None  # a prefill chunk or mixed draft lengths
+        k = ks.pop()
+        counts = list(emitted_by.values())
+        if len(counts) != len(sched):
+            return None
+        emitted = sum(counts) / len(counts)
+        recording = lookup is None or lookup.recording
+        if recording and k == int(getattr(scheduler_output, "num_spec_tokens_to_schedule", k) or 0):
+            self.pending = (len(sched), k, emitted, self.t_schedule, [c - 1 for c in counts])
+        return len(sched), k, emitted
+
+    def summary(self, lookup: AdaptiveLookup | None) -> dict:
+        steps = [
+            {
+                "batch_size": b,
+                "k": k,
+                "steps": len(sec),
+                "seconds": statistics.median(sec),
+                "emitted": sum(em) / len(em),
+            }
+            for (b, k), (sec, em) in sorted(self.cells.items())
+        ]
+        out: dict = {"steps": steps}
+        if self.trace is not None:
+            out["trace_fields"] = ["t_schedule", "t_output", "requests", "tokens", "drafts", "new", "sampled"]
+            out["trace"] = self.trace
+        if lookup is not None:
+            out["choices"] = {str(b): k for b, k in sorted(lookup.choices.items())}
+            out["fell_back"] = lookup.policy is None and not lookup.explore
+            if lookup.policy is not None:  # what the policy has learnt, for diagnosis
+                cost = lookup.policy.cost
+                out["alpha"] = list(lookup.policy.acceptance.alpha)
+                if isinstance(cost, OnlineStepCost):
+                    out["cost_factor"] = {
+                        str(s.num_draft_tokens): [cost.factor(s), cost.count.get(s, 0)]
+                        for s in lookup.policy.candidates
+                    }
+        return out
+
+    def flush(self, lookup: AdaptiveLookup | None) -> None:
+        if not self.path:
+            return
+        p = Path(self.path)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps(self.summary(lookup), indent=1))
+        tmp.replace(p)

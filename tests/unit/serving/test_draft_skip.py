@@ -1,0 +1,71 @@
+"""Skipping the draft model at k = 0, scheduler side, without vLLM: which requests become stale,
+what is evicted from the prefix cache, and how stale requests weigh on the choice of k."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from serving.policy import Profile, StepTable
+from serving.vllm_plugin.adaptive import AdaptiveLookup, load_policy, write_policy_file
+from serving.vllm_plugin.draft_skip import StaleDrafts
+
+
+class _Scheduler:
+    def __init__(self, requests: dict[str, SimpleNamespace], blocks: dict[str, list[int]]):
+        self.requests = requests
+        self.evicted: set[int] = set()
+        pool = SimpleNamespace(evict_blocks=self.evicted.update)
+        self.kv_cache_manager = SimpleNamespace(get_block_ids=lambda rid: (blocks[rid],), block_pool=pool)
+
+
+def _request(rid: str, computed: int, prompt: int, drafts: list[int] | None = None) -> SimpleNamespace:
+    return SimpleNamespace(
+        request_id=rid, num_computed_tokens=computed, num_prompt_tokens=prompt, spec_token_ids=drafts or []
+    )
+
+
+def _step(scheduled: dict[str, int], k: int) -> SimpleNamespace:
+    return SimpleNamespace(num_scheduled_tokens=scheduled, num_spec_tokens_to_schedule=k)
+
+
+def test_a_step_at_k0_makes_its_requests_stale_and_evicts_prompt_blocks():
+    # "dec" decodes (prompt done), "pre" prefills its last 50 prompt tokens this step; counts are
+    # after the step, as vLLM's schedule() leaves them
+    reqs = {
+        "dec": _request("dec", 105, 100),
+        "pre": _request("pre", 100, 100),
+        "other": _request("other", 9, 5),
+    }
+    sched = _Scheduler(reqs, {"dec": [1, 2], "pre": [3, 4], "other": [5]})
+    stale = StaleDrafts(sched)
+    stale.after_schedule(_step({"dec": 1, "pre": 50}, k=2))
+    assert not stale.stale  # the draft ran: nothing to track
+    stale.after_schedule(_step({"dec": 1, "pre": 50}, k=0))
+    assert stale.stale == {"dec", "pre"} and stale.is_stale("pre") and not stale.is_stale("other")
+    assert sched.evicted == {3, 4}  # prompt blocks computed without the draft leave the prefix cache
+    # drafts proposed later for stale requests are dropped; others keep theirs
+    reqs["dec"].spec_token_ids, reqs["other"].spec_token_ids = [7, 8], [9]
+    stale.drop_drafts(["dec", "other"])
+    assert reqs["dec"].spec_token_ids == [] and reqs["other"].spec_token_ids == [9]
+    # when a stale request is freed, all its blocks leave the prefix cache
+    stale.on_free(reqs["dec"])
+    assert sched.evicted == {1, 2, 3, 4} and not stale.is_stale("dec")
+    stale.on_free(reqs["other"])
+    assert sched.evicted == {1, 2, 3, 4}
+
+
+def test_stale_requests_count_as_no_gain_in_the_choice_of_k(tmp_path):
+    table = StepTable.chains({0: Profile([1, 64], [1.0, 1.0]), 3: Profile([1, 64], [2.0, 2.0])})
+    policy = load_policy(write_policy_file(tmp_path / "t.json", table, [0.9, 0.9, 0.9], [3]), k_max=3)
+    batch = ["a", "b", "c", "d"]
+    stale: set[str] = set()
+    lookup = AdaptiveLookup(
+        policy, k_max=3, running=lambda b: batch[:b], max_batch=8, is_stale=stale.__contains__
+    )
+    assert lookup[4] == 3  # fresh requests: tau 3.44 at twice the step time pays
+    stale.update({"a", "b"})
+    assert lookup[4] == 3  # half the batch gains nothing: tau 1 + 2.44 / 2 = 2.22 still pays for 2x
+    stale.add("c")
+    assert lookup[4] == 0  # three quarters: tau 1.61 does not
+    stale.add("d")
+    assert lookup[4] == 0 and lookup.choices[4] == 0
