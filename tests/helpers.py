@@ -60,3 +60,42 @@ def chi2_pvalue(counts: torch.Tensor, expected: torch.Tensor, min_expected: floa
     stat = float(((obs - exp) ** 2 / exp).sum())
     df = len(obs) - 1
     return float(torch.special.gammaincc(torch.tensor(df / 2), torch.tensor(stat / 2)))
+
+
+def train_micro_vllm_draft(
+    target_dir,
+    workdir,
+    *,
+    ttt_steps: int,
+    max_steps: int,
+    overrides: tuple[str, ...] = (),
+    out: str = "vllm_draft",
+):
+    """Train a small EAGLE-3 head on ``workdir/data/train.jsonl`` (256-token draft vocabulary, batch 8,
+    one save and one eval at the end) and export it for vLLM to ``workdir/out``; return that path."""
+    from pathlib import Path
+
+    from specforge.config import load_train_config
+    from specforge.export import export_vllm
+    from specforge.train.loop import train
+
+    workdir = Path(workdir)
+    cfg = load_train_config(
+        None,
+        [
+            f"target={target_dir}",
+            f"output_dir={workdir / 'run'}",
+            f"data.train={workdir / 'data' / 'train.jsonl'}",
+            "data.max_length=256",
+            "draft.draft_vocab_size=256",
+            f"ttt.steps={ttt_steps}",
+            "optim.batch_size=8",
+            f"optim.max_steps={max_steps}",
+            f"save_every={max_steps}",
+            f"eval_every={max_steps}",
+            "progress=false",
+            *overrides,
+        ],
+    )
+    train(cfg)
+    return export_vllm(workdir / "run", workdir / out)

@@ -7,10 +7,8 @@ import importlib.util
 import pytest
 
 from serving.policy import CostModel, Profile
-from specforge.config import load_train_config
 from specforge.data.demo import write_demo_dataset
-from specforge.export import export_vllm
-from specforge.train.loop import train
+from tests.helpers import train_micro_vllm_draft
 
 pytestmark = [
     pytest.mark.vllm,
@@ -22,26 +20,15 @@ pytestmark = [
 def served(micro_target_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("adaptive")
     write_demo_dataset(tmp / "data", max_train=32, max_heldout=8)
-    cfg = load_train_config(
-        None,
-        [
-            f"target={micro_target_dir}",
-            f"output_dir={tmp / 'run'}",
-            f"data.train={tmp / 'data' / 'train.jsonl'}",
-            f"data.eval={tmp / 'data' / 'heldout.jsonl'}",
-            "data.eval_limit=8",
-            "data.max_length=256",
-            "draft.draft_vocab_size=256",
-            "ttt.steps=2",
-            "optim.batch_size=8",
-            "optim.max_steps=10",
-            "save_every=10",
-            "eval_every=10",
-            "progress=false",
-        ],
+    draft = train_micro_vllm_draft(
+        micro_target_dir,
+        tmp,
+        ttt_steps=2,
+        max_steps=10,
+        overrides=(f"data.eval={tmp / 'data' / 'heldout.jsonl'}", "data.eval_limit=8"),
+        out="draft",
     )
-    train(cfg)
-    return tmp, export_vllm(tmp / "run", tmp / "draft")
+    return tmp, draft
 
 
 def _request(micro_target_dir, draft, n_prompts):

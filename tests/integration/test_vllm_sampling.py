@@ -12,11 +12,8 @@ import importlib.util
 import pytest
 import torch
 
-from specforge.config import load_train_config
 from specforge.data.demo import write_demo_dataset
-from specforge.export import export_vllm
-from specforge.train.loop import train
-from tests.helpers import chi2_pvalue
+from tests.helpers import chi2_pvalue, train_micro_vllm_draft
 
 pytestmark = [
     pytest.mark.vllm,
@@ -66,25 +63,9 @@ def test_sampled_tokens_follow_the_target_distribution(micro_target_dir, micro_t
 
     data = tmp_path / "data"
     write_demo_dataset(data, max_train=64, max_heldout=4)
-    cfg = load_train_config(
-        None,
-        [
-            f"target={micro_target_dir}",
-            f"output_dir={tmp_path / 'run'}",
-            f"data.train={data / 'train.jsonl'}",
-            "data.max_length=256",
-            "draft.draft_vocab_size=256",
-            "ttt.steps=2",
-            "optim.batch_size=8",
-            "optim.lr=5e-3",
-            "optim.max_steps=40",
-            "save_every=40",
-            "eval_every=40",
-            "progress=false",
-        ],
+    draft_dir = train_micro_vllm_draft(
+        micro_target_dir, tmp_path, ttt_steps=2, max_steps=40, overrides=("optim.lr=5e-3",)
     )
-    train(cfg)
-    draft_dir = export_vllm(tmp_path / "run", tmp_path / "vllm_draft")
     prompt = chat_prompts(micro_target_dir, data / "heldout.jsonl", limit=1, max_prompt_tokens=200)[0]
     res = run_vllm(
         {
