@@ -423,6 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="(--vllm) tokens each timed request decodes: your typical answer length (context length "
         "changes step times at large batch)",
     )
+    ca.add_argument(
+        "--workload",
+        choices=["closed", "burst"],
+        default="closed",
+        help="(--vllm) closed: B requests kept in flight, k cycled every few steps, prefill steps timed "
+        "(a loaded server); burst: whole batches of B at one k, decode steps only",
+    )
     ca.set_defaults(func=cmd_calibrate)
 
     dmo = sub.add_parser("demo", help="the main job on the embedded tiny target, end to end")

@@ -84,12 +84,20 @@ def write_policy_file(
 
 
 def write_explore_file(
-    path: str | Path, ks: list[int], hold: int = 4, drains_per_k: int = 1, skip_drains: int = 0
+    path: str | Path,
+    ks: list[int],
+    hold: int = 4,
+    drains_per_k: int = 1,
+    skip_drains: int = 0,
+    skip_steps: int = 0,
+    time_mixed: bool = False,
 ) -> Path:
     """A policy file that makes the plugin cycle k through ``ks`` (step-time calibration): the next k
-    every ``hold`` steps, or, with ``hold=0``, every ``drains_per_k`` times the engine drains (so that
-    every batch the caller submits runs at one constant k); then the first ``skip_drains`` batches at
-    each k are not timed (the first batch after a change of k runs slower)."""
+    every ``hold`` steps, of which the first ``skip_steps`` are not timed; or, with ``hold=0``, every
+    ``drains_per_k`` times the engine drains (so that every batch the caller submits runs at one
+    constant k), and then the first ``skip_drains`` batches at each k are not timed (the first steps
+    after a change of k run slower). ``time_mixed``: also time steps that start new requests (a
+    loaded server's usual step: prefills ride along with the decodes)."""
     p = Path(path)
     raw = {
         "mode": "explore",
@@ -97,6 +105,8 @@ def write_explore_file(
         "hold": hold,
         "drains_per_k": drains_per_k,
         "skip_drains": skip_drains,
+        "skip_steps": skip_steps,
+        "time_mixed": time_mixed,
     }
     p.write_text(json.dumps(raw))
     return p
@@ -140,7 +150,8 @@ class AdaptiveLookup:
     lookups, so a step costs a few hundred arithmetic operations. In explore mode (calibration) k
     cycles through ``ks``, held for ``hold`` steps each (``hold=0``: until the engine has drained
     ``drains_per_k`` times, :meth:`drained`), whatever the batch size; :attr:`recording` is False
-    during the first ``skip_drains`` of those batches.
+    during the first ``skip_steps`` steps of each hold (``hold=0``: the first ``skip_drains`` of
+    those batches). ``time_mixed`` asks the recorder to time steps that start new requests too.
     """
 
     def __init__(
@@ -155,12 +166,15 @@ class AdaptiveLookup:
         drains_per_k: int = 1,
         skip_drains: int = 0,
         is_stale: Callable[[str], bool] | None = None,
+        skip_steps: int = 0,
+        time_mixed: bool = False,
     ):
         self.policy, self.k_max = policy, k_max
         self.is_stale = is_stale  # requests that can no longer speculate (draft_skip.StaleDrafts)
         self.explore, self.hold, self.refresh_steps = explore, hold, refresh_steps
         self.running, self.max_batch = running, max_batch
         self.drains_per_k, self.skip_drains = max(1, drains_per_k), skip_drains
+        self.skip_steps, self.time_mixed = skip_steps, bool(explore) and time_mixed
         self.live = RequestAcceptance()
         self.last_k = 0
         self.steps = 0
@@ -181,7 +195,11 @@ class AdaptiveLookup:
     @property
     def recording(self) -> bool:
         """Whether this step's time should be recorded (False while a new k warms up in explore mode)."""
-        return not (self.explore and self.hold <= 0 and self.drains % self.drains_per_k < self.skip_drains)
+        if not self.explore:
+            return True
+        if self.hold > 0:  # self.steps counts this step: its index in the hold is (steps - 1) % hold
+            return (self.steps - 1) % self.hold >= self.skip_steps
+        return self.drains % self.drains_per_k >= self.skip_drains
 
     def drained(self) -> None:
         """The engine has no request left (explore mode with ``hold=0`` moves to the next k)."""
@@ -191,7 +209,7 @@ class AdaptiveLookup:
         self.steps += 1
         b = int(batch_size)
         if self.explore:
-            i = self.drains // self.drains_per_k if self.hold <= 0 else self.steps // self.hold
+            i = self.drains // self.drains_per_k if self.hold <= 0 else (self.steps - 1) // self.hold
             self.last_k = min(self.explore[i % len(self.explore)], self.k_max)
             return self.last_k
         if self.policy is None:
@@ -282,6 +300,8 @@ def _install(scheduler) -> None:
                 hold=int(raw.get("hold", 4)),
                 drains_per_k=int(raw.get("drains_per_k", 1)),
                 skip_drains=int(raw.get("skip_drains", 0)),
+                skip_steps=int(raw.get("skip_steps", 0)),
+                time_mixed=bool(raw.get("time_mixed", False)),
             )
             logger.info("specforge step-time exploration: k cycles through %s", lookup.explore)
         else:

@@ -14,7 +14,10 @@ alternating the order of batch sizes between repeats.
 Each measurement generates ``max_tokens`` tokens (``ignore_eos``) for ``B`` prompts submitted at
 once, so the decode batch is exactly ``B``, and does so for ``max(1, m // B)`` consecutive groups of
 distinct prompts (the first ``B``, the next ``B``, ...), so that a small batch is not measured on one
-or two prompts alone. It records output tokens/s, the per-request latency
+or two prompts alone. With ``"closed_loop": n`` (> 0) it instead keeps ``B`` requests in flight,
+submitting the next prompt as soon as one finishes, for ``max(m, n B)`` requests, and ``tokens_per_s``
+counts only the window until the last request is submitted (``tokens_per_s_all``: the whole run,
+drain included). It records output tokens/s, the per-request latency
 (time to first token + decode time, from vLLM's own per-request timestamps), time per output token
 the speculative counters of that measurement, and a digest of its output token ids (greedy
 outputs must not depend on the configuration). Its result holds ``"sweep": [ {...}, ... ]``.
@@ -165,15 +168,18 @@ def _digest(outputs: list[list[int]]) -> str:
 def _sweep(llm, params, prompts: list[dict], sweep: dict) -> list[dict]:
     sizes = [int(b) for b in sweep["batch_sizes"]]
     min_requests = int(sweep.get("min_requests", 1))
-    needed = max(max(b, min_requests) for b in sizes)
+    per_slot = int(sweep.get("closed_loop", 0))
+    needed = max(max(b, min_requests, per_slot * b) for b in sizes)
     if needed > len(prompts):
         prompts = [prompts[i % len(prompts)] for i in range(needed)]
 
-    def measure(b: int) -> list:
+    def measure(b: int) -> tuple[list, float | None, int | None]:
+        if per_slot:
+            return _closed_loop(llm, params, prompts[: max(min_requests, per_slot * b)], b)
         out = []
         for g in range(max(1, min_requests // b)):
             out += llm.generate(prompts[g * b : (g + 1) * b], params, use_tqdm=False)
-        return out
+        return out, None, None
 
     # Warm-up: one full unrecorded pass. The first time a kernel meets a shape (token count,
     # sequence length) costs extra on CPU; a shorter warm-up left the first repeat up to 1.6x slower.
@@ -184,7 +190,7 @@ def _sweep(llm, params, prompts: list[dict], sweep: dict) -> list[dict]:
         for b in sizes if rep % 2 == 0 else sizes[::-1]:
             before = _spec_counters(llm)
             t0 = time.perf_counter()
-            result = measure(b)
+            result, held_s, held_tokens = measure(b)
             elapsed = time.perf_counter() - t0
             lat = [_request_latency(r, elapsed) for r in result]
             tokens = sum(len(r.outputs[0].token_ids) for r in result)
@@ -194,7 +200,9 @@ def _sweep(llm, params, prompts: list[dict], sweep: dict) -> list[dict]:
                     "repeat": rep,
                     "seconds": elapsed,
                     "output_tokens": tokens,
-                    "tokens_per_s": tokens / elapsed,
+                    # Closed loop: tokens/s while b requests were in flight; otherwise the whole run.
+                    "tokens_per_s": held_tokens / held_s if held_s else tokens / elapsed,
+                    "tokens_per_s_all": tokens / elapsed,
                     "latency_mean": sum(x["latency"] for x in lat) / len(lat),
                     "tpot_mean": sum(x["tpot"] for x in lat) / len(lat),
                     "spec": _diff(_spec_counters(llm), before),
@@ -202,6 +210,48 @@ def _sweep(llm, params, prompts: list[dict], sweep: dict) -> list[dict]:
                 }
             )
     return rows
+
+
+def _closed_loop(llm, params, prompts: list[dict], b: int) -> tuple[list, float, int]:
+    """Serve ``prompts`` with ``b`` requests in flight: a request is submitted as soon as one finishes,
+    as ``b`` clients each sending their next request would. Returns the finished outputs (in
+    submission order), and the seconds and output tokens until the last request was submitted (the
+    window in which exactly ``b`` requests were in flight; the drain after it is left out)."""
+    from vllm.sampling_params import RequestOutputKind
+
+    engine = llm.llm_engine
+    params = params.clone()
+    params.output_kind = RequestOutputKind.DELTA  # every step's new tokens, to count the window
+    order: dict[str, int] = {}
+    tokens: dict[str, list[int]] = {}
+    finished: dict[str, object] = {}
+
+    def submit(i: int) -> None:
+        rid = f"closed-{i}"  # outputs carry this id (vLLM adds a suffix to its internal one)
+        engine.add_request(rid, prompts[i], params)
+        order[rid], tokens[rid] = i, []
+
+    t0 = time.perf_counter()
+    for i in range(min(b, len(prompts))):
+        submit(i)
+    nxt, held_s, held_tokens = min(b, len(prompts)), None, None
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            tokens[out.request_id] += out.outputs[0].token_ids
+            if out.finished:
+                finished[out.request_id] = out
+                if nxt < len(prompts):
+                    submit(nxt)
+                    nxt += 1
+                elif held_s is None:
+                    held_s = time.perf_counter() - t0
+                    held_tokens = sum(map(len, tokens.values()))
+    for rid, out in finished.items():
+        out.outputs[0].token_ids = tokens[rid]
+    result = sorted(finished.values(), key=lambda o: order[o.request_id])
+    if held_s is None:  # fewer prompts than slots: the whole run is the window
+        held_s, held_tokens = time.perf_counter() - t0, sum(map(len, tokens.values()))
+    return result, held_s, held_tokens
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ class StepRecorder:
     per request, written as JSON when asked.
 
     A step is *steady* when every scheduled request is decoding and verifies exactly as many draft
-    tokens as the step proposes (so its time is the time of a step at constant k). A step's time
+    tokens as the step proposes (so its time is the time of a step at constant k); with an explore
+    lookup whose ``time_mixed`` is set (calibration for a loaded server), a step may also start new
+    requests, and its batch size counts them. A step's time
     runs from its ``schedule()`` to the next ``schedule()`` (so it includes the engine loop's own
     work); a gap after ``update_from_output`` longer than ``max_gap`` seconds and half the step
     means the engine went idle, and the step is not timed.
@@ -90,16 +92,18 @@ class StepRecorder:
                     sum(emitted_by.values()),
                 ]
             )
-        if not sched or scheduler_output.scheduled_new_reqs:
+        new = {getattr(r, "req_id", None) for r in scheduler_output.scheduled_new_reqs or ()}
+        if not sched or (new and not (lookup is not None and lookup.time_mixed)):
             return None
-        ks = {len(drafts.get(r, ())) for r in sched}
-        if len(ks) != 1 or any(n != 1 + len(drafts.get(r, ())) for r, n in sched.items()):
+        decoding = {r: n for r, n in sched.items() if r not in new}
+        ks = {len(drafts.get(r, ())) for r in decoding}
+        if len(ks) != 1 or any(n != 1 + len(drafts.get(r, ())) for r, n in decoding.items()):
             return None  # a prefill chunk or mixed draft lengths
         k = ks.pop()
-        counts = list(emitted_by.values())
-        if len(counts) != len(sched):
+        counts = [emitted_by[r] for r in decoding if r in emitted_by]
+        if len(counts) != len(decoding) or len(emitted_by) != len(sched):
             return None
-        emitted = sum(counts) / len(counts)
+        emitted = sum(counts) / len(counts)  # per decoding request
         recording = lookup is None or lookup.recording
         if recording and k == int(getattr(scheduler_output, "num_spec_tokens_to_schedule", k) or 0):
             self.pending = (len(sched), k, emitted, self.t_schedule, [c - 1 for c in counts])

@@ -53,6 +53,13 @@ def add_serve_parser(bench_sub) -> None:
     bs.add_argument("--rounds", type=int, default=3)
     bs.add_argument("--repeats", type=int, default=2, help="measurements per batch size inside an engine")
     bs.add_argument("--policy", help="an existing plugin policy file (default: calibrate vLLM first)")
+    bs.add_argument(
+        "--workload",
+        choices=["closed", "burst"],
+        default="closed",
+        help="closed: B clients, each sends its next request when the last one ends (vLLM); "
+        "burst: B requests at once, drained before the next B",
+    )
     bs.add_argument("--seed", type=int, default=0)
     bs.set_defaults(func=cmd_bench_serve)
 
@@ -86,6 +93,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
             repeats=args.repeats,
             seed=args.seed,
             policy=_need_file(args.policy, "a plugin policy file", "--policy") if args.policy else None,
+            workload=args.workload,
         )
         title = "vLLM: throughput vs no speculation"
     else:
@@ -143,5 +151,6 @@ def cmd_calibrate_vllm(args: argparse.Namespace) -> None:
         k_max,
         _ints(args.batch_sizes),
         max_tokens=args.max_tokens,
+        workload=args.workload,
     )
     print(json.dumps({"policy": str(policy), "step_seconds": table.to_json()}, indent=1))

@@ -2,10 +2,18 @@
 
 Contract
 --------
-* The workload: held-out chat prompts whose regenerated (target-greedy) answer has at least
+* The prompts: held-out chat prompts whose regenerated (target-greedy) answer has at least
   ``max_tokens`` tokens, so every request decodes ``max_tokens`` real answer tokens (``ignore_eos``
-  keeps the batch size fixed without running past the end of an answer). At batch size ``B``, ``B``
-  prompts are submitted at once, in ``max(1, 8 // B)`` consecutive groups of distinct prompts.
+  keeps the batch size fixed without running past the end of an answer).
+* The workload at batch size (concurrency) ``B``:
+  - ``closed`` (default): ``B`` clients each send their next request as soon as their last one
+    finishes, ``max(8, 4 B)`` requests in all; throughput counts the tokens and seconds until the
+    last request is sent, the window in which exactly ``B`` requests are in flight. This is how a
+    loaded server runs: a finished request's slot is refilled at once.
+  - ``burst``: ``B`` prompts are submitted at once and the batch drains before the next group, in
+    ``max(1, 8 // B)`` groups. A speculative batch then waits for its slowest request: the drain
+    steps at a shrinking batch (static k = 2, batch 16: 90-220 ms) cost about as much as the
+    full-batch steps before them (~150 ms).
 * Configurations, each a fresh vLLM engine: ``none`` (no speculation), ``k1``..``kK`` (static EAGLE-3
   chains), ``vllm-table`` (vLLM's ``num_speculative_tokens_per_batch_size``, set as vLLM's docs set
   it for EAGLE-3), and ``specforge`` (the adaptive plugin with a policy from
@@ -18,10 +26,10 @@ Contract
   ``decode_steps`` gives decode goodput per (configuration, batch size), ``B x emitted / step``,
   from medians over hundreds of steps: a far less noisy view than end-to-end throughput.
 * :func:`calibrate_vllm` measures whole vLLM steps per (batch size, k) in one engine whose k the
-  plugin cycles (explore mode): each (batch size, k) is submitted ``1 + repeats`` times in a row and
-  the plugin moves to the next k after as many drains, so every batch runs at one constant k, as it
-  would in a static engine; the first batch of each is not timed. It writes the policy file the
-  plugin serves with.
+  plugin cycles (explore mode), under the same workload: in a closed loop k changes every few
+  steps, so all k share the same stretch of time (this machine's speed drifts by 10-20 % between
+  minutes) and the same mix of prefills; in bursts each (batch size, k) is whole batches at one k.
+  It writes the policy file the plugin serves with.
 """
 
 from __future__ import annotations
@@ -49,6 +57,11 @@ MIN_REQUESTS = 8
 SWEEP_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 # vLLM's documented EAGLE-3 schedule (docs/features/speculative_decoding/dynamic_speculative_decoding.md).
 VLLM_DOCS_TABLE = [[1, 16, 5], [17, 32, 4], [33, 64, 3], [65, 128, 1], [129, 512, 0]]
+WORKLOADS = {"closed": 4, "burst": 0}  # workload -> requests per client (0: B at once, then drain)
+# Closed-loop calibration: k changes every EXPLORE_HOLD steps; the first EXPLORE_SKIP after a change
+# are not timed (the first steps at a new k run slower).
+EXPLORE_HOLD, EXPLORE_SKIP = 10, 3
+CALIBRATE_PER_SLOT = 8  # requests per client while calibrating: ~40 timed steps per k at batch 64
 
 
 def long_answer_prompts(target_dir: Path, regen_data: Path, min_answer_tokens: int) -> list[list[int]]:
@@ -86,7 +99,12 @@ def draft_alpha(run_dir: Path, k: int) -> list[float]:
 
 
 def _base(
-    target: Path, prompts: list[list[int]], max_tokens: int, batch_sizes: list[int], repeats: int
+    target: Path,
+    prompts: list[list[int]],
+    max_tokens: int,
+    batch_sizes: list[int],
+    repeats: int,
+    per_slot: int = 0,
 ) -> dict:
     return {
         "target": str(target),
@@ -96,7 +114,12 @@ def _base(
         "temperature": 0.0,
         "max_num_seqs": max(batch_sizes),
         "max_model_len": 1024,
-        "sweep": {"batch_sizes": batch_sizes, "repeats": repeats, "min_requests": MIN_REQUESTS},
+        "sweep": {
+            "batch_sizes": batch_sizes,
+            "repeats": repeats,
+            "min_requests": MIN_REQUESTS,
+            "closed_loop": per_slot,
+        },
     }
 
 
@@ -110,26 +133,40 @@ def calibrate_vllm(
     batch_sizes: list[int] | None = None,
     max_tokens: int = 96,
     repeats: int = 2,
+    workload: str = "closed",
 ) -> tuple[Path, StepTable]:
-    """Measure vLLM's step time per (batch size, k <= k_max) and write ``workdir/policy.json``."""
+    """Measure vLLM's step time per (batch size, k <= k_max) and write ``workdir/policy.json``.
+
+    ``closed`` (a loaded server): the workload of ``bench serve``, ``B`` requests kept in flight, while
+    k cycles every ``EXPLORE_HOLD`` steps (the first ``EXPLORE_SKIP`` of each hold untimed), so
+    every k is timed over the same stretch of time and request mix, and steps that start new
+    requests are timed too. ``burst``: each (batch size, k) is ``1 + repeats`` whole batches at
+    constant k, the first untimed (steady decode steps only)."""
+    if workload not in WORKLOADS:
+        raise SpecforgeError(f"unknown workload {workload!r}: choose one of {', '.join(WORKLOADS)}")
     sizes = batch_sizes or BATCH_SIZES
     workdir.mkdir(parents=True, exist_ok=True)
     ks = list(range(k_max + 1))
-    # Each (batch size, k) runs 1 + repeats batches in a row at constant k; the first is not timed (the
-    # first batch after a change of k, or at a new batch size, ran up to 35 % slower).
-    explore = write_explore_file(
-        workdir / "explore.json", ks, hold=0, drains_per_k=1 + repeats, skip_drains=1
-    )
     log = workdir / "explore_steps.json"
     log.unlink(missing_ok=True)
-    order = [b for b in sizes for _ in ks for _ in range(1 + repeats)]
-    req = {
-        **_base(target, prompts, max_tokens, sizes, repeats=1),
+    spec = {
         "draft": str(draft),
         "num_speculative_tokens": k_max,
         "num_speculative_tokens_per_batch_size": [[1, max(sizes), k_max]],
     }
-    req["sweep"] = {**req["sweep"], "batch_sizes": order, "warmup": False}
+    if workload == "closed":
+        explore = write_explore_file(
+            workdir / "explore.json", ks, hold=EXPLORE_HOLD, skip_steps=EXPLORE_SKIP, time_mixed=True
+        )
+        req = {**_base(target, prompts, max_tokens, sizes, repeats, per_slot=CALIBRATE_PER_SLOT), **spec}
+    else:
+        # The first batch after a change of k, or at a new batch size, ran up to 35 % slower.
+        explore = write_explore_file(
+            workdir / "explore.json", ks, hold=0, drains_per_k=1 + repeats, skip_drains=1
+        )
+        req = {**_base(target, prompts, max_tokens, sizes, repeats=1), **spec}
+        order = [b for b in sizes for _ in ks for _ in range(1 + repeats)]
+        req["sweep"] = {**req["sweep"], "batch_sizes": order, "warmup": False}
     run_vllm(req, workdir / "explore", env={**SWEEP_ENV, ENV: str(explore), STEP_LOG_ENV: str(log)})
     cells = json.loads(log.read_text())["steps"]
     table = step_table(cells, ks)
@@ -138,7 +175,7 @@ def calibrate_vllm(
         table,
         alpha=alpha,
         ks=[k for k in ks if k > 0],
-        meta={"target": str(target), "draft": str(draft), "max_tokens": max_tokens},
+        meta={"target": str(target), "draft": str(draft), "max_tokens": max_tokens, "workload": workload},
     )
     return policy, table
 
@@ -192,8 +229,11 @@ def bench_serve_vllm(
     repeats: int = 2,
     seed: int = 0,
     policy: Path | None = None,
+    workload: str = "closed",
     log: Callable[[str], None] = print,
 ) -> dict:
+    if workload not in WORKLOADS:
+        raise SpecforgeError(f"unknown workload {workload!r}: choose one of {', '.join(WORKLOADS)}")
     sizes = batch_sizes or BATCH_SIZES
     ks = static_ks or [1, 2, 3, 4, 5]
     k_max = max(ks)
@@ -203,9 +243,17 @@ def bench_serve_vllm(
     if policy is None:
         log(f"calibrating vLLM step times for k <= {k_max} at batch sizes {sizes}")
         policy, _ = calibrate_vllm(
-            target, draft, alpha, prompts, workdir / "calibrate", k_max, sizes, max_tokens=max_tokens
+            target,
+            draft,
+            alpha,
+            prompts,
+            workdir / "calibrate",
+            k_max,
+            sizes,
+            max_tokens=max_tokens,
+            workload=workload,
         )
-    base = _base(target, prompts, max_tokens, sizes, repeats)
+    base = _base(target, prompts, max_tokens, sizes, repeats, per_slot=WORKLOADS[workload])
     spec = {"draft": str(draft)}
     configs: dict[str, tuple[dict, dict]] = {"none": ({}, SWEEP_ENV)}
     for k in ks:
@@ -248,6 +296,7 @@ def bench_serve_vllm(
         "target": str(target),
         "draft": str(draft),
         "max_tokens": max_tokens,
+        "workload": workload,
         "prompts": len(prompts),
         "batch_sizes": sizes,
         "rounds": rounds,

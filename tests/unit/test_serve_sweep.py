@@ -33,6 +33,8 @@ def test_summary_medians_best_static_and_bar(tmp_path):
         795 / 800
     )
     assert s["bar"]["vs_table_geomean"] == pytest.approx(((151 / 140) * (795 / 600)) ** 0.5)
+    # the oracle's headroom over the table: best static per batch size (k2 at 1, none at 8)
+    assert s["bar"]["best_static_vs_table_geomean"] == pytest.approx(((155 / 140) * (800 / 600)) ** 0.5)
     assert s["bar"]["min_vs_none"] == pytest.approx(795 / 800)
     assert s["bar"]["met"] == {"vs_best_static": True, "vs_table": True, "vs_none": True}
     assert "| 1 |" in summary_table(s)

@@ -38,10 +38,12 @@ def test_lookup_caches_choices_between_refreshes(tmp_path):
 
 
 def test_explore_mode_cycles_k_and_ignores_batch_size():
-    lookup = AdaptiveLookup(None, k_max=4, explore=[0, 2, 5], hold=2)
-    ks = [lookup[b] for b in [1, 64, 3, 3, 2, 9, 1, 1]]
-    # steps 1..8 -> index (step // 2) % 3 -> 0, 1, 1, 2, 2, 0, 0, 1; k = 5 is capped at k_max = 4
-    assert ks == [0, 2, 2, 4, 4, 0, 0, 2]
+    lookup = AdaptiveLookup(None, k_max=4, explore=[0, 2, 5], hold=2, skip_steps=1)
+    seen = [(lookup[b], lookup.recording) for b in [1, 64, 3, 3, 2, 9, 1, 1]]
+    # steps 1..8 -> index ((step - 1) // 2) % 3 -> 0, 0, 1, 1, 2, 2, 0, 0; k = 5 is capped at k_max = 4;
+    # the first step of each hold is not timed
+    assert [k for k, _ in seen] == [0, 0, 2, 2, 4, 4, 0, 0]
+    assert [r for _, r in seen] == [False, True] * 4
 
 
 def test_explore_mode_holds_k_until_the_engine_drains():
@@ -80,18 +82,27 @@ def test_live_lookup_chooses_from_the_requests_in_the_batch(tmp_path):
     assert "a" not in lookup.live.hits and "b" in lookup.live.hits
 
 
-def _step(reqs: dict[str, int], k_next: int, emitted: dict[str, int], new: bool = False):
+def _step(
+    reqs: dict[str, int],
+    k_next: int,
+    emitted: dict[str, int],
+    new: bool = False,
+    prefill: dict[str, int] | None = None,
+):
     """A scheduler output and a model-runner output as vLLM passes them to update_from_output:
-    ``reqs`` maps request id -> draft tokens verified this step."""
+    ``reqs`` maps request id -> draft tokens verified this step; ``prefill``, new requests -> prompt
+    tokens (each samples one token)."""
+    prefill = prefill or {}
     sched = SimpleNamespace(
-        num_scheduled_tokens={r: 1 + k for r, k in reqs.items()},
+        num_scheduled_tokens={**{r: 1 + k for r, k in reqs.items()}, **prefill},
         scheduled_spec_decode_tokens={r: [7] * k for r, k in reqs.items() if k},
-        scheduled_new_reqs=[object()] if new else [],
+        scheduled_new_reqs=[object()] if new else [SimpleNamespace(req_id=r) for r in prefill],
         num_spec_tokens_to_schedule=k_next,
     )
+    ids = [*reqs, *prefill]
     runner = SimpleNamespace(
-        req_id_to_index={r: i for i, r in enumerate(reqs)},
-        sampled_token_ids=[[1] * emitted[r] for r in reqs],
+        req_id_to_index={r: i for i, r in enumerate(ids)},
+        sampled_token_ids=[[1] * emitted.get(r, 1) for r in ids],
     )
     return sched, runner
 
@@ -121,6 +132,21 @@ def test_step_recorder_times_steady_decode_steps(tmp_path):
     assert len(summary["alpha"]) == 3 and set(summary["cost_factor"]) == {"0", "1", "2", "3"}
     # the timed step reached the policy: its cost model saw one step of (batch 2, chain 2)
     assert lookup.policy.cost.count == {lookup.policy.candidates[2]: 1}
+
+
+def test_calibration_times_steps_that_start_new_requests(tmp_path):
+    """A loaded server's steps carry prefills: with ``time_mixed`` (calibration) they are timed, the
+    batch counts the new requests, and the tokens emitted are those of the decoding requests."""
+    for mixed, expected in [(True, [(3, 2, 2.0)]), (False, [])]:
+        rec = StepRecorder(str(tmp_path / "steps.json"))
+        lookup = AdaptiveLookup(None, k_max=3, explore=[2], hold=8, time_mixed=mixed)
+        rec.on_schedule(1.0, lookup)
+        lookup[3]
+        rec.on_output(1.01, *_step({"a": 2, "b": 2}, 2, {"a": 3, "b": 1}, prefill={"c": 40}), lookup)
+        rec.on_schedule(1.011, lookup)
+        rec.flush(lookup)
+        cells = json.loads((tmp_path / "steps.json").read_text())["steps"]
+        assert [(c["batch_size"], c["k"], c["emitted"]) for c in cells] == expected
 
 
 def test_step_recorder_feeds_every_requests_acceptance_to_the_lookup(tmp_path):
