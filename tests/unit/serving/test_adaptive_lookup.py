@@ -82,6 +82,25 @@ def test_live_lookup_chooses_from_the_requests_in_the_batch(tmp_path):
     assert "a" not in lookup.live.hits and "b" in lookup.live.hits
 
 
+def test_live_lookup_keeps_k_through_near_ties(tmp_path):
+    """Hysteresis: k changes only for a predicted goodput gain above the margin."""
+    from serving.shape import TreeShape
+
+    flat = {0: 1.0, 1: 1.0, 3: 1.8}  # seconds per step; alpha 0.9: tau 1.9 (k = 1), 3.439 (k = 3)
+    table = StepTable.chains({k: Profile([1, 64], [t, t]) for k, t in flat.items()})
+    policy = load_policy(write_policy_file(tmp_path / "h.json", table, [0.9] * 3, [1, 3]), k_max=3)
+    lookup = AdaptiveLookup(policy, k_max=3, running=lambda b: ["a"] * b, refresh_steps=1, switch_margin=0.05)
+    assert lookup[4] == 3  # 3.439 / 1.8 = 1.91 tokens per second against 1.9 for k = 1
+    steps = policy.cost.prior.seconds
+    steps[TreeShape.chain(3)] = Profile([1, 64], [1.85, 1.85])  # k = 1 now 2 % better: within the margin
+    assert lookup[4] == 3
+    steps[TreeShape.chain(3)] = Profile([1, 64], [2.2, 2.2])  # k = 1 now 22 % better
+    assert lookup[4] == 1
+    lookup.switch_margin = 0.0
+    steps[TreeShape.chain(3)] = Profile([1, 64], [1.78, 1.78])  # without hysteresis any gain switches
+    assert lookup[4] == 3
+
+
 def _step(
     reqs: dict[str, int],
     k_next: int,
