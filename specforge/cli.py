@@ -425,10 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ca.add_argument(
         "--workload",
-        choices=["closed", "burst"],
-        default="closed",
-        help="(--vllm) closed: B requests kept in flight, k cycled every few steps, prefill steps timed "
-        "(a loaded server); burst: whole batches of B at one k, decode steps only",
+        choices=["burst", "closed"],
+        default="burst",
+        help="(--vllm) burst: whole batches of B at one k, steady decode steps only; closed: B requests "
+        "kept in flight, k cycled every 10 steps, steps with prefills timed too",
     )
     ca.set_defaults(func=cmd_calibrate)
 

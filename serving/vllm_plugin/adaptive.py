@@ -56,7 +56,7 @@ STEP_LOG_ENV = "SPECFORGE_STEP_LOG"
 STEP_TRACE_ENV = "SPECFORGE_STEP_TRACE"  # "1": the step log also lists every step (diagnosis)
 # The live choice changes k only for a predicted goodput gain above this fraction (policy file:
 # "switch_margin"): without it, per-request estimates flipped k between near-tied values ~50 times in
-# 580 steps at batch 32-64 and served 8 % below the static k they hovered around.
+# 580 steps at batch 32-64 and served 8-9 % below the static k they hovered around.
 SWITCH_MARGIN = 0.05
 logger = logging.getLogger("specforge.vllm_plugin")
 _PATCHED = False

@@ -61,6 +61,12 @@ def add_serve_parser(bench_sub) -> None:
         "burst: B requests at once, drained before the next B",
     )
     bs.add_argument("--seed", type=int, default=0)
+    bs.add_argument(
+        "--calibration",
+        choices=["burst", "closed"],
+        default="burst",
+        help="how calibrate --vllm times steps before the sweep (see calibrate --workload)",
+    )
     bs.set_defaults(func=cmd_bench_serve)
 
 
@@ -94,6 +100,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
             seed=args.seed,
             policy=_need_file(args.policy, "a plugin policy file", "--policy") if args.policy else None,
             workload=args.workload,
+            calibration=args.calibration,
         )
         title = "vLLM: throughput vs no speculation"
     else:
