@@ -410,6 +410,21 @@ class SpeculationPolicy:
                 break
         return self.candidates[cap]
 
+    def near_best_below(
+        self, batch: int, shape: Shape, margin: float, tau: dict[Shape, float] | None = None
+    ) -> bool:
+        """Whether ``shape``'s predicted goodput is within ``margin`` of the best at every batch size
+        below ``batch``: keeping it at ``batch`` then stays consistent with the monotone cap up to
+        the margin (hysteresis must not keep a k that smaller batches clearly refuse)."""
+        taus = self._taus(tau)
+        i = self.candidates.index(shape)
+        for b in range(1, batch):
+            row = self._row(b)
+            best = max(t / s for t, s in zip(taus, row))
+            if taus[i] / row[i] * (1 + margin) < best:
+                return False
+        return True
+
     def table(self, batch_sizes: list[int]) -> dict[int, Shape]:
         return {b: self.choose(b) for b in batch_sizes}
 

@@ -254,9 +254,10 @@ class AdaptiveLookup:
         if self.switch_margin > 0 and k != self.last_k and self.last_k <= self.k_max:
             # Hysteresis: keep the running k unless the best one is predicted to be clearly better.
             # The live estimates move step to step, near-ties between k are common, and a change of
-            # k costs vLLM-CPU slower steps right after it.
+            # k costs vLLM-CPU slower steps right after it. The kept k must also be near-best at
+            # every smaller batch (the monotone cap, up to the margin).
             keep = TreeShape.chain(self.last_k) if self.last_k > 0 else NO_SPECULATION
-            if keep in tau:
+            if keep in tau and policy.near_best_below(batch, keep, self.switch_margin, tau):
                 rate_best = tau[best] / policy.cost.step_time(batch, best)
                 rate_keep = tau[keep] / policy.cost.step_time(batch, keep)
                 if rate_best < (1 + self.switch_margin) * rate_keep:

@@ -101,6 +101,16 @@ def test_live_lookup_keeps_k_through_near_ties(tmp_path):
     assert lookup[4] == 3
 
 
+def test_hysteresis_respects_the_monotone_cap(tmp_path):
+    """A k kept by hysteresis must not exceed what a smaller batch would get: with verification
+    flat past 5 query tokens, k = 3 looks cheap at batch 8, but batch 2 already stops speculating."""
+    cost = CostModel(Profile([1, 4, 5, 64], [1.0, 1.0, 50.0, 50.0]), Profile([1, 64], [0.01, 0.01]))
+    policy = load_policy(write_policy_file(tmp_path / "c.json", cost, [0.9] * 3, [1, 2, 3]), k_max=3)
+    lookup = AdaptiveLookup(policy, k_max=3, running=lambda b: ["a"] * b, refresh_steps=1, switch_margin=0.05)
+    assert lookup[1] == 3
+    assert lookup[8] == 0
+
+
 def _step(
     reqs: dict[str, int],
     k_next: int,
