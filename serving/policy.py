@@ -413,15 +413,17 @@ class SpeculationPolicy:
     def near_best_below(
         self, batch: int, shape: Shape, margin: float, tau: dict[Shape, float] | None = None
     ) -> bool:
-        """Whether ``shape``'s predicted goodput is within ``margin`` of the best at every batch size
-        below ``batch``: keeping it at ``batch`` then stays consistent with the monotone cap up to
-        the margin (hysteresis must not keep a k that smaller batches clearly refuse)."""
+        """Whether, at every batch size below ``batch`` whose best shape is less speculative than
+        ``shape``, ``shape``'s predicted goodput is within ``margin`` of that best: keeping it at
+        ``batch`` then stays consistent with the monotone cap up to the margin (hysteresis must not
+        keep more speculation than smaller batches clearly refuse)."""
         taus = self._taus(tau)
         i = self.candidates.index(shape)
         for b in range(1, batch):
             row = self._row(b)
-            best = max(t / s for t, s in zip(taus, row))
-            if taus[i] / row[i] * (1 + margin) < best:
+            rates = [t / s for t, s in zip(taus, row)]
+            j = max(range(len(rates)), key=rates.__getitem__)
+            if j < i and rates[i] * (1 + margin) < rates[j]:
                 return False
         return True
 
