@@ -34,7 +34,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -156,6 +156,8 @@ class AdaptiveLookup:
     ``drains_per_k`` times, :meth:`drained`), whatever the batch size; :attr:`recording` is False
     during the first ``skip_steps`` steps of each hold (``hold=0``: the first ``skip_drains`` of
     those batches). ``time_mixed`` asks the recorder to time steps that start new requests too.
+    :meth:`pin` overrides all of this with a fixed k or table (paired benchmarks), and while pinned
+    the policy learns nothing: a served policy sees only its own steps.
     """
 
     def __init__(
@@ -189,6 +191,21 @@ class AdaptiveLookup:
         self._age: dict[int, int] = {}
         self._frozen_at = -(10**9)
         self._warned = False
+        self.pinned: int | list[int] | None = None
+        self._own_last_k = 0
+
+    def pin(self, k: int | Sequence[int] | None) -> None:
+        """Serve a fixed ``k`` (an int), a dense ``batch size -> k`` list (vLLM's own lookup, as
+        ``build_dynamic_sd_schedule_lookup`` makes it), or, with None, the policy again. This is how
+        one engine serves every configuration of a paired benchmark."""
+        if k is None:
+            if self.pinned is not None:
+                self.last_k = self._own_last_k  # the policy's hysteresis resumes from its own choice
+            self.pinned = None
+            return
+        if self.pinned is None:
+            self._own_last_k = self.last_k
+        self.pinned = int(k) if isinstance(k, int) else [int(x) for x in k]
 
     def _fail(self, err: Exception) -> int:
         if not self._warned:
@@ -214,6 +231,10 @@ class AdaptiveLookup:
     def __getitem__(self, batch_size: int) -> int:
         self.steps += 1
         b = int(batch_size)
+        if self.pinned is not None:
+            k = self.pinned if isinstance(self.pinned, int) else self.pinned[min(b, len(self.pinned) - 1)]
+            self.last_k = min(k, self.k_max)
+            return self.last_k
         if self.explore:
             i = self.drains // self.drains_per_k if self.hold <= 0 else (self.steps - 1) // self.hold
             self.last_k = min(self.explore[i % len(self.explore)], self.k_max)
@@ -268,7 +289,7 @@ class AdaptiveLookup:
     def observe_requests(self, verified: dict[str, int], accepted: dict[str, int], finished) -> None:
         """Every request's drafts verified and accepted this step (any step), and the requests that
         finished since the last step."""
-        for r, v in verified.items():
+        for r, v in verified.items() if self.pinned is None else ():
             self.live.observe(r, v, accepted.get(r, 0))
         for r in finished or ():
             self.live.forget(r)
@@ -283,7 +304,7 @@ class AdaptiveLookup:
     ) -> None:
         """One steady decode step: ``k`` drafts were verified per request (``accepted[r]`` of them
         accepted) and ``k`` proposed."""
-        if self.policy is None:
+        if self.policy is None or self.pinned is not None:
             return
         try:
             shape = TreeShape.chain(k) if k > 0 else NO_SPECULATION

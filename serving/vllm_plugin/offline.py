@@ -21,6 +21,16 @@ drain included). It records output tokens/s, the per-request latency
 (time to first token + decode time, from vLLM's own per-request timestamps), time per output token
 the speculative counters of that measurement, and a digest of its output token ids (greedy
 outputs must not depend on the configuration). Its result holds ``"sweep": [ {...}, ... ]``.
+
+Paired sweep (``"arms": {name: k | table | null}`` in ``"sweep"``, with the adaptive plugin on and
+the engine core in this process): one engine serves every configuration. Before each measurement
+the plugin's lookup is pinned (:meth:`~serving.vllm_plugin.adaptive.AdaptiveLookup.pin`) to a fixed
+``k`` (an int), to vLLM's own table (a ``num_speculative_tokens_per_batch_size`` list, expanded by
+vLLM's ``build_dynamic_sd_schedule_lookup``), or left to the policy (null). Every (repeat, batch
+size) measures all arms back to back in a shuffled order (``"seed"``), so engine-to-engine
+differences and slow drifts of the machine cancel out of their ratios. Rows carry ``"config"`` (the
+arm) and ``"decode"``: the steady decode steps at exactly that batch size timed during the
+measurement (``steps``, ``seconds``, ``tokens``).
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -165,8 +176,65 @@ def _digest(outputs: list[list[int]]) -> str:
     return hashlib.sha256(json.dumps(outputs).encode()).hexdigest()[:16]
 
 
+def _scheduler(llm):
+    """The engine core's scheduler, when the engine core runs in this process."""
+    core = getattr(getattr(llm.llm_engine, "engine_core", None), "engine_core", None)
+    if core is None:
+        raise RuntimeError(
+            "a paired sweep needs the engine core in this process: set VLLM_ENABLE_V1_MULTIPROCESSING=0"
+        )
+    return core.scheduler
+
+
+def _arm_lookups(llm, arms: dict) -> tuple[object, dict]:
+    """The scheduler and, per arm, what to pin the plugin's lookup to (None: the policy)."""
+    from vllm.v1.spec_decode.dynamic.utils import build_dynamic_sd_schedule_lookup
+
+    from serving.vllm_plugin.adaptive import AdaptiveLookup
+
+    sched = _scheduler(llm)
+    lookup = getattr(sched, "dynamic_sd_lookup", None)
+    if not isinstance(lookup, AdaptiveLookup) or lookup.policy is None:
+        raise RuntimeError(
+            "a paired sweep needs the specforge plugin on with a policy (SPECFORGE_ADAPTIVE_SPEC and "
+            "num_speculative_tokens_per_batch_size in the speculative config)"
+        )
+    recorder = getattr(sched, "_specforge_recorder", None)
+    if recorder is not None:
+        recorder.max_samples = 10**7  # every measurement's own steps are read back (_decode_since)
+    pins = {}
+    for name, arm in arms.items():
+        if isinstance(arm, list):  # vLLM's table, expanded exactly as vLLM expands it
+            arm = build_dynamic_sd_schedule_lookup(
+                arm, vllm_max_batch_size=sched.max_num_running_reqs, vllm_num_speculative_tokens=lookup.k_max
+            )
+        pins[name] = arm
+    return sched, pins
+
+
+def _recorded(sched) -> dict[tuple[int, int], int]:
+    recorder = getattr(sched, "_specforge_recorder", None)
+    return {key: len(sec) for key, (sec, _) in recorder.cells.items()} if recorder is not None else {}
+
+
+def _decode_since(sched, before: dict[tuple[int, int], int], b: int) -> dict:
+    """Steady decode steps at batch size ``b`` timed since ``before``: count, seconds, tokens."""
+    recorder = getattr(sched, "_specforge_recorder", None)
+    out = {"steps": 0, "seconds": 0.0, "tokens": 0.0}
+    for key, (sec, emitted) in recorder.cells.items() if recorder is not None else ():
+        if key[0] == b:
+            n = before.get(key, 0)
+            out["steps"] += len(sec) - n
+            out["seconds"] += sum(sec[n:])
+            out["tokens"] += b * sum(emitted[n:])
+    return out
+
+
 def _sweep(llm, params, prompts: list[dict], sweep: dict) -> list[dict]:
     sizes = [int(b) for b in sweep["batch_sizes"]]
+    arms = sweep.get("arms") or {None: None}
+    sched, pins = _arm_lookups(llm, arms) if sweep.get("arms") else (None, {None: None})
+    rng = random.Random(int(sweep.get("seed", 0)))
     min_requests = int(sweep.get("min_requests", 1))
     per_slot = int(sweep.get("closed_loop", 0))
     needed = max(max(b, min_requests, per_slot * b) for b in sizes)
@@ -181,35 +249,53 @@ def _sweep(llm, params, prompts: list[dict], sweep: dict) -> list[dict]:
             out += llm.generate(prompts[g * b : (g + 1) * b], params, use_tqdm=False)
         return out, None, None
 
+    def pin(arm) -> None:
+        if sched is not None:
+            sched.dynamic_sd_lookup.pin(pins[arm])
+
     # Warm-up: one full unrecorded pass. The first time a kernel meets a shape (token count,
     # sequence length) costs extra on CPU; a shorter warm-up left the first repeat up to 1.6x slower.
     for b in sizes if sweep.get("warmup", True) else []:
-        measure(b)
+        for arm in arms:  # every arm meets every shape before anything is recorded
+            pin(arm)
+            measure(b)
     rows = []
     for rep in range(int(sweep.get("repeats", 1))):
         for b in sizes if rep % 2 == 0 else sizes[::-1]:
-            before = _spec_counters(llm)
-            t0 = time.perf_counter()
-            result, held_s, held_tokens = measure(b)
-            elapsed = time.perf_counter() - t0
-            lat = [_request_latency(r, elapsed) for r in result]
-            tokens = sum(len(r.outputs[0].token_ids) for r in result)
-            rows.append(
-                {
-                    "batch_size": b,
-                    "repeat": rep,
-                    "seconds": elapsed,
-                    "output_tokens": tokens,
-                    # Closed loop: tokens/s while b requests were in flight; otherwise the whole run.
-                    "tokens_per_s": held_tokens / held_s if held_s else tokens / elapsed,
-                    "tokens_per_s_all": tokens / elapsed,
-                    "latency_mean": sum(x["latency"] for x in lat) / len(lat),
-                    "tpot_mean": sum(x["tpot"] for x in lat) / len(lat),
-                    "spec": _diff(_spec_counters(llm), before),
-                    "outputs_sha": _digest([list(r.outputs[0].token_ids) for r in result]),
-                }
-            )
+            order = list(arms)
+            rng.shuffle(order)
+            for arm in order:
+                pin(arm)
+                rows.append(_measured(llm, measure, b, rep, arm, sched))
+    if sched is not None:
+        sched.dynamic_sd_lookup.pin(None)
     return rows
+
+
+def _measured(llm, measure, b: int, rep: int, arm: str | None, sched) -> dict:
+    """One measurement at batch size ``b``: throughput, latency, counters, output digest."""
+    before, recorded = _spec_counters(llm), _recorded(sched) if sched is not None else {}
+    t0 = time.perf_counter()
+    result, held_s, held_tokens = measure(b)
+    elapsed = time.perf_counter() - t0
+    lat = [_request_latency(r, elapsed) for r in result]
+    tokens = sum(len(r.outputs[0].token_ids) for r in result)
+    row = {} if arm is None else {"config": arm, "decode": _decode_since(sched, recorded, b)}
+    return {
+        **row,
+        "batch_size": b,
+        "repeat": rep,
+        "seconds": elapsed,
+        "output_tokens": tokens,
+        # Closed loop: tokens/s while b requests were in flight; otherwise the whole run.
+        "tokens_per_s": held_tokens / held_s if held_s else tokens / elapsed,
+        "tokens_per_s_all": tokens / elapsed,
+        "latency_mean": sum(x["latency"] for x in lat) / len(lat),
+        "tpot_mean": sum(x["tpot"] for x in lat) / len(lat),
+        "spec": _diff(_spec_counters(llm), before),
+        "outputs_sha": _digest([list(r.outputs[0].token_ids) for r in result]),
+        "clock": [t0, t0 + elapsed],  # perf_counter at start and end: matches SPECFORGE_STEP_TRACE
+    }
 
 
 def _closed_loop(llm, params, prompts: list[dict], b: int) -> tuple[list, float, int]:

@@ -62,6 +62,20 @@ def add_serve_parser(bench_sub) -> None:
     )
     bs.add_argument("--seed", type=int, default=0)
     bs.add_argument(
+        "--lengths",
+        choices=["fixed", "natural"],
+        default="fixed",
+        help="fixed: every request decodes --max-tokens tokens; natural: each ends with its answer "
+        "(at most --max-tokens), so requests finish at different steps as on a real server (vLLM)",
+    )
+    bs.add_argument(
+        "--design",
+        choices=["paired", "engines"],
+        default="paired",
+        help="paired: every speculative configuration in one engine, switched between measurements "
+        "(no speculation in its own); engines: one engine per configuration (vLLM)",
+    )
+    bs.add_argument(
         "--calibration",
         choices=["burst", "closed"],
         default="burst",
@@ -101,6 +115,8 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
             policy=_need_file(args.policy, "a plugin policy file", "--policy") if args.policy else None,
             workload=args.workload,
             calibration=args.calibration,
+            design=args.design,
+            lengths=args.lengths,
         )
         title = "vLLM: throughput vs no speculation"
     else:

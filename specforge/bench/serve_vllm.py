@@ -4,7 +4,10 @@ Contract
 --------
 * The prompts: held-out chat prompts whose regenerated (target-greedy) answer has at least
   ``max_tokens`` tokens, so every request decodes ``max_tokens`` real answer tokens (``ignore_eos``
-  keeps the batch size fixed without running past the end of an answer).
+  keeps the batch size fixed without running past the end of an answer). With ``lengths="natural"``:
+  answers of at least ``max_tokens // 4`` tokens, each request ending where the target ends it (at
+  most ``max_tokens``), so requests finish at different steps for every configuration. Fixed
+  lengths keep no speculation in lock-step (a whole batch ends, and is refilled, in one step).
 * The workload at batch size (concurrency) ``B``:
   - ``closed`` (default): ``B`` clients each send their next request as soon as their last one
     finishes, ``max(8, 4 B)`` requests in all; throughput counts the tokens and seconds until the
@@ -14,13 +17,22 @@ Contract
     ``max(1, 8 // B)`` groups. A speculative batch then waits for its slowest request: the drain
     steps at a shrinking batch (static k = 2, batch 16: 90-220 ms) cost about as much as the
     full-batch steps before them (~150 ms).
-* Configurations, each a fresh vLLM engine: ``none`` (no speculation), ``k1``..``kK`` (static EAGLE-3
+* Configurations: ``none`` (no speculation), ``k1``..``kK`` (static EAGLE-3
   chains), ``vllm-table`` (vLLM's ``num_speculative_tokens_per_batch_size``, set as vLLM's docs set
   it for EAGLE-3), and ``specforge`` (the adaptive plugin with a policy from
   :func:`calibrate_vllm`).
-* Noise: every round runs every configuration once, in a shuffled order; inside an engine each
-  batch size is measured ``repeats`` times in alternating order. A cell's figure is the median over
-  rounds and repeats. :func:`serve_summary` checks the bar in ``BAR``.
+* Design ``paired`` (default): no speculation runs in its own engine (a speculative engine always
+  carries its draft); every other configuration is an *arm* of one engine with the plugin on, whose
+  lookup is pinned to the arm's k (``k1``..``kK``), to vLLM's table expanded by vLLM's own function
+  (``vllm-table``), or left to the policy (``specforge``) before each measurement; at every (repeat,
+  batch size) all arms run back to back in a shuffled order. Engine-to-engine noise (±25 % between
+  rounds here) then cancels out of the ratios the bar is about. The arms' engine is configured as
+  a user configures vLLM's table (``num_speculative_tokens`` = K plus a batch-size schedule), so a
+  static arm is vLLM's table with one k, not an engine started with ``num_speculative_tokens=k``.
+  Design ``engines``: a fresh engine per configuration, as before.
+* Noise: every round runs every engine once, in a shuffled order; inside an engine each batch size
+  is measured ``repeats`` times in alternating order. A cell's figure is the median over rounds and
+  repeats. :func:`serve_summary` checks the bar in ``BAR``.
 * Every engine also times its own steady decode steps (the plugin's step recorder, switched on by
   ``SPECFORGE_STEP_LOG`` without a policy for the other configurations): the summary's
   ``decode_steps`` gives decode goodput per (configuration, batch size), ``B x emitted / step``,
@@ -58,7 +70,13 @@ MIN_REQUESTS = 8
 SWEEP_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 # vLLM's documented EAGLE-3 schedule (docs/features/speculative_decoding/dynamic_speculative_decoding.md).
 VLLM_DOCS_TABLE = [[1, 16, 5], [17, 32, 4], [33, 64, 3], [65, 128, 1], [129, 512, 0]]
-WORKLOADS = {"closed": 4, "burst": 0}  # workload -> requests per client (0: B at once, then drain)
+WORKLOADS = {"closed": 4, "burst": 0}
+# paired: every speculative configuration in one engine, switched between measurements (see offline.py);
+# engines: a fresh engine per configuration.
+DESIGNS = ("paired", "engines")
+# fixed: every request decodes max_tokens tokens (ignore_eos); natural: each request ends where the
+# target ends its answer, at most max_tokens (prompts whose regenerated answer has >= max_tokens / 4).
+LENGTHS = ("fixed", "natural")  # workload -> requests per client (0: B at once, then drain)
 # Closed-loop calibration: k changes every EXPLORE_HOLD steps; the first EXPLORE_SKIP after a change
 # are not timed (the first steps at a new k run slower).
 EXPLORE_HOLD, EXPLORE_SKIP = 10, 3
@@ -122,6 +140,55 @@ def _base(
             "closed_loop": per_slot,
         },
     }
+
+
+def _engine_configs(
+    draft: Path, ks: list[int], sizes: list[int], policy: Path, design: str
+) -> dict[str, tuple[dict, dict]]:
+    """Per engine: the request's speculative settings and the environment. ``engines``: one engine per
+    configuration. ``paired``: no speculation in its own engine (a speculative engine always carries
+    its draft), every other configuration as an arm of one engine with the plugin on."""
+    spec = {"draft": str(draft)}
+    plugin = (
+        {
+            **spec,
+            "num_speculative_tokens": max(ks),
+            "num_speculative_tokens_per_batch_size": [[1, max(sizes), max(ks)]],
+        },
+        {**SWEEP_ENV, ENV: str(policy)},
+    )
+    configs: dict[str, tuple[dict, dict]] = {"none": ({}, SWEEP_ENV)}
+    if design == "paired":
+        arms: dict = {f"k{k}": k for k in ks}
+        arms.update({"vllm-table": VLLM_DOCS_TABLE, "specforge": None})
+        configs["paired"] = ({**plugin[0], "sweep": {"arms": arms}}, plugin[1])
+        return configs
+    for k in ks:
+        configs[f"k{k}"] = ({**spec, "num_speculative_tokens": k}, SWEEP_ENV)
+    configs["vllm-table"] = (
+        {**spec, "num_speculative_tokens": max(ks), "num_speculative_tokens_per_batch_size": VLLM_DOCS_TABLE},
+        SWEEP_ENV,
+    )
+    configs["specforge"] = plugin
+    return configs
+
+
+def _arm_decode_cells(rows: list[dict]) -> dict[str, list[dict]]:
+    """A paired engine's per-measurement decode steps, as step-log cells per arm (one per batch size)."""
+    acc: dict[tuple[str, int], list[float]] = {}
+    for r in rows:
+        d = r.get("decode") or {}
+        cell = acc.setdefault((r["config"], r["batch_size"]), [0, 0.0, 0.0])
+        cell[0] += d.get("steps", 0)
+        cell[1] += d.get("seconds", 0.0)
+        cell[2] += d.get("tokens", 0.0)
+    out: dict[str, list[dict]] = {}
+    for (arm, b), (n, sec, tok) in acc.items():
+        if n:
+            out.setdefault(arm, []).append(
+                {"batch_size": b, "k": -1, "steps": n, "seconds": sec / n, "emitted": tok / (n * b)}
+            )
+    return out
 
 
 def _check_workload(workload: str) -> None:
@@ -236,14 +303,21 @@ def bench_serve_vllm(
     policy: Path | None = None,
     workload: str = "closed",
     calibration: str = "burst",
+    design: str = "paired",
+    lengths: str = "fixed",
     log: Callable[[str], None] = print,
 ) -> dict:
     _check_workload(workload)
+    if design not in DESIGNS:
+        raise SpecforgeError(f"unknown design {design!r}: choose one of {', '.join(DESIGNS)}")
     sizes = batch_sizes or BATCH_SIZES
     ks = static_ks or [1, 2, 3, 4, 5]
     k_max = max(ks)
     workdir.mkdir(parents=True, exist_ok=True)
-    prompts = long_answer_prompts(target, regen_data, max_tokens)
+    if lengths not in LENGTHS:
+        raise SpecforgeError(f"unknown lengths {lengths!r}: choose one of {', '.join(LENGTHS)}")
+    natural = lengths == "natural"
+    prompts = long_answer_prompts(target, regen_data, max_tokens // 4 if natural else max_tokens)
     alpha = draft_alpha(run_dir, k_max)
     policy_given = policy
     if policy is None:
@@ -260,22 +334,8 @@ def bench_serve_vllm(
             workload=calibration,
         )
     base = _base(target, prompts, max_tokens, sizes, repeats, per_slot=WORKLOADS[workload])
-    spec = {"draft": str(draft)}
-    configs: dict[str, tuple[dict, dict]] = {"none": ({}, SWEEP_ENV)}
-    for k in ks:
-        configs[f"k{k}"] = ({**spec, "num_speculative_tokens": k}, SWEEP_ENV)
-    configs["vllm-table"] = (
-        {**spec, "num_speculative_tokens": k_max, "num_speculative_tokens_per_batch_size": VLLM_DOCS_TABLE},
-        SWEEP_ENV,
-    )
-    configs["specforge"] = (
-        {
-            **spec,
-            "num_speculative_tokens": k_max,
-            "num_speculative_tokens_per_batch_size": [[1, max(sizes), k_max]],
-        },
-        {**SWEEP_ENV, ENV: str(policy)},
-    )
+    base["ignore_eos"] = not natural
+    configs = _engine_configs(draft, ks, sizes, policy, design)
     rows, choices = [], []
     step_logs: dict[str, list[list[dict]]] = {}  # config -> per round, the engine's timed steps
     rng = random.Random(seed)
@@ -287,14 +347,21 @@ def bench_serve_vllm(
             wd = workdir / f"round{rnd}" / name
             steps_log = wd / "steps.json"
             steps_log.unlink(missing_ok=True)
-            res = run_vllm({**base, **extra}, wd, env={**env, STEP_LOG_ENV: str(steps_log)})
+            req = {
+                **base,
+                **extra,
+                "sweep": {**base["sweep"], **extra.get("sweep", {}), "seed": rng.randrange(2**31)},
+            }
+            res = run_vllm(req, wd, env={**env, STEP_LOG_ENV: str(steps_log)})
             for r in res["sweep"]:
-                rows.append({"config": name, "round": rnd, **r})
-            if steps_log.is_file():
-                logged = json.loads(steps_log.read_text())
-                step_logs.setdefault(name, []).append(logged["steps"])
-                if name == "specforge":
-                    choices.append(logged)
+                rows.append({"config": name, "round": rnd, **r})  # a paired arm's row names its own
+            if "arms" in extra.get("sweep", {}):
+                for arm, cells in _arm_decode_cells(res["sweep"]).items():
+                    step_logs.setdefault(arm, []).append(cells)
+            elif steps_log.is_file():
+                step_logs.setdefault(name, []).append(json.loads(steps_log.read_text())["steps"])
+            if steps_log.is_file() and name in ("specforge", "paired"):
+                choices.append(json.loads(steps_log.read_text()))
             med = statistics.median(r["tokens_per_s"] for r in res["sweep"])
             log(f"round {rnd + 1}/{rounds} {name:>10}: median {med:.0f} tok/s over batch sizes")
     result = {
@@ -303,6 +370,8 @@ def bench_serve_vllm(
         "draft": str(draft),
         "max_tokens": max_tokens,
         "workload": workload,
+        "design": design,
+        "lengths": lengths,
         "calibration": calibration if policy_given is None else "given",
         "prompts": len(prompts),
         "batch_sizes": sizes,

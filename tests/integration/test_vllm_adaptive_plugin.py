@@ -139,9 +139,33 @@ def test_bench_serve_sweep_with_calibrated_plugin(micro_target_dir, served):
             bool(r["spec"].get("drafts")) == (r["config"] in ("k2", "vllm-table"))
             or r["config"] == "specforge"
         )
+        if r["config"] in ("k2", "vllm-table"):  # pinned arms of the paired engine ran their k (2 = cap)
+            assert r["spec"]["draft_tokens"] == 2 * r["spec"]["drafts"]
     # the plugin timed its own steps and chose a k for both batch sizes
     plugin = res["plugin_steps"][0]
     assert plugin["steps"] and set(plugin["choices"]) >= {"1", "4"} and not plugin["fell_back"]
     summary = res["summary"]
-    assert all(row["lossless"] for row in summary["per_batch_size"])
+    assert res["design"] == "paired" and all(row["lossless"] for row in summary["per_batch_size"])
     assert set(summary["bar"]["met"]) == {"vs_best_static", "vs_table", "vs_none"}
+    # each arm's own decode steps, read back per measurement from the shared engine
+    decode = summary["decode_steps"]["per_batch_size"][0]["tokens_per_s"]
+    assert set(decode) == {"none", "k2", "vllm-table", "specforge"} and min(decode.values()) > 0
+
+    # the same sweep with an engine per configuration, on the policy just calibrated
+    res = bench_serve_vllm(
+        micro_target_dir,
+        draft,
+        tmp / "run",
+        tmp / "data" / "heldout.jsonl",
+        tmp / "serve-engines",
+        batch_sizes=[4],
+        static_ks=[2],
+        max_tokens=12,
+        rounds=1,
+        repeats=1,
+        policy=tmp / "serve" / "calibrate" / "policy.json",
+        design="engines",
+        log=lambda _m: None,
+    )
+    assert {r["config"] for r in res["rows"]} == {"none", "k2", "vllm-table", "specforge"}
+    assert res["design"] == "engines" and res["summary"]["per_batch_size"][0]["lossless"]

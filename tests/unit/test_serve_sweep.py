@@ -72,6 +72,23 @@ def test_decode_summary_from_step_timings():
     assert "| 4 |" in decode_table(d)
 
 
+def test_paired_rows_give_each_arm_its_own_decode_goodput():
+    """A paired engine serves every arm; each measurement reads back its own decode steps, and the
+    decode summary pools them per (arm, batch size) exactly like an engine's step log."""
+    from specforge.bench.serve_vllm import _arm_decode_cells
+
+    def row(arm, b, steps, sec, tokens):
+        return {"config": arm, "batch_size": b, "decode": {"steps": steps, "seconds": sec, "tokens": tokens}}
+
+    rows = [row("k2", 4, 30, 0.45, 240.0), row("k2", 4, 20, 0.35, 150.0), row("specforge", 4, 40, 0.6, 380.0)]
+    rows.append(row("k2", 8, 0, 0.0, 0.0))  # no steady step at batch 8: no cell
+    cells = _arm_decode_cells(rows)
+    assert set(cells) == {"k2", "specforge"} and [c["batch_size"] for c in cells["k2"]] == [4]
+    d = decode_summary({arm: [c] for arm, c in cells.items()}, [4], adaptive="specforge", table=None)
+    good = d["per_batch_size"][0]["tokens_per_s"]
+    assert good["k2"] == pytest.approx(390 / 0.8) and good["specforge"] == pytest.approx(380 / 0.6)
+
+
 def test_step_table_fits_a_line_per_k_through_noisy_cells():
     from specforge.bench.serve_vllm import step_table
 

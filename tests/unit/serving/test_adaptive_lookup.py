@@ -37,6 +37,27 @@ def test_lookup_caches_choices_between_refreshes(tmp_path):
     assert k < 3
 
 
+def test_pinned_lookup_serves_the_arm_and_the_policy_learns_nothing(tmp_path):
+    """A paired benchmark pins the plugin's lookup to each configuration in turn: a fixed k or vLLM's
+    dense table, capped at k_max; the policy sees none of those steps and resumes where it was."""
+    lookup = AdaptiveLookup(_policy(tmp_path), k_max=3, refresh_steps=1)
+    assert lookup[1] == 3 and lookup[8] == 0
+    alpha = list(lookup.policy.acceptance.alpha)
+    lookup.pin(2)
+    assert [lookup[b] for b in (1, 8, 64)] == [2, 2, 2]
+    lookup.pin(5)
+    assert lookup[1] == 3  # capped at the engine's num_speculative_tokens
+    lookup.pin([0, 3, 3, 1])  # index = batch size; beyond the list, its last entry
+    assert [lookup[b] for b in (1, 2, 3, 9)] == [3, 3, 1, 1]
+    for _ in range(300):  # would teach the policy that k = 3 never gets a token accepted
+        lookup.observe(16, 3, 1.0, None, [0] * 16)
+    lookup.observe_requests({"r": 3}, {"r": 0}, [])
+    assert lookup.policy.acceptance.alpha == alpha and not lookup.live.hits
+    lookup.pin(None)
+    assert lookup.last_k == 0  # the policy's own last choice (batch 8), not the arm's k
+    assert lookup[1] == 3 and lookup[8] == 0
+
+
 def test_explore_mode_cycles_k_and_ignores_batch_size():
     lookup = AdaptiveLookup(None, k_max=4, explore=[0, 2, 5], hold=2, skip_steps=1)
     seen = [(lookup[b], lookup.recording) for b in [1, 64, 3, 3, 2, 9, 1, 1]]
