@@ -232,8 +232,8 @@ def _decode_since(sched, before: dict[tuple[int, int], int], b: int) -> dict:
 
 def _sweep(llm, params, prompts: list[dict], sweep: dict) -> list[dict]:
     sizes = [int(b) for b in sweep["batch_sizes"]]
-    arms = sweep.get("arms") or {None: None}
-    sched, pins = _arm_lookups(llm, arms) if sweep.get("arms") else (None, {None: None})
+    arms = sweep.get("arms")  # paired sweep: arm name -> what to pin the plugin to
+    sched, pins = _arm_lookups(llm, arms) if arms else (None, {None: None})
     rng = random.Random(int(sweep.get("seed", 0)))
     min_requests = int(sweep.get("min_requests", 1))
     per_slot = int(sweep.get("closed_loop", 0))
@@ -256,13 +256,13 @@ def _sweep(llm, params, prompts: list[dict], sweep: dict) -> list[dict]:
     # Warm-up: one full unrecorded pass. The first time a kernel meets a shape (token count,
     # sequence length) costs extra on CPU; a shorter warm-up left the first repeat up to 1.6x slower.
     for b in sizes if sweep.get("warmup", True) else []:
-        for arm in arms:  # every arm meets every shape before anything is recorded
+        for arm in pins:  # every arm meets every shape before anything is recorded
             pin(arm)
             measure(b)
     rows = []
     for rep in range(int(sweep.get("repeats", 1))):
         for b in sizes if rep % 2 == 0 else sizes[::-1]:
-            order = list(arms)
+            order = list(pins)
             rng.shuffle(order)
             for arm in order:
                 pin(arm)

@@ -70,13 +70,13 @@ MIN_REQUESTS = 8
 SWEEP_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 # vLLM's documented EAGLE-3 schedule (docs/features/speculative_decoding/dynamic_speculative_decoding.md).
 VLLM_DOCS_TABLE = [[1, 16, 5], [17, 32, 4], [33, 64, 3], [65, 128, 1], [129, 512, 0]]
-WORKLOADS = {"closed": 4, "burst": 0}
+WORKLOADS = {"closed": 4, "burst": 0}  # workload -> requests per client (0: B at once, then drain)
 # paired: every speculative configuration in one engine, switched between measurements (see offline.py);
 # engines: a fresh engine per configuration.
 DESIGNS = ("paired", "engines")
 # fixed: every request decodes max_tokens tokens (ignore_eos); natural: each request ends where the
 # target ends its answer, at most max_tokens (prompts whose regenerated answer has >= max_tokens / 4).
-LENGTHS = ("fixed", "natural")  # workload -> requests per client (0: B at once, then drain)
+LENGTHS = ("fixed", "natural")
 # Closed-loop calibration: k changes every EXPLORE_HOLD steps; the first EXPLORE_SKIP after a change
 # are not timed (the first steps at a new k run slower).
 EXPLORE_HOLD, EXPLORE_SKIP = 10, 3
@@ -186,14 +186,15 @@ def _arm_decode_cells(rows: list[dict]) -> dict[str, list[dict]]:
     for (arm, b), (n, sec, tok) in acc.items():
         if n:
             out.setdefault(arm, []).append(
+                # k = -1: an arm's steps may mix k (the plugin's, vLLM's table); the summary ignores k
                 {"batch_size": b, "k": -1, "steps": n, "seconds": sec / n, "emitted": tok / (n * b)}
             )
     return out
 
 
-def _check_workload(workload: str) -> None:
-    if workload not in WORKLOADS:
-        raise SpecforgeError(f"unknown workload {workload!r}: choose one of {', '.join(WORKLOADS)}")
+def _check_choice(what: str, value: str, choices) -> None:
+    if value not in choices:
+        raise SpecforgeError(f"unknown {what} {value!r}: choose one of {', '.join(choices)}")
 
 
 def calibrate_vllm(
@@ -215,7 +216,7 @@ def calibrate_vllm(
     while k cycles every ``EXPLORE_HOLD`` steps (the first ``EXPLORE_SKIP`` of each hold untimed),
     so every k is timed over the same stretch of time and request mix, steps that start new
     requests included."""
-    _check_workload(workload)
+    _check_choice("workload", workload, WORKLOADS)
     sizes = batch_sizes or BATCH_SIZES
     workdir.mkdir(parents=True, exist_ok=True)
     ks = list(range(k_max + 1))
@@ -307,15 +308,13 @@ def bench_serve_vllm(
     lengths: str = "fixed",
     log: Callable[[str], None] = print,
 ) -> dict:
-    _check_workload(workload)
-    if design not in DESIGNS:
-        raise SpecforgeError(f"unknown design {design!r}: choose one of {', '.join(DESIGNS)}")
+    _check_choice("workload", workload, WORKLOADS)
+    _check_choice("design", design, DESIGNS)
+    _check_choice("lengths", lengths, LENGTHS)
     sizes = batch_sizes or BATCH_SIZES
     ks = static_ks or [1, 2, 3, 4, 5]
     k_max = max(ks)
     workdir.mkdir(parents=True, exist_ok=True)
-    if lengths not in LENGTHS:
-        raise SpecforgeError(f"unknown lengths {lengths!r}: choose one of {', '.join(LENGTHS)}")
     natural = lengths == "natural"
     prompts = long_answer_prompts(target, regen_data, max_tokens // 4 if natural else max_tokens)
     alpha = draft_alpha(run_dir, k_max)
@@ -355,13 +354,14 @@ def bench_serve_vllm(
             res = run_vllm(req, wd, env={**env, STEP_LOG_ENV: str(steps_log)})
             for r in res["sweep"]:
                 rows.append({"config": name, "round": rnd, **r})  # a paired arm's row names its own
-            if "arms" in extra.get("sweep", {}):
+            logged = json.loads(steps_log.read_text()) if steps_log.is_file() else None
+            if "arms" in extra.get("sweep", {}):  # one engine, many arms: each row's own steps
                 for arm, cells in _arm_decode_cells(res["sweep"]).items():
                     step_logs.setdefault(arm, []).append(cells)
-            elif steps_log.is_file():
-                step_logs.setdefault(name, []).append(json.loads(steps_log.read_text())["steps"])
-            if steps_log.is_file() and name in ("specforge", "paired"):
-                choices.append(json.loads(steps_log.read_text()))
+            elif logged is not None:
+                step_logs.setdefault(name, []).append(logged["steps"])
+            if logged is not None and ENV in env:  # the engine the plugin served
+                choices.append(logged)
             med = statistics.median(r["tokens_per_s"] for r in res["sweep"])
             log(f"round {rnd + 1}/{rounds} {name:>10}: median {med:.0f} tok/s over batch sizes")
     result = {
