@@ -430,6 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="(--vllm) burst: whole batches of B at one k, steady decode steps only; closed: B requests "
         "kept in flight, k cycled every 10 steps, steps with prefills timed too",
     )
+    ca.add_argument(
+        "--lengths",
+        choices=["fixed", "natural"],
+        default="fixed",
+        help="(--vllm) fixed: every request decodes --max-tokens tokens; natural: each ends with its "
+        "answer (at most --max-tokens), as your server's requests will",
+    )
     ca.set_defaults(func=cmd_calibrate)
 
     dmo = sub.add_parser("demo", help="the main job on the embedded tiny target, end to end")

@@ -163,7 +163,8 @@ def cmd_calibrate_vllm(args: argparse.Namespace) -> None:
     if data is None:
         raise SpecforgeError("--data is required with --vllm: held-out conversations to time vLLM on")
     k_max = args.k_max
-    prompts = long_answer_prompts(target, data, 16)
+    natural = args.lengths == "natural"
+    prompts = long_answer_prompts(target, data, args.max_tokens // 4 if natural else 16)
     out = Path(args.out) if args.out else Path("outputs/calibrate-vllm")
     policy, table = calibrate_vllm(
         target,
@@ -175,5 +176,6 @@ def cmd_calibrate_vllm(args: argparse.Namespace) -> None:
         _ints(args.batch_sizes),
         max_tokens=args.max_tokens,
         workload=args.workload,
+        lengths=args.lengths,
     )
     print(json.dumps({"policy": str(policy), "step_seconds": table.to_json()}, indent=1))

@@ -208,6 +208,7 @@ def calibrate_vllm(
     max_tokens: int = 96,
     repeats: int = 2,
     workload: str = "burst",
+    lengths: str = "fixed",
 ) -> tuple[Path, StepTable]:
     """Measure vLLM's step time per (batch size, k <= k_max) and write ``workdir/policy.json``.
 
@@ -215,8 +216,11 @@ def calibrate_vllm(
     untimed (steady decode steps only). ``closed``: ``B`` requests kept in flight (8 per client)
     while k cycles every ``EXPLORE_HOLD`` steps (the first ``EXPLORE_SKIP`` of each hold untimed),
     so every k is timed over the same stretch of time and request mix, steps that start new
-    requests included."""
+    requests included. ``lengths`` as in the sweep: calibrate with the lengths the server will see
+    (natural: contexts grow and batches shrink as answers end, and every batch size passed on the way
+    is timed)."""
     _check_choice("workload", workload, WORKLOADS)
+    _check_choice("lengths", lengths, LENGTHS)
     sizes = batch_sizes or BATCH_SIZES
     workdir.mkdir(parents=True, exist_ok=True)
     ks = list(range(k_max + 1))
@@ -240,6 +244,7 @@ def calibrate_vllm(
         req = {**_base(target, prompts, max_tokens, sizes, repeats=1), **spec}
         order = [b for b in sizes for _ in ks for _ in range(1 + repeats)]
         req["sweep"] = {**req["sweep"], "batch_sizes": order, "warmup": False}
+    req["ignore_eos"] = lengths != "natural"
     run_vllm(req, workdir / "explore", env={**SWEEP_ENV, ENV: str(explore), STEP_LOG_ENV: str(log)})
     cells = json.loads(log.read_text())["steps"]
     table = step_table(cells, ks)
@@ -248,7 +253,13 @@ def calibrate_vllm(
         table,
         alpha=alpha,
         ks=[k for k in ks if k > 0],
-        meta={"target": str(target), "draft": str(draft), "max_tokens": max_tokens, "workload": workload},
+        meta={
+            "target": str(target),
+            "draft": str(draft),
+            "max_tokens": max_tokens,
+            "workload": workload,
+            "lengths": lengths,
+        },
     )
     return policy, table
 
@@ -331,6 +342,7 @@ def bench_serve_vllm(
             sizes,
             max_tokens=max_tokens,
             workload=calibration,
+            lengths=lengths,
         )
     base = _base(target, prompts, max_tokens, sizes, repeats, per_slot=WORKLOADS[workload])
     base["ignore_eos"] = not natural
