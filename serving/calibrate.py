@@ -124,7 +124,7 @@ def calibrate_engine_steps(
                 prompts[:b],
                 max_new_tokens,
                 shape,
-                on_step=lambda _s, batch, _e, sec, b=b, steps=steps: (
+                on_step=lambda _s, batch, _e, sec, _accepted, b=b, steps=steps: (
                     steps.append(sec) if batch == b else None
                 ),
             )

@@ -149,11 +149,12 @@ class SpeculativeEngine:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int = 0,
-        on_step: Callable[[TreeShape, int, float, float], None] | None = None,
+        on_step: Callable[[TreeShape, int, float, float, list[int]], None] | None = None,
     ) -> GenerationOutput:
         """``shape`` is fixed or a function of the live batch size (e.g. ``SpeculationPolicy.choose``);
-        ``on_step(shape, batch_size, mean tokens emitted per sequence, step seconds)`` is called after
-        every step."""
+        ``on_step(shape, batch_size, mean tokens emitted per sequence, step seconds, each sequence's
+        accepted draft tokens)`` is called after every step (``SpeculationPolicy.observe`` takes
+        exactly these)."""
         if any(len(p) < 2 for p in prompts):
             raise ValueError("every prompt needs at least 2 tokens")
         pick = shape if callable(shape) else (lambda _b, s=shape: s)
@@ -218,6 +219,7 @@ class SpeculativeEngine:
 
             keep_rows, gather, new_lens = [], [], []
             step_emitted = 0
+            accepted: list[int] = []  # [batch]: draft tokens each sequence accepted this step
             for b, t in enumerate(trees):
                 rows = logits[b, : 1 + t.size].cpu()
                 if temperature > 0:
@@ -226,6 +228,7 @@ class SpeculativeEngine:
                     verdict = verify_greedy(t, rows)
                 emitted = verdict.tokens
                 stats.record(t.size, verdict.num_accepted, len(emitted))
+                accepted.append(verdict.num_accepted)
                 step_emitted += len(emitted)
                 out = outputs[active[b]]
                 budget = max_new_tokens - len(out)
@@ -255,7 +258,7 @@ class SpeculativeEngine:
             else:
                 active = []
             if on_step is not None:
-                on_step(sh, batch, step_emitted / batch, time.perf_counter() - t_step)
+                on_step(sh, batch, step_emitted / batch, time.perf_counter() - t_step, accepted)
         stats.seconds = time.perf_counter() - t0
         return GenerationOutput(tokens=outputs, stats=stats)
 

@@ -6,8 +6,9 @@ tokens and the batch size stays fixed). Configurations: ``none``, each fixed sha
 (chains and EAGLE-2 trees), and ``policy`` — :class:`serving.policy.SpeculationPolicy` choosing among
 all of those shapes at every step, priced by whole engine steps timed per shape and batch size
 before the sweep (:func:`serving.calibrate.calibrate_engine_steps`; forward-only profiles miss the
-engine's per-sequence Python work), corrected online by the engine's own step times, with
-acceptance seeded from the head's alpha_k.
+engine's per-sequence Python work), corrected online by one factor from the engine's own step
+times, with acceptance per chain position seeded from the head's alpha_k and learnt from every
+sequence's accepted count.
 Everything runs in one process, interleaved: each round visits the batch sizes (alternating
 order) and, at each, every configuration in a shuffled order. A round's policy is fresh (as after
 a server restart) and learns across the round's batch sizes.
@@ -68,7 +69,12 @@ def bench_serve_engine(
     torch.manual_seed(seed)
     engine.generate(prompts[:2], 4, fixed[-1])  # warm-up
     for rnd in range(rounds):
-        policy = SpeculationPolicy(OnlineStepCost(steps), AcceptanceTracker.from_alpha(alpha, fixed), fixed)
+        # As the vLLM plugin: acceptance per chain position from every sequence's accepted count (so
+        # running chain:2 teaches what chain:4 would accept at positions 1-2), and one online cost
+        # factor for all shapes (a factor per shape absorbed where each shape ran: rounds that visited
+        # batch 64 first ran mostly chain:1 at batch 1-2, where chain:4 was best).
+        tracker = AcceptanceTracker.from_alpha(alpha, fixed, per_position=True, reference_batch=16)
+        policy = SpeculationPolicy(OnlineStepCost(steps, min_count=10**9), tracker, fixed)
         for b in sizes if rnd % 2 == 0 else sizes[::-1]:
             order = list(configs)
             rng.shuffle(order)

@@ -174,3 +174,28 @@ def test_engine_consults_the_policy_every_step(target64, prompts):
     assert all(s.is_none for s, b in seen if b >= 3)
     assert any(not s.is_none for s, b in seen if b == 1)
     assert policy.acceptance.ema  # online statistics were recorded
+
+
+def test_engine_reports_each_sequences_accepted_drafts(target64, prompts):
+    """on_step's last argument is every sequence's accepted draft count: a per-position tracker
+    seeded far too low (0.2) learns the oracle drafter's ~0.8 at chain position 1."""
+    from serving.policy import AcceptanceTracker
+
+    refs = reference(target64, prompts[:3], 24)
+    full = [p + r for p, r in zip(prompts[:3], refs)]
+    shape = TreeShape.chain(3)
+    tracker = AcceptanceTracker.from_alpha([0.2] * 3, [shape], beta=0.2, per_position=True)
+    steps: list[tuple[int, list[int]]] = []
+
+    def on_step(sh, batch, emitted, seconds, accepted):
+        steps.append((batch, accepted))
+        tracker.observe(sh, emitted, accepted)
+
+    out = SpeculativeEngine(target64, OracleDrafter(full)).generate(prompts[:3], 24, shape, on_step=on_step)
+    assert out.tokens == refs
+    assert all(len(acc) == batch and all(0 <= a <= 3 for a in acc) for batch, acc in steps)
+    # Every sequence-step emits its accepted drafts plus one token, except past the token budget on
+    # a sequence's last step (at most 3 drafts cut there).
+    verified = sum(sum(acc) + batch for batch, acc in steps)
+    assert 0 <= verified - sum(map(len, out.tokens)) <= 3 * len(refs)
+    assert tracker.alpha[0] > 0.5
