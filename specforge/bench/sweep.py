@@ -230,15 +230,17 @@ def decode_summary(
 
 
 def summary_table(summary: dict) -> str:
-    """A markdown table: throughput (tokens/s) per configuration and batch size, and the ratios."""
+    """A markdown table: throughput (tokens/s) per configuration and batch size, and the ratios (the
+    column against a batch-size table only where the sweep has one)."""
     configs = summary["configs"]
+    with_table = any("vs_table" in r for r in summary["per_batch_size"])
     head = [
         "batch",
         *configs,
         "best static",
         "adaptive / best (90 % interval)",
         "held out (90 %)",
-        "adaptive / table",
+        *(["adaptive / table"] if with_table else []),
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["per_batch_size"]:
@@ -249,8 +251,9 @@ def summary_table(summary: dict) -> str:
             r["best_static"],
             f"{r.get('vs_best_static', float('nan')):.2f}" + (f" ({iv[0]:.2f}-{iv[1]:.2f})" if iv else ""),
             f"{held['ratio']:.2f} ({held['interval'][0]:.2f}-{held['interval'][1]:.2f})" if held else "-",
-            f"{r.get('vs_table', float('nan')):.2f}",
         ]
+        if with_table:
+            cells.append(f"{r['vs_table']:.2f}" if "vs_table" in r else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
