@@ -2,7 +2,9 @@
 
 Contract: the workload is :func:`specforge.bench.serve_vllm.long_answer_prompts` (answers of at least
 ``max_tokens`` tokens; the engine runs without an EOS token so every row decodes ``max_tokens``
-tokens and the batch size stays fixed). Configurations: ``none``, each fixed shape in ``shapes``
+tokens and the batch size stays fixed). A measurement at batch ``B`` runs ``max(1, 8 // B)`` batches
+of distinct prompts back to back (as the vLLM sweep's ``MIN_REQUESTS``), so that batch 1 is not one
+prompt's acceptance. Configurations: ``none``, each fixed shape in ``shapes``
 (chains and EAGLE-2 trees), and ``policy`` — :class:`serving.policy.SpeculationPolicy` choosing among
 all of those shapes at every step, priced by whole engine steps timed per shape and batch size
 before the sweep (:func:`serving.calibrate.calibrate_engine_steps`; forward-only profiles miss the
@@ -27,11 +29,11 @@ import torch
 
 from serving.calibrate import calibrate_engine_steps
 from serving.drafters.eagle3 import Eagle3Drafter
-from serving.engine import SpeculativeEngine
+from serving.engine import GenerationStats, SpeculativeEngine
 from serving.policy import AcceptanceTracker, OnlineStepCost, SpeculationPolicy
 from serving.shape import NO_SPECULATION, TreeShape
 from specforge.bench.acceptance import parse_shape, shape_name
-from specforge.bench.serve_vllm import BATCH_SIZES, draft_alpha, long_answer_prompts
+from specforge.bench.serve_vllm import BATCH_SIZES, MIN_REQUESTS, draft_alpha, long_answer_prompts
 from specforge.bench.sweep import serve_summary
 from specforge.export import load_draft
 from specforge.targets import load_target
@@ -56,7 +58,7 @@ def bench_serve_engine(
     target = load_target(target_dir)
     draft = load_draft(run_dir, target.model.get_input_embeddings().weight.detach())
     prompts = long_answer_prompts(target_dir, regen_data, max_tokens)
-    prompts = [prompts[i % len(prompts)] for i in range(max(sizes))]
+    prompts = [prompts[i % len(prompts)] for i in range(max(*sizes, MIN_REQUESTS))]
     alpha = draft_alpha(run_dir, max(s.depth for s in fixed))
     engine = SpeculativeEngine(target.model, Eagle3Drafter(draft), eos_token_id=None)
     log(f"timing the engine's steps for {len(fixed) + 1} shapes at batch sizes {sizes}")
@@ -86,14 +88,17 @@ def bench_serve_engine(
                     picks[shape_name(s)] = picks.get(shape_name(s), 0) + 1
                     return s
 
+                shape = choose if name == "policy" else by_name[name]
+                on_step = policy.observe if name == "policy" else None
+                tokens_out: list[list[int]] = []
+                st = GenerationStats()
                 t0 = time.perf_counter()
-                if name == "policy":
-                    out = engine.generate(prompts[:b], max_tokens, choose, on_step=policy.observe)
-                else:
-                    out = engine.generate(prompts[:b], max_tokens, by_name[name])
+                for g in range(max(1, MIN_REQUESTS // b)):  # distinct prompts per group
+                    out = engine.generate(prompts[g * b : (g + 1) * b], max_tokens, shape, on_step=on_step)
+                    tokens_out += out.tokens
+                    st.merge(out.stats)
                 elapsed = time.perf_counter() - t0
-                tokens = sum(map(len, out.tokens))
-                st = out.stats
+                tokens = sum(map(len, tokens_out))
                 rows.append(
                     {
                         "config": name,
@@ -102,12 +107,14 @@ def bench_serve_engine(
                         "seconds": elapsed,
                         "output_tokens": tokens,
                         "tokens_per_s": tokens / elapsed,
-                        "latency_mean": elapsed,  # the whole batch finishes together
+                        # a batch finishes together: its latency is its share of the measurement
+                        "latency_mean": elapsed * b / len(tokens_out),
                         "tau": st.tau,
-                        "outputs_sha": hashlib.sha256(json.dumps(out.tokens).encode()).hexdigest()[:16],
+                        "outputs_sha": hashlib.sha256(json.dumps(tokens_out).encode()).hexdigest()[:16],
+                        # per sequence-step (tau = 1 + accepted / drafts, as vLLM counts)
                         "spec": {
-                            "drafts": st.target_forwards * b,
-                            "accepted_tokens": tokens - st.target_forwards * b,
+                            "drafts": st.sequence_steps,
+                            "accepted_tokens": st.emitted - st.sequence_steps,
                         },
                     }
                 )

@@ -28,7 +28,8 @@ def test_engine_sweep_runs_every_shape_losslessly(micro_target_dir, micro_target
     )
     configs = {(r["config"], r["batch_size"]) for r in res["rows"]}
     assert configs == {(c, b) for c in ["none", "chain:2", "tree:2:2:4", "policy"] for b in [1, 3]}
-    assert all(r["output_tokens"] == 6 * r["batch_size"] for r in res["rows"])
+    # batch 1: 8 prompts one after another (MIN_REQUESTS), batch 3: two batches of distinct prompts
+    assert all(r["output_tokens"] == 6 * r["batch_size"] * (8 // r["batch_size"]) for r in res["rows"])
     assert all(row["lossless"] for row in res["summary"]["per_batch_size"])
     # the policy chose a shape at every step, from the candidates
     for c in res["policy_choices"]:
