@@ -213,6 +213,7 @@ def _arm_lookups(llm, arms: dict) -> tuple[object, dict]:
 
 
 def _recorded(sched) -> dict[tuple[int, int], int]:
+    """Steps timed so far per recorder cell (empty without a scheduler or recorder)."""
     recorder = getattr(sched, "_specforge_recorder", None)
     return {key: len(sec) for key, (sec, _) in recorder.cells.items()} if recorder is not None else {}
 
@@ -274,7 +275,7 @@ def _sweep(llm, params, prompts: list[dict], sweep: dict) -> list[dict]:
 
 def _measured(llm, measure, b: int, rep: int, arm: str | None, sched) -> dict:
     """One measurement at batch size ``b``: throughput, latency, counters, output digest."""
-    before, recorded = _spec_counters(llm), _recorded(sched) if sched is not None else {}
+    before, recorded = _spec_counters(llm), _recorded(sched)
     t0 = time.perf_counter()
     result, held_s, held_tokens = measure(b)
     elapsed = time.perf_counter() - t0

@@ -149,7 +149,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate_vllm(args: argparse.Namespace) -> None:
-    from specforge.bench.serve_vllm import calibrate_vllm, draft_alpha, long_answer_prompts
+    from specforge.bench.serve_vllm import calibrate_vllm, draft_alpha, long_answer_prompts, min_answer_tokens
     from specforge.cli import _target_path
 
     target = _target_path(args.target)
@@ -163,8 +163,7 @@ def cmd_calibrate_vllm(args: argparse.Namespace) -> None:
     if data is None:
         raise SpecforgeError("--data is required with --vllm: held-out conversations to time vLLM on")
     k_max = args.k_max
-    natural = args.lengths == "natural"
-    prompts = long_answer_prompts(target, data, args.max_tokens // 4 if natural else 16)
+    prompts = long_answer_prompts(target, data, min_answer_tokens(args.max_tokens, args.lengths, 16))
     out = Path(args.out) if args.out else Path("outputs/calibrate-vllm")
     policy, table = calibrate_vllm(
         target,

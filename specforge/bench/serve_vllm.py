@@ -83,6 +83,12 @@ EXPLORE_HOLD, EXPLORE_SKIP = 10, 3
 CALIBRATE_PER_SLOT = 8  # requests per client while calibrating: ~40 timed steps per k at batch 64
 
 
+def min_answer_tokens(max_tokens: int, lengths: str, fixed: int) -> int:
+    """The shortest regenerated answer a prompt needs: ``fixed`` tokens with fixed lengths; with
+    natural lengths a quarter of ``max_tokens``, so requests end at different steps."""
+    return max_tokens // 4 if lengths == "natural" else fixed
+
+
 def long_answer_prompts(target_dir: Path, regen_data: Path, min_answer_tokens: int) -> list[list[int]]:
     """Token prompts (first user turn, chat template) whose first assistant answer in ``regen_data``
     (the target's own regenerated answers) has at least ``min_answer_tokens`` tokens."""
@@ -326,8 +332,7 @@ def bench_serve_vllm(
     ks = static_ks or [1, 2, 3, 4, 5]
     k_max = max(ks)
     workdir.mkdir(parents=True, exist_ok=True)
-    natural = lengths == "natural"
-    prompts = long_answer_prompts(target, regen_data, max_tokens // 4 if natural else max_tokens)
+    prompts = long_answer_prompts(target, regen_data, min_answer_tokens(max_tokens, lengths, max_tokens))
     alpha = draft_alpha(run_dir, k_max)
     policy_given = policy
     if policy is None:
@@ -345,7 +350,7 @@ def bench_serve_vllm(
             lengths=lengths,
         )
     base = _base(target, prompts, max_tokens, sizes, repeats, per_slot=WORKLOADS[workload])
-    base["ignore_eos"] = not natural
+    base["ignore_eos"] = lengths != "natural"
     configs = _engine_configs(draft, ks, sizes, policy, design)
     rows, choices = [], []
     step_logs: dict[str, list[list[dict]]] = {}  # config -> per round, the engine's timed steps

@@ -36,6 +36,13 @@ BAR = {"vs_best_static": 0.97, "vs_table_geomean": 1.10, "vs_none": 0.97}
 BOOTSTRAP = 2000  # resamples per interval
 
 
+def _shared_keys(samples: dict[str, dict[tuple, float]], configs: list[str]) -> list[tuple] | None:
+    """The sample keys (round, repeat) every configuration has, sorted; None when fewer than 3 (too
+    few to resample)."""
+    keys = sorted(set.intersection(*(set(samples.get(c, {})) for c in configs)))
+    return keys if len(keys) >= 3 else None
+
+
 def bootstrap_ratio(
     samples: dict[str, dict[tuple, float]], adaptive: str, versus: list[str], seed: int = 0
 ) -> tuple[float, float] | None:
@@ -43,8 +50,8 @@ def bootstrap_ratio(
     sample keys (round, repeat) are resampled with replacement, jointly for every configuration.
     ``samples[config][key]`` is one throughput sample. None when fewer than 3 keys are shared."""
     configs = [adaptive, *versus]
-    keys = sorted(set.intersection(*(set(samples.get(c, {})) for c in configs)))
-    if len(keys) < 3:
+    keys = _shared_keys(samples, configs)
+    if keys is None:
         return None
     rng = random.Random(seed)
     ratios = []
@@ -66,9 +73,8 @@ def held_out_ratio(
     ``adaptive[key] / best[key]`` (paired: both ran in the same round and repeat). Returns the
     geometric mean of those ratios, a 90 % bootstrap interval of it (keys resampled), and how often
     each configuration was the held-out choice; None with fewer than 3 shared keys."""
-    configs = [adaptive, *versus]
-    keys = sorted(set.intersection(*(set(samples.get(c, {})) for c in configs)))
-    if len(keys) < 3:
+    keys = _shared_keys(samples, [adaptive, *versus])
+    if keys is None:
         return None
     logs, picks = [], {}
     for key in keys:
@@ -148,12 +154,12 @@ def serve_summary(rows: list[dict], batch_sizes: list[int], adaptive: str, table
             row["vs_none"] = med[adaptive] / med["none"] if "none" in med else None
             if table and table in med:
                 row["vs_table"] = med[adaptive] / med[table]
-            keyed = _keyed(rows, b)
+            keyed, measured = _keyed(rows, b), [c for c in static if c in med]
             row["interval"] = {
-                "vs_best_static": bootstrap_ratio(keyed, adaptive, [c for c in static if c in med]),
+                "vs_best_static": bootstrap_ratio(keyed, adaptive, measured),
                 "vs_none": bootstrap_ratio(keyed, adaptive, ["none"]) if "none" in med else None,
             }
-            row["held_out"] = held_out_ratio(keyed, adaptive, [c for c in static if c in med])
+            row["held_out"] = held_out_ratio(keyed, adaptive, measured)
         per_batch.append(row)
     out: dict = {"configs": configs, "per_batch_size": per_batch}
     if all("vs_best_static" in r for r in per_batch):
