@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from specforge.bench.commands import add_serve_parser, cmd_calibrate_vllm
+from specforge.bench.commands import add_serve_parser, add_skip_flag, cmd_calibrate_vllm
 from specforge.errors import SpecforgeError
 
 
@@ -437,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="(--vllm) fixed: every request decodes --max-tokens tokens; natural: each ends with its "
         "answer (at most --max-tokens), as your server's requests will",
     )
+    add_skip_flag(ca)
     ca.set_defaults(func=cmd_calibrate)
 
     dmo = sub.add_parser("demo", help="the main job on the embedded tiny target, end to end")

@@ -48,7 +48,7 @@ from serving.policy import (
     StepTable,
 )
 from serving.shape import NO_SPECULATION, TreeShape
-from serving.vllm_plugin.draft_skip import StaleDrafts, patch_proposer
+from serving.vllm_plugin.draft_skip import StaleDrafts, patch_proposer, patch_runner
 from serving.vllm_plugin.recorder import StepRecorder
 
 ENV = "SPECFORGE_ADAPTIVE_SPEC"
@@ -69,10 +69,12 @@ def write_policy_file(
     ks: list[int],
     beta: float = 0.05,
     meta: dict | None = None,
+    skip_draft_at_k0: bool = False,
 ) -> Path:
     """Everything the plugin needs, in one JSON file: a step cost (profiled forwards, or whole
     measured vLLM steps from ``specforge calibrate --vllm``), the head's offline alpha_k, and the
-    chain lengths it may choose from."""
+    chain lengths it may choose from. ``skip_draft_at_k0``: a step at k = 0 runs neither the draft
+    nor the runner's speculative bookkeeping (:mod:`serving.vllm_plugin.draft_skip`)."""
     if isinstance(cost, StepTable):
         payload: dict = {"steps": cost.to_json()}
     else:
@@ -80,6 +82,8 @@ def write_policy_file(
             "cost": {"target": asdict(cost.target), "draft": asdict(cost.draft) if cost.draft else None}
         }
     payload.update({"alpha": list(alpha), "ks": list(ks), "beta": beta, "meta": meta or {}})
+    if skip_draft_at_k0:
+        payload["skip_draft_at_k0"] = True
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=1))
@@ -95,13 +99,15 @@ def write_explore_file(
     skip_drains: int = 0,
     skip_steps: int = 0,
     time_mixed: bool = False,
+    skip_draft_at_k0: bool = False,
 ) -> Path:
     """A policy file that makes the plugin cycle k through ``ks`` (step-time calibration): the next k
     every ``hold`` steps, of which the first ``skip_steps`` are not timed; or, with ``hold=0``, every
     ``drains_per_k`` times the engine drains (so that every batch the caller submits runs at one
     constant k), and then the first ``skip_drains`` batches at each k are not timed (the first steps
     after a change of k run slower). ``time_mixed``: also time steps that start new requests (a
-    loaded server's usual step: prefills ride along with the decodes)."""
+    loaded server's usual step: prefills ride along with the decodes). ``skip_draft_at_k0``: time
+    k = 0 as a policy file with that flag serves it."""
     p = Path(path)
     raw = {
         "mode": "explore",
@@ -112,6 +118,8 @@ def write_explore_file(
         "skip_steps": skip_steps,
         "time_mixed": time_mixed,
     }
+    if skip_draft_at_k0:
+        raw["skip_draft_at_k0"] = True
     p.write_text(json.dumps(raw))
     return p
 
@@ -386,6 +394,7 @@ def register() -> None:
 
     if os.environ.get(ENV) and _skip_draft_at_k0():
         patch_proposer()  # worker processes: k = 0 runs no draft forward
+        patch_runner()  # ... and takes the runner's plain path
     if getattr(Scheduler, "_specforge_patched", False):
         _PATCHED = True
         return

@@ -72,6 +72,56 @@ def patch_proposer() -> None:
     _PATCHED = True
 
 
+def patch_runner() -> None:
+    """Run a step whose k is 0 through the model runner's plain path (idempotent).
+
+    With no draft token scheduled anywhere in the batch, the runner's speculative work (spec-decode
+    metadata, the rejection sampler on zero drafts, the drafter's input preparation) is hidden: the
+    runner's ``speculative_config`` reads ``None`` from ``execute_model`` to the end of the matching
+    ``sample_tokens``. The target still returns its auxiliary hidden states (EAGLE-3); they are
+    unused on such a step."""
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    if getattr(GPUModelRunner, "_specforge_plain_k0", False):
+        return
+    execute, sample = GPUModelRunner.execute_model, GPUModelRunner.sample_tokens
+
+    def is_plain(self, scheduler_output) -> bool:
+        return (
+            self.speculative_config is not None
+            and int(getattr(scheduler_output, "num_spec_tokens_to_schedule", 1) or 0) == 0
+            and not scheduler_output.scheduled_spec_decode_tokens
+            and scheduler_output.total_num_scheduled_tokens > 0
+        )
+
+    def execute_model(self, scheduler_output, *args, **kwargs):
+        self._specforge_hidden = None
+        if not is_plain(self, scheduler_output):
+            return execute(self, scheduler_output, *args, **kwargs)
+        spec, self.speculative_config = self.speculative_config, None
+        try:
+            out = execute(self, scheduler_output, *args, **kwargs)
+        finally:
+            self.speculative_config = spec
+        if out is None:  # sample_tokens follows: keep the plain path for it
+            self._specforge_hidden = spec
+        return out
+
+    def sample_tokens(self, *args, **kwargs):
+        spec = getattr(self, "_specforge_hidden", None)
+        if spec is None:
+            return sample(self, *args, **kwargs)
+        self._specforge_hidden, self.speculative_config = None, None
+        try:
+            return sample(self, *args, **kwargs)
+        finally:
+            self.speculative_config = spec
+
+    GPUModelRunner.execute_model = execute_model
+    GPUModelRunner.sample_tokens = sample_tokens
+    GPUModelRunner._specforge_plain_k0 = True
+
+
 class StaleDrafts:
     """The scheduler's record of requests whose draft KV cache missed a step (see module doc)."""
 

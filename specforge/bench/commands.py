@@ -35,6 +35,17 @@ def _need_file(path: str, what: str, flag: str) -> Path:
     return p
 
 
+def add_skip_flag(parser) -> None:
+    """``--skip-draft-at-k0`` for calibrate --vllm and bench serve (one definition)."""
+    parser.add_argument(
+        "--skip-draft-at-k0",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="(--vllm) a step at k = 0 runs neither the draft nor vLLM's speculative bookkeeping, as in an "
+        "engine without a draft (its requests stop speculating; see the README)",
+    )
+
+
 def add_serve_parser(bench_sub) -> None:
     bs = bench_sub.add_parser(
         "serve",
@@ -81,6 +92,7 @@ def add_serve_parser(bench_sub) -> None:
         default="burst",
         help="how calibrate --vllm times steps before the sweep (see calibrate --workload)",
     )
+    add_skip_flag(bs)
     bs.set_defaults(func=cmd_bench_serve)
 
 
@@ -117,6 +129,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
             calibration=args.calibration,
             design=args.design,
             lengths=args.lengths,
+            skip_draft_at_k0=args.skip_draft_at_k0,
         )
         title = "vLLM: throughput vs no speculation"
     else:
@@ -176,5 +189,6 @@ def cmd_calibrate_vllm(args: argparse.Namespace) -> None:
         max_tokens=args.max_tokens,
         workload=args.workload,
         lengths=args.lengths,
+        skip_draft_at_k0=args.skip_draft_at_k0,
     )
     print(json.dumps({"policy": str(policy), "step_seconds": table.to_json()}, indent=1))

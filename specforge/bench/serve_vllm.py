@@ -215,6 +215,7 @@ def calibrate_vllm(
     repeats: int = 2,
     workload: str = "burst",
     lengths: str = "fixed",
+    skip_draft_at_k0: bool = True,
 ) -> tuple[Path, StepTable]:
     """Measure vLLM's step time per (batch size, k <= k_max) and write ``workdir/policy.json``.
 
@@ -224,7 +225,8 @@ def calibrate_vllm(
     so every k is timed over the same stretch of time and request mix, steps that start new
     requests included. ``lengths`` as in the sweep: calibrate with the lengths the server will see
     (natural: contexts grow and batches shrink as answers end, and every batch size passed on the way
-    is timed)."""
+    is timed). ``skip_draft_at_k0``: k = 0 is timed, and served, without the draft (see
+    :mod:`serving.vllm_plugin.draft_skip`)."""
     _check_choice("workload", workload, WORKLOADS)
     _check_choice("lengths", lengths, LENGTHS)
     sizes = batch_sizes or BATCH_SIZES
@@ -239,13 +241,23 @@ def calibrate_vllm(
     }
     if workload == "closed":
         explore = write_explore_file(
-            workdir / "explore.json", ks, hold=EXPLORE_HOLD, skip_steps=EXPLORE_SKIP, time_mixed=True
+            workdir / "explore.json",
+            ks,
+            hold=EXPLORE_HOLD,
+            skip_steps=EXPLORE_SKIP,
+            time_mixed=True,
+            skip_draft_at_k0=skip_draft_at_k0,
         )
         req = {**_base(target, prompts, max_tokens, sizes, repeats, per_slot=CALIBRATE_PER_SLOT), **spec}
     else:
         # The first batch after a change of k, or at a new batch size, ran up to 35 % slower.
         explore = write_explore_file(
-            workdir / "explore.json", ks, hold=0, drains_per_k=1 + repeats, skip_drains=1
+            workdir / "explore.json",
+            ks,
+            hold=0,
+            drains_per_k=1 + repeats,
+            skip_drains=1,
+            skip_draft_at_k0=skip_draft_at_k0,
         )
         req = {**_base(target, prompts, max_tokens, sizes, repeats=1), **spec}
         order = [b for b in sizes for _ in ks for _ in range(1 + repeats)]
@@ -266,6 +278,7 @@ def calibrate_vllm(
             "workload": workload,
             "lengths": lengths,
         },
+        skip_draft_at_k0=skip_draft_at_k0,
     )
     return policy, table
 
@@ -323,6 +336,7 @@ def bench_serve_vllm(
     calibration: str = "burst",
     design: str = "paired",
     lengths: str = "fixed",
+    skip_draft_at_k0: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
     _check_choice("workload", workload, WORKLOADS)
@@ -348,6 +362,7 @@ def bench_serve_vllm(
             max_tokens=max_tokens,
             workload=calibration,
             lengths=lengths,
+            skip_draft_at_k0=skip_draft_at_k0,
         )
     base = _base(target, prompts, max_tokens, sizes, repeats, per_slot=WORKLOADS[workload])
     base["ignore_eos"] = lengths != "natural"
