@@ -9,7 +9,9 @@ prefill doubled the prefill step. So no choice of k could reach plain decoding's
 Contract
 --------
 * Worker side (:func:`patch_proposer`): when a step's k is 0, ``propose`` returns no drafts without
-  running the draft model.
+  running the draft model. (:func:`patch_runner`): such a step, with no draft token scheduled,
+  takes the model runner's plain path: no spec-decode metadata, no rejection sampler on zero
+  drafts, no drafter input preparation.
 * Scheduler side (:class:`StaleDrafts`): the requests in such a step now have holes in their draft
   KV cache, so they are *stale* for the rest of their life: their drafts are dropped
   (``update_draft_token_ids``), so they never speculate again, and their acceptance counts as
@@ -19,12 +21,14 @@ Contract
   then read the holes: blocks holding prompt tokens computed in a skipped step are evicted from the
   prefix cache at once (the blocks stay with their request), and all of a stale request's blocks
   are evicted when it is freed.
-* Off by default: ``"skip_draft_at_k0": true`` in the policy file turns it on
-  (``"evict_skipped_blocks": false`` keeps the prefix cache as it is, at the risk above).
-  Measured here (k = 0 held in a speculative engine, end-to-end throughput over an engine without
-  a draft, 48 tokens per request, batch 16 / 32 / 64): vLLM's k = 0 0.72-0.81 (one clean round);
-  skipped, with eviction, 0.80-0.96 (three rounds over two runs; the benchmark's prompts repeat, so
-  evicted prompts are prefilled again); skipped without eviction 0.91-0.96 (two rounds). The trade-off: a request made stale never speculates again,
+* On with ``"skip_draft_at_k0": true`` in the policy file (``specforge calibrate --vllm`` and
+  ``bench serve`` write it unless ``--no-skip-draft-at-k0``; a hand-written file without the key
+  keeps vLLM's k = 0). ``"evict_skipped_blocks": false`` keeps the prefix cache as it is, at the
+  risk above.
+* Measured here (batch 64, 64 fixed tokens, warm prefix cache, five timed batches per engine,
+  engines alternated): an engine held at k = 0 with the draft skipped took 1.07-1.18x the time of
+  an engine without a draft (6 engine pairs); with the runner's plain path too, 0.93-1.07x
+  (geometric mean 1.01, 7 pairs). The trade-off: a request made stale never speculates again,
   even when the batch shrinks. Only this package imports vllm.
 """
 
