@@ -21,9 +21,8 @@ Contract
   then read the holes: blocks holding prompt tokens computed in a skipped step are evicted from the
   prefix cache at once (the blocks stay with their request), and all of a stale request's blocks
   are evicted when it is freed.
-* On with ``"skip_draft_at_k0": true`` in the policy file (``specforge calibrate --vllm`` and
-  ``bench serve`` write it unless ``--no-skip-draft-at-k0``; a hand-written file without the key
-  keeps vLLM's k = 0). ``"evict_skipped_blocks": false`` keeps the prefix cache as it is, at the
+* Off by default; on with ``"skip_draft_at_k0": true`` in the policy file (``specforge calibrate
+  --vllm --skip-draft-at-k0`` and ``bench serve --skip-draft-at-k0`` write it). ``"evict_skipped_blocks": false`` keeps the prefix cache as it is, at the
   risk above.
 * Measured here (batch 64, 64 fixed tokens, warm prefix cache, five timed batches per engine,
   engines alternated): an engine held at k = 0 with the draft skipped took 1.07-1.18x the time of

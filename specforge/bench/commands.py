@@ -40,7 +40,7 @@ def add_skip_flag(parser) -> None:
     parser.add_argument(
         "--skip-draft-at-k0",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=False,
         help="(--vllm) a step at k = 0 runs neither the draft nor vLLM's speculative bookkeeping, as in an "
         "engine without a draft (its requests stop speculating; see the README)",
     )
