@@ -18,9 +18,11 @@ Contract
   none. Output stays lossless either way (verification never trusts a draft); this keeps the
   target from verifying drafts that attend to garbage.
 * The prefix cache must not hand a stale request's blocks to another request, whose draft would
-  then read the holes: blocks holding prompt tokens computed in a skipped step are evicted from the
-  prefix cache at once (the blocks stay with their request), and all of a stale request's blocks
-  are evicted when it is freed.
+  then read the holes. Each stale request remembers the first position computed without the
+  draft; the blocks from the one holding it on leave the prefix cache (the blocks stay with their
+  request): at once for a prompt prefilled in a skipped step, and with the blocks decoded since when
+  the request is freed. Blocks wholly before that position (a prefix-cache hit, a shared system prompt) stay
+  cached: their draft KV is whole.
 * Off by default; on with ``"skip_draft_at_k0": true`` in the policy file (``specforge calibrate
   --vllm --skip-draft-at-k0`` and ``bench serve --skip-draft-at-k0`` write it). ``"evict_skipped_blocks": false`` keeps the prefix cache as it is, at the
   risk above.
@@ -130,19 +132,23 @@ class StaleDrafts:
 
     def __init__(self, scheduler, evict: bool = True):
         self.scheduler, self.evict = scheduler, evict
-        self.stale: set[str] = set()
+        # request id -> the first token position computed without the draft: positions before it
+        # hold valid draft KV (computed with the draft, or a prefix-cache hit on such blocks)
+        self.stale: dict[str, int] = {}
 
     def after_schedule(self, scheduler_output) -> None:
         """Call after ``schedule()``: a step at k = 0 makes every request in it stale."""
         scheduled = scheduler_output.num_scheduled_tokens or {}
         if not scheduled or int(scheduler_output.num_spec_tokens_to_schedule or 0) != 0:
             return
-        self.stale.update(scheduled)
         prefilled = []
         for rid, n in scheduled.items():
             req = self.scheduler.requests.get(rid)
-            # num_computed_tokens already counts this step's tokens
-            if req is not None and req.num_computed_tokens - n < req.num_prompt_tokens:
+            if req is None:
+                continue
+            start = req.num_computed_tokens - n  # num_computed_tokens already counts this step's tokens
+            self.stale.setdefault(rid, start)
+            if start < req.num_prompt_tokens:
                 prefilled.append(rid)
         self._evict(prefilled)
 
@@ -159,20 +165,25 @@ class StaleDrafts:
         rid = request.request_id
         if rid in self.stale:
             self._evict([rid])
-            self.stale.discard(rid)
+            del self.stale[rid]
 
     def is_stale(self, rid: str) -> bool:
         return rid in self.stale
 
     def _evict(self, req_ids: list[str]) -> None:
+        """Evict from the prefix cache the blocks of ``req_ids`` that hold a position computed without
+        the draft. Blocks wholly before that position keep their place: a shared system prompt or a
+        repeated prompt stays cached."""
         if not req_ids or not self.evict:
             return
         kv = self.scheduler.kv_cache_manager
+        block_size = int(self.scheduler.block_size)
         blocks: set[int] = set()
         for rid in req_ids:
+            first = self.stale[rid] // block_size  # the block holding the first draft-less position
             try:
                 for group in kv.get_block_ids(rid):
-                    blocks.update(group)
+                    blocks.update(group[first:])
             except (KeyError, AssertionError):  # the request holds no blocks (yet)
                 continue
         if blocks:

@@ -11,8 +11,10 @@ from serving.vllm_plugin.draft_skip import StaleDrafts
 
 
 class _Scheduler:
-    def __init__(self, requests: dict[str, SimpleNamespace], blocks: dict[str, list[int]]):
-        self.requests = requests
+    def __init__(
+        self, requests: dict[str, SimpleNamespace], blocks: dict[str, list[int]], block_size: int = 16
+    ):
+        self.requests, self.block_size = requests, block_size
         self.evicted: set[int] = set()
         pool = SimpleNamespace(evict_blocks=self.evicted.update)
         self.kv_cache_manager = SimpleNamespace(get_block_ids=lambda rid: (blocks[rid],), block_pool=pool)
@@ -28,30 +30,39 @@ def _step(scheduled: dict[str, int], k: int) -> SimpleNamespace:
     return SimpleNamespace(num_scheduled_tokens=scheduled, num_spec_tokens_to_schedule=k)
 
 
-def test_a_step_at_k0_makes_its_requests_stale_and_evicts_prompt_blocks():
-    # "dec" decodes (prompt done), "pre" prefills its last 50 prompt tokens this step; counts are
-    # after the step, as vLLM's schedule() leaves them
+def test_a_step_at_k0_makes_its_requests_stale_and_evicts_blocks_computed_without_the_draft():
+    # block size 16. "dec" decodes position 104 (prompt done); "pre" prefills prompt positions 50-99,
+    # positions 0-47 were a prefix-cache hit (blocks 30-32, valid draft KV); counts are after the
+    # step, as vLLM's schedule() leaves them
     reqs = {
         "dec": _request("dec", 105, 100),
         "pre": _request("pre", 100, 100),
         "other": _request("other", 9, 5),
     }
-    sched = _Scheduler(reqs, {"dec": [1, 2], "pre": [3, 4], "other": [5]})
+    blocks = {"dec": [1, 2, 3, 4, 5, 6, 7], "pre": [30, 31, 32, 33, 34, 35, 36], "other": [8]}
+    sched = _Scheduler(reqs, blocks)
     stale = StaleDrafts(sched)
     stale.after_schedule(_step({"dec": 1, "pre": 50}, k=2))
     assert not stale.stale  # the draft ran: nothing to track
     stale.after_schedule(_step({"dec": 1, "pre": 50}, k=0))
-    assert stale.stale == {"dec", "pre"} and stale.is_stale("pre") and not stale.is_stale("other")
-    assert sched.evicted == {3, 4}  # prompt blocks computed without the draft leave the prefix cache
+    assert stale.stale == {"dec": 104, "pre": 50} and stale.is_stale("pre") and not stale.is_stale("other")
+    # the prompt blocks from position 50 on (block 3 = id 33) leave the prefix cache at once; the
+    # prefix-cache hit stays cached, and the decoding request's prompt blocks too
+    assert sched.evicted == {33, 34, 35, 36}
+    # a later k = 0 step does not move where a request went stale
+    reqs["dec"].num_computed_tokens = 106
+    stale.after_schedule(_step({"dec": 1}, k=0))
+    assert stale.stale["dec"] == 104
     # drafts proposed later for stale requests are dropped; others keep theirs
     reqs["dec"].spec_token_ids, reqs["other"].spec_token_ids = [7, 8], [9]
     stale.drop_drafts(["dec", "other"])
     assert reqs["dec"].spec_token_ids == [] and reqs["other"].spec_token_ids == [9]
-    # when a stale request is freed, all its blocks leave the prefix cache
+    # when a stale request is freed, its blocks from the first draft-less position on leave the
+    # prefix cache (position 104: block 6); a request that never went stale evicts nothing
     stale.on_free(reqs["dec"])
-    assert sched.evicted == {1, 2, 3, 4} and not stale.is_stale("dec")
+    assert sched.evicted == {33, 34, 35, 36, 7} and not stale.is_stale("dec")
     stale.on_free(reqs["other"])
-    assert sched.evicted == {1, 2, 3, 4}
+    assert sched.evicted == {33, 34, 35, 36, 7}
 
 
 def test_stale_requests_ride_along_without_changing_the_choice_of_k(tmp_path):
