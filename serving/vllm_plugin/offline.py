@@ -50,6 +50,8 @@ SPEC_METRICS = {
     "vllm:spec_decode_num_accepted_tokens": "accepted_tokens",
     "vllm:spec_decode_num_accepted_tokens_per_pos": "accepted_per_pos",
 }
+# Prompt tokens looked up in, and found in, the prefix cache (draft_skip evicts what it must).
+PREFIX_METRICS = {"vllm:prefix_cache_queries": "queries", "vllm:prefix_cache_hits": "hits"}
 
 
 def vllm_env() -> dict[str, str]:
@@ -82,10 +84,11 @@ def run_vllm(request: dict, workdir: Path, timeout: float = 900, env: dict[str, 
     return json.loads(res.read_text())
 
 
-def _spec_counters(llm) -> dict:
+def _spec_counters(llm, names: dict[str, str] = SPEC_METRICS) -> dict:
+    """vLLM's counters named in ``names`` (metric -> key), summed over engines."""
     out: dict = {}
     for m in llm.get_metrics():
-        key = SPEC_METRICS.get(m.name)
+        key = names.get(m.name)
         if key is None:
             continue
         if hasattr(m, "values"):
@@ -276,6 +279,7 @@ def _sweep(llm, params, prompts: list[dict], sweep: dict) -> list[dict]:
 def _measured(llm, measure, b: int, rep: int, arm: str | None, sched) -> dict:
     """One measurement at batch size ``b``: throughput, latency, counters, output digest."""
     before, recorded = _spec_counters(llm), _recorded(sched)
+    prefix_before = _spec_counters(llm, PREFIX_METRICS)
     t0 = time.perf_counter()
     result, held_s, held_tokens = measure(b)
     elapsed = time.perf_counter() - t0
@@ -294,6 +298,7 @@ def _measured(llm, measure, b: int, rep: int, arm: str | None, sched) -> dict:
         "latency_mean": sum(x["latency"] for x in lat) / len(lat),
         "tpot_mean": sum(x["tpot"] for x in lat) / len(lat),
         "spec": _diff(_spec_counters(llm), before),
+        "prefix_cache": _diff(_spec_counters(llm, PREFIX_METRICS), prefix_before),
         "outputs_sha": _digest([list(r.outputs[0].token_ids) for r in result]),
         "clock": [t0, t0 + elapsed],  # perf_counter at start and end: matches SPECFORGE_STEP_TRACE
     }

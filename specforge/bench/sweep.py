@@ -110,14 +110,31 @@ def _cells(rows: list[dict], key: str) -> dict[tuple[str, int], list[float]]:
     return out
 
 
-def _tau(rows: list[dict]) -> dict[tuple[str, int], float | None]:
-    acc: dict[tuple[str, int], list[float]] = {}
+def _summed(
+    rows: list[dict], field: str, keys: tuple[str, str]
+) -> dict[tuple[str, int], tuple[float, float]]:
+    """Per (configuration, batch size): the sums of two counters of the rows' ``field``."""
+    acc: dict[tuple[str, int], tuple[float, float]] = {}
     for r in rows:
-        spec = r.get("spec") or {}
-        cell = acc.setdefault((r["config"], int(r["batch_size"])), [0.0, 0.0])
-        cell[0] += spec.get("drafts", 0) or 0
-        cell[1] += spec.get("accepted_tokens", 0) or 0
-    return {k: (1 + a / d if d else None) for k, (d, a) in acc.items()}
+        counters = r.get(field) or {}
+        a, b = acc.get((r["config"], int(r["batch_size"])), (0.0, 0.0))
+        acc[(r["config"], int(r["batch_size"]))] = (
+            a + (counters.get(keys[0], 0) or 0),
+            b + (counters.get(keys[1], 0) or 0),
+        )
+    return acc
+
+
+def _tau(rows: list[dict]) -> dict[tuple[str, int], float | None]:
+    """vLLM's mean acceptance length, 1 + accepted / drafts (bonus token included)."""
+    summed = _summed(rows, "spec", ("drafts", "accepted_tokens"))
+    return {k: (1 + a / d if d else None) for k, (d, a) in summed.items()}
+
+
+def _prefix_hit_rate(rows: list[dict]) -> dict[tuple[str, int], float | None]:
+    """The share of prompt tokens found in the prefix cache."""
+    summed = _summed(rows, "prefix_cache", ("queries", "hits"))
+    return {k: (h / q if q else None) for k, (q, h) in summed.items()}
 
 
 def _lossless(rows: list[dict], b: int) -> bool | None:
@@ -134,6 +151,7 @@ def _lossless(rows: list[dict], b: int) -> bool | None:
 
 def serve_summary(rows: list[dict], batch_sizes: list[int], adaptive: str, table: str | None) -> dict:
     tput, lat, taus = _cells(rows, "tokens_per_s"), _cells(rows, "latency_mean"), _tau(rows)
+    hits = _prefix_hit_rate(rows)
     configs = sorted({c for c, _ in tput}, key=lambda c: (c != "none", c))
     static = [c for c in configs if c not in (adaptive, table)]
     per_batch = []
@@ -145,6 +163,7 @@ def serve_summary(rows: list[dict], batch_sizes: list[int], adaptive: str, table
             "tokens_per_s": med,
             "latency_s": {c: statistics.median(lat[(c, b)]) for c in med},
             "tau": {c: taus.get((c, b)) for c in med},
+            "prefix_hit_rate": {c: hits.get((c, b)) for c in med},
             "spread": {c: max(tput[(c, b)]) / min(tput[(c, b)]) for c in med},
             "best_static": best,
             "lossless": _lossless(rows, b),

@@ -47,6 +47,19 @@ def test_bar_fails_when_adaptive_lags():
     assert met == {"vs_best_static": False, "vs_table": False, "vs_none": True}
 
 
+def test_tau_and_prefix_hit_rate_pool_the_counters_of_a_cell():
+    rows = _rows({"none": {4: [100, 100]}, "k2": {4: [120, 120]}})
+    for r, spec, prefix in zip(
+        rows,
+        [{}, {}, {"drafts": 10, "accepted_tokens": 5}, {"drafts": 30, "accepted_tokens": 25}],
+        [{"queries": 100, "hits": 90}, {"queries": 100, "hits": 70}, {"queries": 200, "hits": 0}, {}],
+    ):
+        r["spec"], r["prefix_cache"] = spec, prefix
+    (row,) = serve_summary(rows, [4], adaptive="adaptive", table=None)["per_batch_size"]
+    assert row["tau"] == {"none": None, "k2": pytest.approx(1 + 30 / 40)}
+    assert row["prefix_hit_rate"] == {"none": pytest.approx(0.8), "k2": 0.0}
+
+
 def test_decode_summary_from_step_timings():
     def cell(b, k, steps, sec, em):
         return {
