@@ -20,9 +20,9 @@ Contract
 * The prefix cache must not hand a stale request's blocks to another request, whose draft would
   then read the holes. Each stale request remembers the first position computed without the
   draft; the blocks from the one holding it on leave the prefix cache (the blocks stay with their
-  request): at once for a prompt prefilled in a skipped step, and with the blocks decoded since when
-  the request is freed. Blocks wholly before that position (a prefix-cache hit, a shared system prompt) stay
-  cached: their draft KV is whole.
+  request): at once for a prompt prefilled in a skipped step, and with the blocks decoded since
+  when the request is freed. Blocks wholly before that position (a prefix-cache hit, a shared
+  system prompt) stay cached: their draft KV is whole.
 * Off by default; on with ``"skip_draft_at_k0": true`` in the policy file (``specforge calibrate
   --vllm --skip-draft-at-k0`` and ``bench serve --skip-draft-at-k0`` write it). ``"evict_skipped_blocks": false`` keeps the prefix cache as it is, at the
   risk above.

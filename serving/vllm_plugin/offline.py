@@ -84,7 +84,7 @@ def run_vllm(request: dict, workdir: Path, timeout: float = 900, env: dict[str, 
     return json.loads(res.read_text())
 
 
-def _spec_counters(llm, names: dict[str, str] = SPEC_METRICS) -> dict:
+def _counters(llm, names: dict[str, str] = SPEC_METRICS) -> dict:
     """vLLM's counters named in ``names`` (metric -> key), summed over engines."""
     out: dict = {}
     for m in llm.get_metrics():
@@ -151,14 +151,14 @@ def main(request_path: str, result_path: str) -> None:
         return
     best, outputs, counters = float("inf"), None, {}
     for _ in range(int(req.get("repeats", 1))):
-        before = _spec_counters(llm)
+        before = _counters(llm)
         t0 = time.perf_counter()
         result = llm.generate(prompts, params, use_tqdm=False)
         elapsed = time.perf_counter() - t0
         if elapsed < best:
             best = elapsed
             outputs = [list(r.outputs[0].token_ids) for r in result]
-            counters = _diff(_spec_counters(llm), before)
+            counters = _diff(_counters(llm), before)
     Path(result_path).write_text(
         json.dumps(
             {"outputs": outputs, "seconds": best, "spec": counters, "output_tokens": sum(map(len, outputs))}
@@ -278,8 +278,8 @@ def _sweep(llm, params, prompts: list[dict], sweep: dict) -> list[dict]:
 
 def _measured(llm, measure, b: int, rep: int, arm: str | None, sched) -> dict:
     """One measurement at batch size ``b``: throughput, latency, counters, output digest."""
-    before, recorded = _spec_counters(llm), _recorded(sched)
-    prefix_before = _spec_counters(llm, PREFIX_METRICS)
+    before, recorded = _counters(llm), _recorded(sched)
+    prefix_before = _counters(llm, PREFIX_METRICS)
     t0 = time.perf_counter()
     result, held_s, held_tokens = measure(b)
     elapsed = time.perf_counter() - t0
@@ -297,8 +297,8 @@ def _measured(llm, measure, b: int, rep: int, arm: str | None, sched) -> dict:
         "tokens_per_s_all": tokens / elapsed,
         "latency_mean": sum(x["latency"] for x in lat) / len(lat),
         "tpot_mean": sum(x["tpot"] for x in lat) / len(lat),
-        "spec": _diff(_spec_counters(llm), before),
-        "prefix_cache": _diff(_spec_counters(llm, PREFIX_METRICS), prefix_before),
+        "spec": _diff(_counters(llm), before),
+        "prefix_cache": _diff(_counters(llm, PREFIX_METRICS), prefix_before),
         "outputs_sha": _digest([list(r.outputs[0].token_ids) for r in result]),
         "clock": [t0, t0 + elapsed],  # perf_counter at start and end: matches SPECFORGE_STEP_TRACE
     }

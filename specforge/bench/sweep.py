@@ -116,12 +116,9 @@ def _summed(
     """Per (configuration, batch size): the sums of two counters of the rows' ``field``."""
     acc: dict[tuple[str, int], tuple[float, float]] = {}
     for r in rows:
-        counters = r.get(field) or {}
-        a, b = acc.get((r["config"], int(r["batch_size"])), (0.0, 0.0))
-        acc[(r["config"], int(r["batch_size"]))] = (
-            a + (counters.get(keys[0], 0) or 0),
-            b + (counters.get(keys[1], 0) or 0),
-        )
+        counters, cell = r.get(field) or {}, (r["config"], int(r["batch_size"]))
+        first, second = acc.get(cell, (0.0, 0.0))
+        acc[cell] = (first + (counters.get(keys[0]) or 0), second + (counters.get(keys[1]) or 0))
     return acc
 
 
