@@ -31,9 +31,10 @@ def _step(scheduled: dict[str, int], k: int) -> SimpleNamespace:
 
 
 def test_a_step_at_k0_makes_its_requests_stale_and_evicts_blocks_computed_without_the_draft():
-    # block size 16. "dec" decodes position 104 (prompt done); "pre" prefills prompt positions 50-99,
-    # positions 0-47 were a prefix-cache hit (blocks 30-32, valid draft KV); counts are after the
-    # step, as vLLM's schedule() leaves them
+    # block size 16. "dec" decodes position 104 (prompt done); "pre" prefills prompt positions 50-99
+    # after positions 0-49 were computed with the draft (blocks 30-32 wholly: whole draft KV, as a
+    # prefix-cache hit has; block 33 from position 48). Counts are after the step, as vLLM's
+    # schedule() leaves them
     reqs = {
         "dec": _request("dec", 105, 100),
         "pre": _request("pre", 100, 100),
