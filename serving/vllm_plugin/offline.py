@@ -22,8 +22,10 @@ drain included). It records output tokens/s, the per-request latency
 the speculative counters of that measurement, and a digest of its output token ids (greedy
 outputs must not depend on the configuration). Its result holds ``"sweep": [ {...}, ... ]``.
 
-Paired sweep (``"arms": {name: k | table | null}`` in ``"sweep"``, with the adaptive plugin on and
-the engine core in this process): one engine serves every configuration. Before each measurement
+Paired sweep (``"arms": {name: k | table | null | "plain"}`` in ``"sweep"``, with the adaptive plugin
+on and the engine core in this process): one engine serves every speculative configuration, and a
+second engine without a draft, in the same process, serves the arm ``"plain"`` (no speculation),
+so it is paired like the others. Before each measurement
 the plugin's lookup is pinned (:meth:`~serving.vllm_plugin.adaptive.AdaptiveLookup.pin`) to a fixed
 ``k`` (an int), to vLLM's own table (a ``num_speculative_tokens_per_batch_size`` list, expanded by
 vLLM's ``build_dynamic_sd_schedule_lookup``), or left to the policy (null). Every (repeat, batch
@@ -52,6 +54,11 @@ SPEC_METRICS = {
 }
 # Prompt tokens looked up in, and found in, the prefix cache (draft_skip evicts what it must).
 PREFIX_METRICS = {"vllm:prefix_cache_queries": "queries", "vllm:prefix_cache_hits": "hits"}
+# A paired sweep's arm served by a second engine in the same process, one without a draft: no
+# speculation, paired with the speculative arms like any other (engines in separate processes differed
+# by up to 20 % between runs; in one process, alternated, a k = 0 arm with the draft skipped and this
+# engine measured 0.93-1.07x of each other).
+PLAIN = "plain"
 
 
 def vllm_env() -> dict[str, str]:
@@ -124,16 +131,20 @@ def main(request_path: str, result_path: str) -> None:
         }
         if req.get("num_speculative_tokens_per_batch_size"):
             spec["num_speculative_tokens_per_batch_size"] = req["num_speculative_tokens_per_batch_size"]
-    llm = LLM(
-        model=req["target"],
-        speculative_config=spec,
-        enforce_eager=True,
-        dtype="float32",
-        max_model_len=int(req.get("max_model_len", 2048)),
-        seed=int(req.get("seed", 0)),
-        disable_log_stats=False,
-        max_num_seqs=int(req.get("max_num_seqs", 64)),
-    )
+    engine_args = {
+        "model": req["target"],
+        "enforce_eager": True,
+        "dtype": "float32",
+        "max_model_len": int(req.get("max_model_len", 2048)),
+        "seed": int(req.get("seed", 0)),
+        "disable_log_stats": False,
+        "max_num_seqs": int(req.get("max_num_seqs", 64)),
+    }
+    # A paired sweep's plain arm: a second engine, without a draft. It starts first: each engine's
+    # metrics replace the last one's in vLLM's (process-wide) registry, and the counters read are the
+    # speculative engine's.
+    plain = LLM(**engine_args) if PLAIN in ((req.get("sweep") or {}).get("arms") or {}).values() else None
+    llm = LLM(**engine_args, speculative_config=spec)
     sampled = float(req.get("temperature", 0.0)) > 0
     params = SamplingParams(
         temperature=float(req.get("temperature", 0.0)),
@@ -147,7 +158,8 @@ def main(request_path: str, result_path: str) -> None:
     )
     prompts = [{"prompt_token_ids": ids} for ids in req["prompts"]]
     if req.get("sweep"):
-        Path(result_path).write_text(json.dumps({"sweep": _sweep(llm, params, prompts, req["sweep"])}))
+        rows = _sweep(llm, params, prompts, req["sweep"], plain=plain)
+        Path(result_path).write_text(json.dumps({"sweep": rows}))
         return
     best, outputs, counters = float("inf"), None, {}
     for _ in range(int(req.get("repeats", 1))):
@@ -202,17 +214,23 @@ def _arm_lookups(llm, arms: dict) -> tuple[object, dict]:
             "a paired sweep needs the specforge plugin on with a policy (SPECFORGE_ADAPTIVE_SPEC and "
             "num_speculative_tokens_per_batch_size in the speculative config)"
         )
-    recorder = getattr(sched, "_specforge_recorder", None)
-    if recorder is not None:
-        recorder.max_samples = 10**7  # every measurement's own steps are read back (_decode_since)
+    _keep_samples(sched)
     pins = {}
     for name, arm in arms.items():
+        if arm == PLAIN:
+            continue
         if isinstance(arm, list):  # vLLM's table, expanded exactly as vLLM expands it
             arm = build_dynamic_sd_schedule_lookup(
                 arm, vllm_max_batch_size=sched.max_num_running_reqs, vllm_num_speculative_tokens=lookup.k_max
             )
         pins[name] = arm
     return sched, pins
+
+
+def _keep_samples(sched) -> None:
+    recorder = getattr(sched, "_specforge_recorder", None)
+    if recorder is not None:
+        recorder.max_samples = 10**7  # every measurement's own steps are read back (_decode_since)
 
 
 def _recorded(sched) -> dict[tuple[int, int], int]:
@@ -234,10 +252,19 @@ def _decode_since(sched, before: dict[tuple[int, int], int], b: int) -> dict:
     return out
 
 
-def _sweep(llm, params, prompts: list[dict], sweep: dict) -> list[dict]:
+def _sweep(llm, params, prompts: list[dict], sweep: dict, plain=None) -> list[dict]:
+    """``plain``: the engine without a draft that serves the arm named :data:`PLAIN`."""
     sizes = [int(b) for b in sweep["batch_sizes"]]
     arms = sweep.get("arms")  # paired sweep: arm name -> what to pin the plugin to
     sched, pins = _arm_lookups(llm, arms) if arms else (None, {None: None})
+    # arm -> (engine, its scheduler); the plain arm runs on its own engine, the others on llm
+    engines = {arm: (llm, sched) for arm in pins}
+    for arm, what in (arms or {}).items():
+        if what == PLAIN:
+            if plain is None:
+                raise RuntimeError(f"arm {arm!r} asks for the plain engine, and none was given")
+            engines[arm] = (plain, _scheduler(plain))
+            _keep_samples(engines[arm][1])
     rng = random.Random(int(sweep.get("seed", 0)))
     min_requests = int(sweep.get("min_requests", 1))
     per_slot = int(sweep.get("closed_loop", 0))
@@ -245,32 +272,36 @@ def _sweep(llm, params, prompts: list[dict], sweep: dict) -> list[dict]:
     if needed > len(prompts):
         prompts = [prompts[i % len(prompts)] for i in range(needed)]
 
-    def measure(b: int) -> tuple[list, float | None, int | None]:
+    def measure(b: int, engine) -> tuple[list, float | None, int | None]:
         if per_slot:
-            return _closed_loop(llm, params, prompts[: max(min_requests, per_slot * b)], b)
+            return _closed_loop(engine, params, prompts[: max(min_requests, per_slot * b)], b)
         out = []
         for g in range(max(1, min_requests // b)):
-            out += llm.generate(prompts[g * b : (g + 1) * b], params, use_tqdm=False)
+            out += engine.generate(prompts[g * b : (g + 1) * b], params, use_tqdm=False)
         return out, None, None
 
     def pin(arm) -> None:
-        if sched is not None:
+        if sched is not None and arm in pins:
             sched.dynamic_sd_lookup.pin(pins[arm])
 
     # Warm-up: one full unrecorded pass. The first time a kernel meets a shape (token count,
     # sequence length) costs extra on CPU; a shorter warm-up left the first repeat up to 1.6x slower.
     for b in sizes if sweep.get("warmup", True) else []:
-        for arm in pins:  # every arm meets every shape before anything is recorded
+        for arm, (engine, _) in engines.items():  # every arm meets every shape before anything is recorded
             pin(arm)
-            measure(b)
+            measure(b, engine)
     rows = []
     for rep in range(int(sweep.get("repeats", 1))):
         for b in sizes if rep % 2 == 0 else sizes[::-1]:
-            order = list(pins)
+            order = list(engines)
             rng.shuffle(order)
             for arm in order:
                 pin(arm)
-                rows.append(_measured(llm, measure, b, rep, arm, sched))
+                engine, arm_sched = engines[arm]
+                row = _measured(engine, lambda b, e=engine: measure(b, e), b, rep, arm, arm_sched)
+                if engine is plain:  # vLLM's registry holds the other engine's counters (see main)
+                    row["spec"], row["prefix_cache"] = {}, None
+                rows.append(row)
     if sched is not None:
         sched.dynamic_sd_lookup.pin(None)
     return rows

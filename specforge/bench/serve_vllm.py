@@ -21,9 +21,9 @@ Contract
   chains), ``vllm-table`` (vLLM's ``num_speculative_tokens_per_batch_size``, set as vLLM's docs set
   it for EAGLE-3), and ``specforge`` (the adaptive plugin with a policy from
   :func:`calibrate_vllm`).
-* Design ``paired`` (default): no speculation runs in its own engine (a speculative engine always
-  carries its draft); every other configuration is an *arm* of one engine with the plugin on, whose
-  lookup is pinned to the arm's k (``k1``..``kK``), to vLLM's table expanded by vLLM's own function
+* Design ``paired`` (default): one process serves every configuration as an *arm*. No speculation
+  is a second engine without a draft (a speculative engine always carries its draft); every other
+  configuration is an arm of one engine with the plugin on, whose lookup is pinned to the arm's k (``k1``..``kK``), to vLLM's table expanded by vLLM's own function
   (``vllm-table``), or left to the policy (``specforge``) before each measurement; at every (repeat,
   batch size) all arms run back to back in a shuffled order. Engine-to-engine noise (±25 % between
   rounds here) then cancels out of the ratios the bar is about. The arms' engine is configured as
@@ -55,7 +55,7 @@ from pathlib import Path
 
 from serving.policy import Profile, StepTable
 from serving.vllm_plugin.adaptive import ENV, STEP_LOG_ENV, write_explore_file, write_policy_file
-from serving.vllm_plugin.offline import run_vllm
+from serving.vllm_plugin.offline import PLAIN, run_vllm
 from specforge.bench.sweep import decode_summary, serve_summary
 from specforge.data.formats import load_rows
 from specforge.errors import SpecforgeError
@@ -152,8 +152,8 @@ def _engine_configs(
     draft: Path, ks: list[int], sizes: list[int], policy: Path, design: str
 ) -> dict[str, tuple[dict, dict]]:
     """Per engine: the request's speculative settings and the environment. ``engines``: one engine per
-    configuration. ``paired``: no speculation in its own engine (a speculative engine always carries
-    its draft), every other configuration as an arm of one engine with the plugin on."""
+    configuration. ``paired``: one process, every configuration an arm: the speculative ones of one
+    engine with the plugin on, no speculation of a second engine without a draft beside it."""
     spec = {"draft": str(draft)}
     plugin = (
         {
@@ -163,12 +163,12 @@ def _engine_configs(
         },
         {**SWEEP_ENV, ENV: str(policy)},
     )
-    configs: dict[str, tuple[dict, dict]] = {"none": ({}, SWEEP_ENV)}
     if design == "paired":
-        arms: dict = {f"k{k}": k for k in ks}
+        arms: dict = {"none": PLAIN}
+        arms.update({f"k{k}": k for k in ks})
         arms.update({"vllm-table": VLLM_DOCS_TABLE, "specforge": None})
-        configs["paired"] = ({**plugin[0], "sweep": {"arms": arms}}, plugin[1])
-        return configs
+        return {"paired": ({**plugin[0], "sweep": {"arms": arms}}, plugin[1])}
+    configs: dict[str, tuple[dict, dict]] = {"none": ({}, SWEEP_ENV)}
     for k in ks:
         configs[f"k{k}"] = ({**spec, "num_speculative_tokens": k}, SWEEP_ENV)
     configs["vllm-table"] = (

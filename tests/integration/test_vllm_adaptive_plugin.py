@@ -130,6 +130,8 @@ def test_bench_serve_sweep_with_calibrated_plugin(micro_target_dir, served):
     configs = {(r["config"], r["batch_size"]) for r in res["rows"]}
     assert configs == {(c, b) for c in ["none", "k2", "vllm-table", "specforge"] for b in [1, 4]}
     assert res["workload"] == "closed"
+    # paired: one process served every arm, no speculation included (its engine beside the other)
+    assert sorted(p.name for p in (tmp / "serve" / "round0").iterdir()) == ["paired"]
     for r in res["rows"]:
         # B clients in a closed loop serve max(8, 4 B) requests; the measured window ends when the
         # last one is sent, so it holds fewer tokens than the whole run
