@@ -328,6 +328,14 @@ class RequestAcceptance:
             trials[i] += 1.0
             hits[i] += 1.0 if i < accepted else 0.0
 
+    def rest(self, seq: str) -> None:
+        """A step in which ``seq`` verified no draft: its counts decay all the same, so its estimate
+        drifts back towards the population's. Without it a sequence estimated low was held at k = 0,
+        and with nothing observed its estimate, and so its k, never moved again."""
+        for counts in (self.hits.get(seq), self.trials.get(seq)):
+            for i in range(len(counts or ())):
+                counts[i] *= self.decay
+
     def forget(self, seq: str) -> None:
         self.hits.pop(seq, None)
         self.trials.pop(seq, None)

@@ -48,7 +48,7 @@ from serving.policy import (
     StepTable,
 )
 from serving.shape import NO_SPECULATION, TreeShape
-from serving.vllm_plugin.draft_skip import StaleDrafts, patch_proposer, patch_runner
+from serving.vllm_plugin.draft_skip import SKIP_ATTR, StaleDrafts, patch_proposer, patch_runner
 from serving.vllm_plugin.recorder import StepRecorder
 
 ENV = "SPECFORGE_ADAPTIVE_SPEC"
@@ -201,6 +201,9 @@ class AdaptiveLookup:
         self._warned = False
         self.pinned: int | list[int] | None = None
         self._own_last_k = 0
+        # Whether this step is a k = 0 that should skip the draft model (with draft_skip on): when the
+        # load says no speculation, not when only the requests in the batch accept too little to pay.
+        self.skip_draft = False
 
     def pin(self, k: int | Sequence[int] | None) -> None:
         """Serve a fixed ``k`` (an int), a dense ``batch size -> k`` list (vLLM's own lookup, as
@@ -239,16 +242,20 @@ class AdaptiveLookup:
     def __getitem__(self, batch_size: int) -> int:
         self.steps += 1
         b = int(batch_size)
+        # pinned, explore (calibration) and population choices: a k = 0 is the load's, skip the draft
+        self.skip_draft = True
         if self.pinned is not None:
             k = self.pinned if isinstance(self.pinned, int) else self.pinned[min(b, len(self.pinned) - 1)]
             self.last_k = min(k, self.k_max)
+            self.skip_draft = self.last_k == 0
             return self.last_k
         if self.explore:
             i = self.drains // self.drains_per_k if self.hold <= 0 else (self.steps - 1) // self.hold
             self.last_k = min(self.explore[i % len(self.explore)], self.k_max)
+            self.skip_draft = self.last_k == 0
             return self.last_k
         if self.policy is None:
-            self.last_k = 0
+            self.last_k, self.skip_draft = 0, False  # fallback: vLLM's own k = 0
             return 0
         try:
             if self.running is not None:
@@ -260,7 +267,9 @@ class AdaptiveLookup:
                 k = self.choices[b]
         except Exception as e:  # never take the server down
             k = self._fail(e)
+            self.skip_draft = False
         self.last_k = k
+        self.skip_draft = self.skip_draft and k == 0
         return k
 
     def _choose_live(self, batch: int) -> int:
@@ -293,14 +302,25 @@ class AdaptiveLookup:
                 rate_keep = tau[keep] / policy.cost.step_time(batch, keep)
                 if rate_best < (1 + self.switch_margin) * rate_keep:
                     k = self.last_k
+        if k == 0:
+            # Skip the draft (its requests go stale for good) only if the population's acceptance
+            # also says no speculation at this batch size. A k = 0 for requests that accept poorly
+            # keeps their draft current (vLLM's own k = 0), so they can speculate again: skipping
+            # there made 64 % of batch-1 steps draft-less for the rest of their requests.
+            self.skip_draft = policy.choose(batch) == NO_SPECULATION
         self.choices[batch] = k
         return k
 
-    def observe_requests(self, verified: dict[str, int], accepted: dict[str, int], finished) -> None:
-        """Every request's drafts verified and accepted this step (any step), and the requests that
-        finished since the last step."""
-        for r, v in verified.items() if self.pinned is None else ():
-            self.live.observe(r, v, accepted.get(r, 0))
+    def observe_requests(
+        self, verified: dict[str, int], accepted: dict[str, int], finished, idle: Sequence[str] = ()
+    ) -> None:
+        """Every request's drafts verified and accepted this step (any step), the decoding requests
+        that verified none (``idle``), and the requests that finished since the last step."""
+        if self.pinned is None:
+            for r, v in verified.items():
+                self.live.observe(r, v, accepted.get(r, 0))
+            for r in idle:
+                self.live.rest(r)
         for r in finished or ():
             self.live.forget(r)
 
@@ -427,6 +447,9 @@ def register() -> None:
         out = original_schedule(self, *args, **kwargs)
         stale = getattr(self, "_specforge_stale", None)
         if stale is not None:
+            lookup = getattr(self, "dynamic_sd_lookup", None)
+            if isinstance(lookup, AdaptiveLookup) and lookup.skip_draft:
+                setattr(out, SKIP_ATTR, True)  # read by the model runner (draft_skip.patch_runner)
             stale.after_schedule(out)
         return out
 

@@ -8,11 +8,15 @@ prefill doubled the prefill step. So no choice of k could reach plain decoding's
 
 Contract
 --------
-* Worker side (:func:`patch_proposer`): when a step's k is 0, ``propose`` returns no drafts without
-  running the draft model. (:func:`patch_runner`): such a step, with no draft token scheduled,
-  takes the model runner's plain path: no spec-decode metadata, no rejection sampler on zero
-  drafts, no drafter input preparation.
-* Scheduler side (:class:`StaleDrafts`): the requests in such a step now have holes in their draft
+* Which k = 0 steps skip the draft: the scheduler marks them (``SKIP_ATTR`` on the scheduler
+  output); the plugin's lookup marks a k = 0 that the load calls for (the policy, on the
+  population's acceptance, chooses no speculation at this batch size), not one chosen because the
+  requests in the batch accept poorly: those keep their draft current and may speculate again.
+* Worker side (:func:`patch_runner`): a marked step, with no draft token scheduled, takes the model
+  runner's plain path: no draft forward, no spec-decode metadata, no rejection sampler on zero
+  drafts, no drafter input preparation. (:func:`patch_proposer`): should ``propose`` still be
+  called on a marked step, it returns no drafts without running the draft model.
+* Scheduler side (:class:`StaleDrafts`): the requests in a marked step now have holes in their draft
   KV cache, so they are *stale* for the rest of their life: their drafts are dropped
   (``update_draft_token_ids``), so they never speculate again, and their acceptance counts as
   none. Output stays lossless either way (verification never trusts a draft); this keeps the
@@ -41,6 +45,12 @@ import torch
 
 logger = logging.getLogger("specforge.vllm_plugin")
 _PATCHED = False
+# Set by the scheduler on a SchedulerOutput whose k = 0 step skips the draft (the plugin's lookup
+# decides: when the load says no speculation); read by the model runner. A plain attribute of the
+# dataclass, so it travels wherever the scheduler output does.
+SKIP_ATTR = "specforge_skip_draft"
+# The model runner's verdict for the step it is executing, read by the proposer (same worker).
+_STEP = {"skip": False}
 
 
 def patch_proposer() -> None:
@@ -58,7 +68,7 @@ def patch_proposer() -> None:
     said = []
 
     def propose(self, num_speculative_tokens, *args, **kwargs):
-        if num_speculative_tokens == 0 and "common_attn_metadata" in kwargs:
+        if num_speculative_tokens == 0 and _STEP["skip"] and "common_attn_metadata" in kwargs:
             if not said:
                 said.append(True)
                 logger.warning("specforge: k = 0, skipping the draft model (skip_draft_at_k0)")
@@ -94,6 +104,7 @@ def patch_runner() -> None:
     def is_plain(self, scheduler_output) -> bool:
         return (
             self.speculative_config is not None
+            and getattr(scheduler_output, SKIP_ATTR, False)
             and int(getattr(scheduler_output, "num_spec_tokens_to_schedule", 1) or 0) == 0
             and not scheduler_output.scheduled_spec_decode_tokens
             and scheduler_output.total_num_scheduled_tokens > 0
@@ -101,6 +112,7 @@ def patch_runner() -> None:
 
     def execute_model(self, scheduler_output, *args, **kwargs):
         self._specforge_hidden = None
+        _STEP["skip"] = bool(getattr(scheduler_output, SKIP_ATTR, False))
         if not is_plain(self, scheduler_output):
             return execute(self, scheduler_output, *args, **kwargs)
         spec, self.speculative_config = self.speculative_config, None
@@ -137,9 +149,14 @@ class StaleDrafts:
         self.stale: dict[str, int] = {}
 
     def after_schedule(self, scheduler_output) -> None:
-        """Call after ``schedule()``: a step at k = 0 makes every request in it stale."""
+        """Call after ``schedule()``: a step at k = 0 that skips the draft (``SKIP_ATTR`` set) makes
+        every request in it stale."""
         scheduled = scheduler_output.num_scheduled_tokens or {}
-        if not scheduled or int(scheduler_output.num_spec_tokens_to_schedule or 0) != 0:
+        if (
+            not scheduled
+            or not getattr(scheduler_output, SKIP_ATTR, False)
+            or int(scheduler_output.num_spec_tokens_to_schedule or 0) != 0
+        ):
             return
         prefilled = []
         for rid, n in scheduled.items():

@@ -76,10 +76,14 @@ class StepRecorder:
         sampled = model_runner_output.sampled_token_ids or []
         # tokens each scheduled request emitted this step
         emitted_by = {r: len(sampled[index[r]]) for r in sched if r in index and index[r] < len(sampled)}
+        new = {getattr(r, "req_id", None) for r in scheduler_output.scheduled_new_reqs or ()}
         if lookup is not None:
             verified = {r: len(d) for r, d in drafts.items() if d and r in emitted_by}
             accepted = {r: min(max(emitted_by[r] - 1, 0), verified[r]) for r in verified}
-            lookup.observe_requests(verified, accepted, getattr(scheduler_output, "finished_req_ids", ()))
+            idle = [r for r in emitted_by if r not in verified and r not in new]
+            lookup.observe_requests(
+                verified, accepted, getattr(scheduler_output, "finished_req_ids", ()), idle=idle
+            )
         if self.trace is not None and sched and len(self.trace) < 100_000:
             self.trace.append(
                 [
@@ -92,7 +96,6 @@ class StepRecorder:
                     sum(emitted_by.values()),
                 ]
             )
-        new = {getattr(r, "req_id", None) for r in scheduler_output.scheduled_new_reqs or ()}
         if not sched or (new and not (lookup is not None and lookup.time_mixed)):
             return None
         decoding = {r: n for r, n in sched.items() if r not in new}

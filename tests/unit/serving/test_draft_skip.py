@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from serving.policy import Profile, StepTable
 from serving.vllm_plugin.adaptive import AdaptiveLookup, load_policy, write_policy_file
-from serving.vllm_plugin.draft_skip import StaleDrafts
+from serving.vllm_plugin.draft_skip import SKIP_ATTR, StaleDrafts
 
 
 class _Scheduler:
@@ -26,8 +26,10 @@ def _request(rid: str, computed: int, prompt: int, drafts: list[int] | None = No
     )
 
 
-def _step(scheduled: dict[str, int], k: int) -> SimpleNamespace:
-    return SimpleNamespace(num_scheduled_tokens=scheduled, num_spec_tokens_to_schedule=k)
+def _step(scheduled: dict[str, int], k: int, skip: bool = True) -> SimpleNamespace:
+    out = SimpleNamespace(num_scheduled_tokens=scheduled, num_spec_tokens_to_schedule=k)
+    setattr(out, SKIP_ATTR, skip)  # the scheduler marked a k = 0 that skips the draft
+    return out
 
 
 def test_a_step_at_k0_makes_its_requests_stale_and_evicts_blocks_computed_without_the_draft():
@@ -45,6 +47,8 @@ def test_a_step_at_k0_makes_its_requests_stale_and_evicts_blocks_computed_withou
     stale = StaleDrafts(sched)
     stale.after_schedule(_step({"dec": 1, "pre": 50}, k=2))
     assert not stale.stale  # the draft ran: nothing to track
+    stale.after_schedule(_step({"dec": 1, "pre": 50}, k=0, skip=False))
+    assert not stale.stale  # vLLM's own k = 0 keeps the draft's KV current
     stale.after_schedule(_step({"dec": 1, "pre": 50}, k=0))
     assert stale.stale == {"dec": 104, "pre": 50} and stale.is_stale("pre") and not stale.is_stale("other")
     # the prompt blocks from position 50 on (block 3 = id 33) leave the prefix cache at once; the
@@ -81,3 +85,28 @@ def test_stale_requests_ride_along_without_changing_the_choice_of_k(tmp_path):
     assert lookup[4] == 3
     stale.add("d")
     assert lookup[4] == 0 and lookup.choices[4] == 0  # no request can speculate
+
+
+def test_k0_skips_the_draft_only_when_the_load_calls_for_it(tmp_path):
+    """A k = 0 for requests that accept poorly keeps their draft current (they may speculate again);
+    a k = 0 the population's acceptance calls for at this batch size skips the draft."""
+    # k = 3 costs 2x a plain step at batch 1-4 and 4x from batch 5 on: with alpha 0.9 (tau 3.44)
+    # speculation pays up to batch 4 and no longer from 5
+    table = StepTable.chains(
+        {0: Profile([1, 64], [1.0, 1.0]), 3: Profile([1, 4, 5, 64], [2.0, 2.0, 4.0, 4.0])}
+    )
+    policy = load_policy(write_policy_file(tmp_path / "t.json", table, [0.9, 0.9, 0.9], [3]), k_max=3)
+    batch = ["a", "b", "c", "d", "e"]
+    lookup = AdaptiveLookup(policy, k_max=3, running=lambda b: batch[:b], max_batch=8)
+    assert lookup[2] == 3 and not lookup.skip_draft
+    for _ in range(10):  # "a" and "b" reject every draft
+        lookup.observe_requests({"a": 3, "b": 3}, {"a": 0, "b": 0}, finished=())
+    assert lookup[2] == 0 and not lookup.skip_draft  # their k = 0, not the load's: the draft runs
+    assert lookup[5] == 0 and lookup.skip_draft  # batch 5: no speculation for anyone
+    # held at k = 0, their estimates decay back towards the population's, and they speculate again
+    for _ in range(15):
+        lookup.observe_requests({}, {}, finished=(), idle=["a", "b"])
+    assert lookup[2] == 3
+    lookup.pin(0)
+    assert lookup[2] == 0 and lookup.skip_draft  # a pinned k = 0 skips (paired benchmarks, calibration)
+    assert AdaptiveLookup(None, k_max=3)[2] == 0 and not AdaptiveLookup(None, k_max=3).skip_draft
