@@ -289,6 +289,18 @@ class AdaptiveLookup:
         # 0.66x the best static k, below no speculation).
         taus = self.live.chain_taus(fresh, alpha, self.k_max)
         tau = {s: taus[s.num_draft_tokens] for s in policy.candidates if s.num_draft_tokens <= self.k_max}
+        if self.is_stale is not None:
+            # Draft skipping on: k = 0 is the load's call alone. When the policy, on the population's
+            # acceptance, chooses no speculation at this batch size, the step skips the draft (its
+            # requests go stale). Otherwise a k = 0 for the requests in the batch would be vLLM's own,
+            # which runs the draft's forward anyway (the step table prices the skipped one): k = 1
+            # costs about as much and may accept, so the choice is among k >= 1. Letting these
+            # requests skip made them stale for life (batch 1: 64 % of steps draft-less); letting
+            # them run vLLM's k = 0 served batch 8 at 0.65-0.8x every static k.
+            if policy.choose(batch) == NO_SPECULATION:
+                self.choices[batch] = 0
+                return 0
+            tau[NO_SPECULATION] = 0.0
         best = policy.choose(batch, tau)
         k = min(best.num_draft_tokens, self.k_max)
         if self.switch_margin > 0 and k != self.last_k and self.last_k <= self.k_max:
@@ -302,12 +314,7 @@ class AdaptiveLookup:
                 rate_keep = tau[keep] / policy.cost.step_time(batch, keep)
                 if rate_best < (1 + self.switch_margin) * rate_keep:
                     k = self.last_k
-        if k == 0:
-            # Skip the draft (its requests go stale for good) only if the population's acceptance
-            # also says no speculation at this batch size. A k = 0 for requests that accept poorly
-            # keeps their draft current (vLLM's own k = 0), so they can speculate again: skipping
-            # there made 64 % of batch-1 steps draft-less for the rest of their requests.
-            self.skip_draft = policy.choose(batch) == NO_SPECULATION
+        self.skip_draft = False  # a k = 0 from here on is the requests' (no draft skipping, or hysteresis)
         self.choices[batch] = k
         return k
 

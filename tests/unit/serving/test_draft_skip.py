@@ -88,25 +88,43 @@ def test_stale_requests_ride_along_without_changing_the_choice_of_k(tmp_path):
 
 
 def test_k0_skips_the_draft_only_when_the_load_calls_for_it(tmp_path):
-    """A k = 0 for requests that accept poorly keeps their draft current (they may speculate again);
-    a k = 0 the population's acceptance calls for at this batch size skips the draft."""
-    # k = 3 costs 2x a plain step at batch 1-4 and 4x from batch 5 on: with alpha 0.9 (tau 3.44)
+    """With draft skipping on, k = 0 is the load's call: when the population's acceptance says no
+    speculation at this batch size the step skips the draft; requests that accept poorly keep
+    speculating at the cheapest k instead (vLLM's own k = 0 would run the draft anyway)."""
+    # k = 1 and 3 cost 1.5x and 2x a plain step at batch 1-4, 4x from batch 5 on: with alpha 0.9
     # speculation pays up to batch 4 and no longer from 5
     table = StepTable.chains(
-        {0: Profile([1, 64], [1.0, 1.0]), 3: Profile([1, 4, 5, 64], [2.0, 2.0, 4.0, 4.0])}
+        {
+            0: Profile([1, 64], [1.0, 1.0]),
+            1: Profile([1, 4, 5, 64], [1.5, 1.5, 4.0, 4.0]),
+            3: Profile([1, 4, 5, 64], [2.0, 2.0, 4.0, 4.0]),
+        }
     )
-    policy = load_policy(write_policy_file(tmp_path / "t.json", table, [0.9, 0.9, 0.9], [3]), k_max=3)
+    path = write_policy_file(tmp_path / "t.json", table, [0.9, 0.9, 0.9], [1, 3])
     batch = ["a", "b", "c", "d", "e"]
-    lookup = AdaptiveLookup(policy, k_max=3, running=lambda b: batch[:b], max_batch=8)
+    stale: set[str] = set()
+    lookup = AdaptiveLookup(
+        load_policy(path, k_max=3),
+        k_max=3,
+        running=lambda b: batch[:b],
+        max_batch=8,
+        is_stale=stale.__contains__,
+    )
     assert lookup[2] == 3 and not lookup.skip_draft
     for _ in range(10):  # "a" and "b" reject every draft
         lookup.observe_requests({"a": 3, "b": 3}, {"a": 0, "b": 0}, finished=())
-    assert lookup[2] == 0 and not lookup.skip_draft  # their k = 0, not the load's: the draft runs
-    assert lookup[5] == 0 and lookup.skip_draft  # batch 5: no speculation for anyone
-    # held at k = 0, their estimates decay back towards the population's, and they speculate again
-    for _ in range(15):
-        lookup.observe_requests({}, {}, finished=(), idle=["a", "b"])
-    assert lookup[2] == 3
+    assert lookup[2] == 1 and not lookup.skip_draft  # their poor acceptance: the cheapest speculation
+    assert lookup[5] == 0 and lookup.skip_draft  # batch 5: the load says no speculation, draft skipped
     lookup.pin(0)
     assert lookup[2] == 0 and lookup.skip_draft  # a pinned k = 0 skips (paired benchmarks, calibration)
     assert AdaptiveLookup(None, k_max=3)[2] == 0 and not AdaptiveLookup(None, k_max=3).skip_draft
+
+    # Without draft skipping their k = 0 is priced by the table; held there, their estimates decay
+    # back towards the population's, and they speculate again
+    plain = AdaptiveLookup(load_policy(path, k_max=3), k_max=3, running=lambda b: batch[:b], max_batch=8)
+    for _ in range(10):
+        plain.observe_requests({"a": 3, "b": 3}, {"a": 0, "b": 0}, finished=())
+    assert plain[2] == 0
+    for _ in range(15):
+        plain.observe_requests({}, {}, finished=(), idle=["a", "b"])
+    assert plain[2] == 3
