@@ -366,22 +366,28 @@ class SpeculationPolicy:
     acceptance: AcceptanceTracker
     candidates: list[Shape]
 
-    # step_time(b, candidates[i]) for b = 1..len(_times), frozen by freeze_costs() (a fast path for
-    # a server that chooses every step); None: ask the cost model each time
-    _times: list[list[float]] | None = field(default=None, repr=False)
+    # batch -> step_time(batch, candidates[i]) for every i, frozen by freeze_costs() and filled as
+    # batch sizes are asked for (a fast path for a server that chooses every step); None: ask the
+    # cost model each time
+    _times: dict[int, list[float]] | None = field(default=None, repr=False)
+    _max_frozen: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         self.candidates = sorted(set(self.candidates) | {NONE})
 
     def freeze_costs(self, max_batch: int) -> None:
         """Tabulate the step times of every candidate up to ``max_batch``; :meth:`choose` reads the table
-        until the next call (the cost model's online updates are picked up by calling it again)."""
-        self._times = [[self.cost.step_time(b, s) for s in self.candidates] for b in range(1, max_batch + 1)]
+        until the next call (the cost model's online updates are picked up by calling it again). Rows
+        are tabulated when first asked for, so a refresh costs only the batch sizes in use."""
+        self._times, self._max_frozen = {}, max_batch
 
     def _row(self, batch: int) -> list[float]:
         """Step times of every candidate at ``batch``."""
-        if self._times is not None and batch <= len(self._times):
-            return self._times[batch - 1]
+        if self._times is not None and batch <= self._max_frozen:
+            row = self._times.get(batch)
+            if row is None:
+                row = self._times[batch] = [self.cost.step_time(batch, s) for s in self.candidates]
+            return row
         return [self.cost.step_time(batch, s) for s in self.candidates]
 
     def goodput(self, batch: int, shape: Shape) -> float:

@@ -197,6 +197,7 @@ class AdaptiveLookup:
         self.drains = 0
         self.choices: dict[int, int] = {}  # batch size -> k last chosen
         self._age: dict[int, int] = {}
+        self._load_choice: dict[int, bool] = {}  # batch size -> the population's choice is no speculation
         self._frozen_at = -(10**9)
         self._warned = False
         self.pinned: int | list[int] | None = None
@@ -277,6 +278,18 @@ class AdaptiveLookup:
         if self.steps - self._frozen_at >= self.refresh_steps:
             policy.freeze_costs(self.max_batch)
             self._frozen_at = self.steps
+            self._load_choice.clear()
+        if self.is_stale is not None:
+            # Draft skipping on: k = 0 is the load's call alone. When the policy, on the population's
+            # acceptance, chooses no speculation at this batch size, the step skips the draft (its
+            # requests go stale). Asked first, and cached per batch size until the next refresh: at
+            # large batch this is the whole per-step cost of the plugin (a step there takes a few ms).
+            load = self._load_choice.get(batch)
+            if load is None:
+                load = self._load_choice[batch] = policy.choose(batch) == NO_SPECULATION
+            if load:
+                self.choices[batch] = 0
+                return 0
         alpha = policy.acceptance.alpha
         ids = self.running(batch)
         fresh = [r for r in ids if not self.is_stale(r)] if self.is_stale is not None else ids
@@ -290,16 +303,11 @@ class AdaptiveLookup:
         taus = self.live.chain_taus(fresh, alpha, self.k_max)
         tau = {s: taus[s.num_draft_tokens] for s in policy.candidates if s.num_draft_tokens <= self.k_max}
         if self.is_stale is not None:
-            # Draft skipping on: k = 0 is the load's call alone. When the policy, on the population's
-            # acceptance, chooses no speculation at this batch size, the step skips the draft (its
-            # requests go stale). Otherwise a k = 0 for the requests in the batch would be vLLM's own,
-            # which runs the draft's forward anyway (the step table prices the skipped one): k = 1
-            # costs about as much and may accept, so the choice is among k >= 1. Letting these
+            # The load calls for speculation. A k = 0 for the requests in the batch would be vLLM's
+            # own, which runs the draft's forward anyway (the step table prices the skipped one):
+            # k = 1 costs about as much and may accept, so the choice is among k >= 1. Letting these
             # requests skip made them stale for life (batch 1: 64 % of steps draft-less); letting
             # them run vLLM's k = 0 served batch 8 at 0.65-0.8x every static k.
-            if policy.choose(batch) == NO_SPECULATION:
-                self.choices[batch] = 0
-                return 0
             tau[NO_SPECULATION] = 0.0
         best = policy.choose(batch, tau)
         k = min(best.num_draft_tokens, self.k_max)
