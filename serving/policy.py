@@ -216,6 +216,26 @@ def conditional_acceptance(accepted_at_position: list[float], total: float) -> l
     return out
 
 
+def alpha_from_histograms(histograms: dict[int, list[int]], min_trials: int = 200) -> list[float]:
+    """Conditional acceptance alpha_1.. measured on chains of several lengths.
+
+    ``histograms[k][j]``: the request-steps that verified a k-token chain and accepted exactly j of
+    its tokens (``len == k + 1``). Position i is tried by every chain with k >= i whose first i - 1
+    tokens were accepted, so alpha_i = #(accepted >= i) / #(accepted >= i - 1) over those chains.
+    The list stops before the first position with fewer than ``min_trials`` trials."""
+    out: list[float] = []
+    for i in range(1, max(histograms, default=0) + 1):
+        reached = tried = 0
+        for k, hist in histograms.items():
+            if k >= i:
+                tried += sum(hist[i - 1 :])
+                reached += sum(hist[i:])
+        if tried < min_trials:
+            break
+        out.append(reached / tried)
+    return out
+
+
 def chain_tau(alpha: list[float], k: int) -> float:
     """Expected tokens per step of a k-token chain from conditional acceptances alpha_1..: 1 + sum prod."""
     tau, run = 1.0, 1.0

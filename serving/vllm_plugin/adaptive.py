@@ -72,7 +72,8 @@ def write_policy_file(
     skip_draft_at_k0: bool = False,
 ) -> Path:
     """Everything the plugin needs, in one JSON file: a step cost (profiled forwards, or whole
-    measured vLLM steps from ``specforge calibrate --vllm``), the head's offline alpha_k, and the
+    measured vLLM steps from ``specforge calibrate --vllm``), the acceptance alpha_k that seeds the
+    policy (the head's offline estimate, or what calibration measured), and the
     chain lengths it may choose from. ``skip_draft_at_k0``: a step at k = 0 runs neither the draft
     nor the runner's speculative bookkeeping (:mod:`serving.vllm_plugin.draft_skip`)."""
     if isinstance(cost, StepTable):

@@ -2,7 +2,8 @@
 
 Contract: :class:`StepRecorder` is driven by the plugin's scheduler hooks (``on_schedule`` at every
 ``schedule()``, ``on_output`` after every ``update_from_output``). It keeps, per (batch size, k),
-the seconds of *steady* decode steps and the tokens they emitted per request, feeds each step and
+the seconds of *steady* decode steps and the tokens they emitted per request (and, per k, how many
+drafts each request accepted), feeds each step and
 each request's acceptance back to the :class:`~serving.vllm_plugin.adaptive.AdaptiveLookup`, and
 writes its summary as JSON (``flush``). It never imports vllm: it reads the scheduler's output
 objects by attribute.
@@ -47,6 +48,9 @@ class StepRecorder:
         self.pending: tuple[int, int, float, float, list[int]] | None = (
             None  # batch, k, emitted, t0, accepted
         )
+        # k -> histogram of tokens accepted per request on steady steps verifying k drafts
+        # ([k + 1] counts: index j = request-steps that accepted exactly j)
+        self.accepted: dict[int, list[int]] = {}
         self.t_schedule = 0.0
         self.t_done = 0.0
 
@@ -107,6 +111,10 @@ class StepRecorder:
         if len(counts) != len(decoding) or len(emitted_by) != len(sched):
             return None
         emitted = sum(counts) / len(counts)  # per decoding request
+        if k > 0:
+            hist = self.accepted.setdefault(k, [0] * (k + 1))
+            for c in counts:
+                hist[min(max(c - 1, 0), k)] += 1
         recording = lookup is None or lookup.recording
         if recording and k == int(getattr(scheduler_output, "num_spec_tokens_to_schedule", k) or 0):
             self.pending = (len(sched), k, emitted, self.t_schedule, [c - 1 for c in counts])
@@ -123,7 +131,7 @@ class StepRecorder:
             }
             for (b, k), (sec, em) in sorted(self.cells.items())
         ]
-        out: dict = {"steps": steps}
+        out: dict = {"steps": steps, "accepted": {str(k): h for k, h in sorted(self.accepted.items())}}
         if self.trace is not None:
             out["trace_fields"] = ["t_schedule", "t_output", "requests", "tokens", "drafts", "new", "sampled"]
             out["trace"] = self.trace

@@ -53,7 +53,7 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
-from serving.policy import Profile, StepTable
+from serving.policy import Profile, StepTable, alpha_from_histograms
 from serving.vllm_plugin.adaptive import ENV, STEP_LOG_ENV, write_explore_file, write_policy_file
 from serving.vllm_plugin.offline import PLAIN, run_vllm
 from specforge.bench.sweep import decode_summary, serve_summary
@@ -226,7 +226,9 @@ def calibrate_vllm(
     requests included. ``lengths`` as in the sweep: calibrate with the lengths the server will see
     (natural: contexts grow and batches shrink as answers end, and every batch size passed on the way
     is timed). ``skip_draft_at_k0``: k = 0 is timed, and served, without the draft (see
-    :mod:`serving.vllm_plugin.draft_skip`)."""
+    :mod:`serving.vllm_plugin.draft_skip`). ``alpha``, the head's offline acceptance, seeds the
+    policy only at positions the run measured too rarely: the acceptance measured on ``prompts``
+    seeds the rest (``meta`` in the file keeps both)."""
     _check_choice("workload", workload, WORKLOADS)
     _check_choice("lengths", lengths, LENGTHS)
     sizes = batch_sizes or BATCH_SIZES
@@ -264,12 +266,20 @@ def calibrate_vllm(
         req["sweep"] = {**req["sweep"], "batch_sizes": order, "warmup": False}
     req["ignore_eos"] = lengths != "natural"
     run_vllm(req, workdir / "explore", env={**SWEEP_ENV, ENV: str(explore), STEP_LOG_ENV: str(log)})
-    cells = json.loads(log.read_text())["steps"]
+    recorded = json.loads(log.read_text())
+    cells = recorded["steps"]
     table = step_table(cells, ks)
+    # The acceptance the engine measured on these prompts seeds the policy; the head's offline
+    # alpha_k (teacher-forced features) fills positions measured too rarely. Offline, this head's
+    # alpha_1 read 0.69; vLLM served it at 0.48-0.49, and a policy seeded offline speculated at
+    # every batch size until it had learnt that.
+    hists = {int(k): h for k, h in recorded.get("accepted", {}).items()}
+    measured = alpha_from_histograms(hists)
+    seed = measured + list(alpha[len(measured) :])
     policy = write_policy_file(
         workdir / "policy.json",
         table,
-        alpha=alpha,
+        alpha=seed,
         ks=[k for k in ks if k > 0],
         meta={
             "target": str(target),
@@ -277,6 +287,8 @@ def calibrate_vllm(
             "max_tokens": max_tokens,
             "workload": workload,
             "lengths": lengths,
+            "alpha_offline": list(alpha),
+            "alpha_measured": measured,
         },
         skip_draft_at_k0=skip_draft_at_k0,
     )

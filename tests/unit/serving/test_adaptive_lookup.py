@@ -179,6 +179,9 @@ def test_step_recorder_times_steady_decode_steps(tmp_path):
     assert summary["steps"] == [
         {"batch_size": 2, "k": 2, "steps": 1, "seconds": pytest.approx(0.011), "emitted": 2.0}
     ]
+    # drafts accepted per request wherever every request verified 2 (steps 1 and 2, timed or not):
+    # step 1 "a" 2 and "b" none, step 2 none each
+    assert summary["accepted"] == {"2": [3, 0, 1]}
     assert len(summary["alpha"]) == 3 and set(summary["cost_factor"]) == {"0", "1", "2", "3"}
     # the timed step reached the policy: its cost model saw one step of (batch 2, chain 2)
     assert lookup.policy.cost.count == {lookup.policy.candidates[2]: 1}

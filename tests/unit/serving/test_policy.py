@@ -17,6 +17,7 @@ from serving.policy import (
     Shape,
     SpeculationPolicy,
     StepTable,
+    alpha_from_histograms,
     chain_tau,
     isotonic,
 )
@@ -213,3 +214,13 @@ def test_live_acceptance_overrides_the_tracker_and_stops_speculation_for_bad_seq
     assert pol.choose(2, tau={Shape.chain(2): 1.1}) == NONE  # the batch left accepts almost nothing
     pol.freeze_costs(8)
     assert pol.choose(2) == Shape.chain(2) and pol.choose(64) == pol.choose(64, tau=None)
+
+
+def test_alpha_from_histograms_pools_chains_of_every_length():
+    # k = 1: 60 of 100 accepted; k = 2: 50 rejected at once, 20 accepted one, 30 accepted both
+    hists = {1: [40, 60], 2: [50, 20, 30]}
+    alpha = alpha_from_histograms(hists, min_trials=10)
+    # position 1: (60 + 50) of 200; position 2: 30 of the 50 chains of 2 that reached it
+    assert alpha == pytest.approx([110 / 200, 30 / 50])
+    assert alpha_from_histograms(hists, min_trials=100) == pytest.approx([110 / 200])  # 50 < 100
+    assert alpha_from_histograms({}) == []
