@@ -48,7 +48,14 @@ from serving.policy import (
     StepTable,
 )
 from serving.shape import NO_SPECULATION, TreeShape
-from serving.vllm_plugin.draft_skip import SKIP_ATTR, StaleDrafts, patch_proposer, patch_runner
+from serving.vllm_plugin.draft_skip import (
+    LAST_SKIP_ATTR,
+    SKIP_ATTR,
+    StaleDrafts,
+    patch_engine_core,
+    patch_proposer,
+    patch_runner,
+)
 from serving.vllm_plugin.recorder import StepRecorder
 
 ENV = "SPECFORGE_ADAPTIVE_SPEC"
@@ -433,6 +440,7 @@ def register() -> None:
     if os.environ.get(ENV) and _skip_draft_at_k0():
         patch_proposer()  # worker processes: k = 0 runs no draft forward
         patch_runner()  # ... and takes the runner's plain path
+        patch_engine_core()  # ... and the engine core fetches no drafts after it
     if getattr(Scheduler, "_specforge_patched", False):
         _PATCHED = True
         return
@@ -464,8 +472,11 @@ def register() -> None:
         stale = getattr(self, "_specforge_stale", None)
         if stale is not None:
             lookup = getattr(self, "dynamic_sd_lookup", None)
-            if isinstance(lookup, AdaptiveLookup) and lookup.skip_draft:
+            skip = isinstance(lookup, AdaptiveLookup) and lookup.skip_draft
+            if skip:
                 setattr(out, SKIP_ATTR, True)  # read by the model runner (draft_skip.patch_runner)
+            # read by the engine core after the step (draft_skip.patch_engine_core)
+            setattr(self, LAST_SKIP_ATTR, skip and not int(out.num_spec_tokens_to_schedule or 0))
             stale.after_schedule(out)
         return out
 
