@@ -128,3 +128,20 @@ def test_k0_skips_the_draft_only_when_the_load_calls_for_it(tmp_path):
     for _ in range(15):
         plain.observe_requests({}, {}, finished=(), idle=["a", "b"])
     assert plain[2] == 3
+
+
+def test_the_loads_verdict_is_cached_until_the_next_refresh(tmp_path):
+    """The population's "no speculation at this batch size" is asked once per batch size and
+    refresh (at large batch it is the plugin's whole per-step cost); what the policy learns in the
+    meantime reaches it at the next refresh."""
+    table = StepTable.chains({0: Profile([1, 64], [1.0, 1.0]), 3: Profile([1, 64], [2.0, 2.0])})
+    policy = load_policy(write_policy_file(tmp_path / "t.json", table, [0.3, 0.3, 0.3], [3]), k_max=3)
+    batch = [f"r{i}" for i in range(8)]
+    lookup = AdaptiveLookup(
+        policy, k_max=3, running=lambda b: batch[:b], max_batch=8, is_stale=set().__contains__
+    )
+    lookup.refresh_steps = 4
+    assert lookup[8] == 0 and lookup.skip_draft  # tau 1.43 at twice the step time: no speculation
+    policy.acceptance.alpha[:] = [0.95, 0.95, 0.95]  # the population now accepts almost everything
+    assert [lookup[8] for _ in range(3)] == [0, 0, 0]  # the cached verdict, until the refresh
+    assert lookup[8] == 3 and not lookup.skip_draft
