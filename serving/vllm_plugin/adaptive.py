@@ -90,8 +90,7 @@ def write_policy_file(
             "cost": {"target": asdict(cost.target), "draft": asdict(cost.draft) if cost.draft else None}
         }
     payload.update({"alpha": list(alpha), "ks": list(ks), "beta": beta, "meta": meta or {}})
-    if skip_draft_at_k0:
-        payload["skip_draft_at_k0"] = True
+    payload["skip_draft_at_k0"] = bool(skip_draft_at_k0)
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=1))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from serving.policy import OnlineStepCost
+from serving.vllm_plugin.draft_skip import SKIP_ATTR
 
 if TYPE_CHECKING:
     from serving.vllm_plugin.adaptive import AdaptiveLookup
@@ -40,7 +41,7 @@ class StepRecorder:
     ):
         self.path, self.max_gap, self.max_samples = path, max_gap, max_samples
         # Every step when tracing: [schedule time, output time, requests, tokens, drafts, new requests,
-        # tokens sampled]
+        # tokens sampled, k proposed for the next step, whether the step skipped the draft]
         self.trace: list[list] | None = [] if trace else None
         self.cells: dict[
             tuple[int, int], tuple[list[float], list[float]]
@@ -98,6 +99,8 @@ class StepRecorder:
                     sum(len(d) for d in drafts.values()),
                     len(scheduler_output.scheduled_new_reqs or ()),
                     sum(emitted_by.values()),
+                    int(getattr(scheduler_output, "num_spec_tokens_to_schedule", 0) or 0),
+                    int(bool(getattr(scheduler_output, SKIP_ATTR, False))),
                 ]
             )
         if not sched or (new and not (lookup is not None and lookup.time_mixed)):
@@ -133,7 +136,17 @@ class StepRecorder:
         ]
         out: dict = {"steps": steps, "accepted": {str(k): h for k, h in sorted(self.accepted.items())}}
         if self.trace is not None:
-            out["trace_fields"] = ["t_schedule", "t_output", "requests", "tokens", "drafts", "new", "sampled"]
+            out["trace_fields"] = [
+                "t_schedule",
+                "t_output",
+                "requests",
+                "tokens",
+                "drafts",
+                "new",
+                "sampled",
+                "k_next",
+                "skip",
+            ]
             out["trace"] = self.trace
         if lookup is not None:
             out["choices"] = {str(b): k for b, k in sorted(lookup.choices.items())}

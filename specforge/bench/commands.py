@@ -40,9 +40,10 @@ def add_skip_flag(parser) -> None:
     parser.add_argument(
         "--skip-draft-at-k0",
         action=argparse.BooleanOptionalAction,
-        default=False,
-        help="(--vllm) a step at k = 0 runs neither the draft nor vLLM's speculative bookkeeping, as in an "
-        "engine without a draft (its requests stop speculating; see the README)",
+        default=True,
+        help="(--vllm) a step at k = 0 that the load calls for runs neither the draft nor vLLM's speculative "
+        "bookkeeping, as in an engine without a draft (its requests stop speculating; see the README). "
+        "On by default; --no-skip-draft-at-k0 keeps vLLM's k = 0, which runs the draft",
     )
 
 

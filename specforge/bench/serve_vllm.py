@@ -215,7 +215,7 @@ def calibrate_vllm(
     repeats: int = 2,
     workload: str = "burst",
     lengths: str = "fixed",
-    skip_draft_at_k0: bool = False,
+    skip_draft_at_k0: bool = True,
 ) -> tuple[Path, StepTable]:
     """Measure vLLM's step time per (batch size, k <= k_max) and write ``workdir/policy.json``.
 
@@ -348,7 +348,7 @@ def bench_serve_vllm(
     calibration: str = "burst",
     design: str = "paired",
     lengths: str = "fixed",
-    skip_draft_at_k0: bool = False,
+    skip_draft_at_k0: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
     _check_choice("workload", workload, WORKLOADS)
