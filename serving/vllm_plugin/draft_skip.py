@@ -38,8 +38,7 @@ Contract
   (geometric mean 1.01, 7 pairs). Natural lengths, closed loop, one process: the adaptive engine
   at k = 0 served 0.84-0.89x an engine without a draft at batch 64 while the engine core still
   fetched drafts after every step, 0.97-1.01x without (3 pairs each). The trade-off: a request
-  made stale never speculates again,
-  even when the batch shrinks. Only this package imports vllm.
+  made stale never speculates again, even when the batch shrinks. Only this package imports vllm.
 """
 
 from __future__ import annotations

@@ -3,9 +3,8 @@
 Contract: :class:`StepRecorder` is driven by the plugin's scheduler hooks (``on_schedule`` at every
 ``schedule()``, ``on_output`` after every ``update_from_output``). It keeps, per (batch size, k),
 the seconds of *steady* decode steps and the tokens they emitted per request (and, per k, how many
-drafts each request accepted), feeds each step and
-each request's acceptance back to the :class:`~serving.vllm_plugin.adaptive.AdaptiveLookup`, and
-writes its summary as JSON (``flush``). It never imports vllm: it reads the scheduler's output
+drafts each request accepted), feeds each step and each request's acceptance back to the
+:class:`~serving.vllm_plugin.adaptive.AdaptiveLookup`, and writes its summary as JSON (``flush``). It never imports vllm: it reads the scheduler's output
 objects by attribute.
 """
 
