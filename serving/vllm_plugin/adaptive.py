@@ -61,6 +61,10 @@ from serving.vllm_plugin.recorder import StepRecorder
 ENV = "SPECFORGE_ADAPTIVE_SPEC"
 STEP_LOG_ENV = "SPECFORGE_STEP_LOG"
 STEP_TRACE_ENV = "SPECFORGE_STEP_TRACE"  # "1": the step log also lists every step (diagnosis)
+# A scheduler attribute: a function returning this engine's own time in seconds, for the step
+# recorder (absent: time.perf_counter). Set by the lockstep benchmark, whose engines share one thread
+# and step in turn: each engine's clock then stops while the others step.
+CLOCK_ATTR = "_specforge_clock"
 # The live choice changes k only for a predicted goodput gain above this fraction (policy file:
 # "switch_margin"): without it, per-request estimates flipped k between near-tied values ~50 times in
 # 580 steps at batch 32-64 and served 8-9 % below the static k they hovered around.
@@ -461,9 +465,8 @@ def register() -> None:
         if recorder is not None:
             lookup = getattr(self, "dynamic_sd_lookup", None)
             try:
-                recorder.on_schedule(
-                    time.perf_counter(), lookup if isinstance(lookup, AdaptiveLookup) else None
-                )
+                clock = getattr(self, CLOCK_ATTR, None) or time.perf_counter
+                recorder.on_schedule(clock(), lookup if isinstance(lookup, AdaptiveLookup) else None)
             except Exception as e:  # pragma: no cover - defensive
                 logger.warning("specforge step timing off: %s", e)
                 self._specforge_recorder = None
@@ -498,7 +501,8 @@ def register() -> None:
             lookup = getattr(self, "dynamic_sd_lookup", None)
             lookup = lookup if isinstance(lookup, AdaptiveLookup) else None
             try:
-                recorder.on_output(time.perf_counter(), scheduler_output, model_runner_output, lookup)
+                clock = getattr(self, CLOCK_ATTR, None) or time.perf_counter
+                recorder.on_output(clock(), scheduler_output, model_runner_output, lookup)
                 if not self.running and not self.waiting:
                     if lookup is not None:
                         lookup.drained()

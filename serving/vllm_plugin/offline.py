@@ -140,6 +140,10 @@ def main(request_path: str, result_path: str) -> None:
         "disable_log_stats": False,
         "max_num_seqs": int(req.get("max_num_seqs", 64)),
     }
+    if (req.get("sweep") or {}).get("design") == "lockstep":
+        rows = _lockstep(req, engine_args)
+        Path(result_path).write_text(json.dumps({"sweep": rows}))
+        return
     # A paired sweep's plain arm: a second engine, without a draft. It starts first: each engine's
     # metrics replace the last one's in vLLM's (process-wide) registry, and the counters read are the
     # speculative engine's.
@@ -176,6 +180,43 @@ def main(request_path: str, result_path: str) -> None:
             {"outputs": outputs, "seconds": best, "spec": counters, "output_tokens": sum(map(len, outputs))}
         )
     )
+
+
+def _lockstep(req: dict, engine_args: dict) -> list[dict]:
+    """A lockstep sweep (:mod:`serving.vllm_plugin.lockstep`): one engine per arm in this process.
+    ``req["sweep"]["arms"]``: arm -> ``{"speculative_config": {...} | null, "plugin": bool}``; only a
+    ``plugin`` arm's scheduler gets the policy named by ``SPECFORGE_ADAPTIVE_SPEC``, so the others
+    run vLLM exactly as configured (every scheduler still times its steps and counts its drafts)."""
+    from vllm import LLM, SamplingParams
+
+    from serving.vllm_plugin.adaptive import ENV, STEP_LOG_ENV, register
+    from serving.vllm_plugin.lockstep import lockstep_sweep
+
+    saved = {name: os.environ.get(name) for name in (ENV, STEP_LOG_ENV)}
+    register()  # patch this process once, with the policy in sight (draft skipping)
+    engines, schedulers = {}, {}
+    try:
+        for arm, spec in req["sweep"]["arms"].items():
+            for name, value in saved.items():  # the policy and the step log are the plugin arm's
+                if spec.get("plugin") and value:
+                    os.environ[name] = value
+                else:
+                    os.environ.pop(name, None)
+            engines[arm] = LLM(**engine_args, speculative_config=spec.get("speculative_config"))
+            schedulers[arm] = _scheduler(engines[arm])
+            _keep_samples(schedulers[arm])
+    finally:
+        for name, value in saved.items():
+            if value:
+                os.environ[name] = value
+    params = SamplingParams(
+        temperature=0.0,
+        max_tokens=int(req["max_tokens"]),
+        ignore_eos=bool(req.get("ignore_eos", False)),
+        detokenize=False,
+    )
+    prompts = [{"prompt_token_ids": ids} for ids in req["prompts"]]
+    return lockstep_sweep(engines, schedulers, params, prompts, req["sweep"], _decode_since, _recorded)
 
 
 def _request_latency(r, fallback: float) -> dict:

@@ -51,6 +51,10 @@ class StepRecorder:
         # k -> histogram of tokens accepted per request on steady steps verifying k drafts
         # ([k + 1] counts: index j = request-steps that accepted exactly j)
         self.accepted: dict[int, list[int]] = {}
+        # vLLM's speculative counters, kept per engine (vLLM's metrics registry is one per process, so
+        # engines sharing a process cannot tell theirs apart): every step, every request verifying
+        # drafts counts as one draft, its drafts as draft tokens, the leading ones it accepted.
+        self.spec: dict = {"drafts": 0, "draft_tokens": 0, "accepted_tokens": 0, "accepted_per_pos": []}
         self.t_schedule = 0.0
         self.t_done = 0.0
 
@@ -81,9 +85,11 @@ class StepRecorder:
         # tokens each scheduled request emitted this step
         emitted_by = {r: len(sampled[index[r]]) for r in sched if r in index and index[r] < len(sampled)}
         new = {getattr(r, "req_id", None) for r in scheduler_output.scheduled_new_reqs or ()}
+        verified = {r: len(d) for r, d in drafts.items() if d and r in emitted_by}
+        accepted = {r: min(max(emitted_by[r] - 1, 0), verified[r]) for r in verified}
+        if verified:
+            self._count(verified, accepted)
         if lookup is not None:
-            verified = {r: len(d) for r, d in drafts.items() if d and r in emitted_by}
-            accepted = {r: min(max(emitted_by[r] - 1, 0), verified[r]) for r in verified}
             idle = [r for r in emitted_by if r not in verified and r not in new]
             lookup.observe_requests(
                 verified, accepted, getattr(scheduler_output, "finished_req_ids", ()), idle=idle
@@ -121,6 +127,17 @@ class StepRecorder:
         if recording and k == int(getattr(scheduler_output, "num_spec_tokens_to_schedule", k) or 0):
             self.pending = (len(sched), k, emitted, self.t_schedule, [c - 1 for c in counts])
         return len(sched), k, emitted
+
+    def _count(self, verified: dict[str, int], accepted: dict[str, int]) -> None:
+        spec = self.spec
+        spec["drafts"] += len(verified)
+        spec["draft_tokens"] += sum(verified.values())
+        spec["accepted_tokens"] += sum(accepted.values())
+        per_pos = spec["accepted_per_pos"]
+        per_pos.extend([0] * (max(verified.values()) - len(per_pos)))
+        for a in accepted.values():
+            for i in range(a):
+                per_pos[i] += 1
 
     def summary(self, lookup: AdaptiveLookup | None) -> dict:
         steps = [

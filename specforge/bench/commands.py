@@ -82,10 +82,18 @@ def add_serve_parser(bench_sub) -> None:
     )
     bs.add_argument(
         "--design",
-        choices=["paired", "engines"],
+        choices=["paired", "lockstep", "engines"],
         default="paired",
         help="paired: every speculative configuration in one engine, switched between measurements "
-        "(no speculation in its own); engines: one engine per configuration (vLLM)",
+        "(no speculation in its own); lockstep: an engine per configuration in one process, taking "
+        "turns of --turn-steps steps, each timed on its own clock (less noise, but the engines slow "
+        "each other; see the README); engines: one process per configuration (vLLM)",
+    )
+    bs.add_argument(
+        "--turn-steps",
+        type=int,
+        default=32,
+        help="--design lockstep: steps an engine takes before the next engine's turn",
     )
     bs.add_argument(
         "--calibration",
@@ -129,6 +137,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
             workload=args.workload,
             calibration=args.calibration,
             design=args.design,
+            turn_steps=args.turn_steps,
             lengths=args.lengths,
             skip_draft_at_k0=args.skip_draft_at_k0,
         )

@@ -171,3 +171,45 @@ def test_bench_serve_sweep_with_calibrated_plugin(micro_target_dir, served):
     )
     assert {r["config"] for r in res["rows"]} == {"none", "k2", "vllm-table", "specforge"}
     assert res["design"] == "engines" and res["summary"]["per_batch_size"][0]["lossless"]
+
+
+def test_bench_serve_lockstep_gives_every_configuration_its_own_engine(micro_target_dir, served):
+    """The lockstep design: an engine per configuration in one process, taking turns; each row's
+    speculative counters come from that engine's own scheduler (vLLM's metrics registry is shared)."""
+    from specforge.bench.serve_vllm import bench_serve_vllm
+
+    tmp, draft = served
+    policy = tmp / "serve" / "calibrate" / "policy.json"
+    if not policy.is_file():
+        pytest.skip("needs the calibrated policy of test_bench_serve_sweep_with_calibrated_plugin")
+    res = bench_serve_vllm(
+        micro_target_dir,
+        draft,
+        tmp / "run",
+        tmp / "data" / "heldout.jsonl",
+        tmp / "serve-lockstep",
+        batch_sizes=[1, 4],
+        static_ks=[2],
+        max_tokens=12,
+        rounds=1,
+        repeats=2,
+        policy=policy,
+        design="lockstep",
+        turn_steps=3,
+        log=lambda _m: None,
+    )
+    assert sorted(p.name for p in (tmp / "serve-lockstep" / "round0").iterdir()) == ["lockstep"]
+    assert {(r["config"], r["batch_size"]) for r in res["rows"]} == {
+        (c, b) for c in ["none", "k2", "vllm-table", "specforge"] for b in [1, 4]
+    }
+    for r in res["rows"]:
+        assert r["tokens_per_s"] > 0 and r["latency_mean"] > 0 and r["decode"]["steps"] > 0
+        if r["config"] == "none":
+            assert not r["spec"].get("drafts")
+        if r["config"] in ("k2", "vllm-table"):  # a static k = 2 engine; the table capped at K = 2
+            assert r["spec"]["drafts"] > 0 and r["spec"]["draft_tokens"] == 2 * r["spec"]["drafts"]
+            assert 0 <= r["spec"]["accepted_tokens"] <= r["spec"]["draft_tokens"]
+            assert sum(r["spec"]["accepted_per_pos"]) == r["spec"]["accepted_tokens"]
+    assert res["design"] == "lockstep" and all(row["lossless"] for row in res["summary"]["per_batch_size"])
+    # only the plugin's engine wrote the step log, with its choices
+    assert set(res["plugin_steps"][0]["choices"]) >= {"1", "4"}
