@@ -32,14 +32,13 @@ methods (``add_request``, ``step``, ``has_unfinished_requests``) and the schedul
 
 from __future__ import annotations
 
-import hashlib
-import json
+import copy
 import random
 import time
-from collections.abc import Callable
 from typing import Any
 
 from serving.vllm_plugin.adaptive import CLOCK_ATTR
+from serving.vllm_plugin.offline import _decode_since, _diff, _digest, _recorded
 
 # Steps an engine takes before the next one's turn. Measured at batch 16 (static k = 1 / none, whose
 # ratio alone was 0.97-1.02): turns of 1 step gave 1.065-1.08, of 8 steps 1.06-1.10 (identical
@@ -73,7 +72,7 @@ class ClosedLoop:
 
     def __init__(self, engine: Any, params: Any, prompts: list[dict], b: int, clock: EngineClock, tag: str):
         self.engine, self.params, self.prompts, self.b, self.clock = engine, params, prompts, b, clock
-        self.tag = tag  # request ids must be unique per engine across measurements
+        self.tag = tag  # request ids must be unique per engine across measurements: batch size, repeat
         self.next = 0
         self.sent: dict[str, float] = {}  # request id -> engine time at submission
         self.tokens: dict[str, list[int]] = {}
@@ -122,24 +121,13 @@ class ClosedLoop:
             "tokens_per_s_all": sum(map(len, outputs)) / elapsed if elapsed > 0 else 0.0,
             "latency_mean": sum(self.latency.values()) / n,
             "tpot_mean": sum(self.latency[r] / max(len(self.tokens[r]), 1) for r in self.latency) / n,
-            "outputs_sha": hashlib.sha256(json.dumps(outputs).encode()).hexdigest()[:16],
+            "outputs_sha": _digest(outputs),
         }
 
 
 def _counters(scheduler: Any) -> dict:
     recorder = getattr(scheduler, "_specforge_recorder", None)
-    return json.loads(json.dumps(recorder.spec)) if recorder is not None else {}
-
-
-def _spec_diff(after: dict, before: dict) -> dict:
-    out: dict = {}
-    for key, value in after.items():
-        if isinstance(value, list):
-            prev = before.get(key) or []
-            out[key] = [v - (prev[i] if i < len(prev) else 0) for i, v in enumerate(value)]
-        else:
-            out[key] = value - before.get(key, 0)
-    return out
+    return copy.deepcopy(recorder.spec) if recorder is not None else {}
 
 
 def lockstep_sweep(
@@ -148,14 +136,12 @@ def lockstep_sweep(
     params: Any,
     prompts: list[dict],
     sweep: dict,
-    decode_since: Callable[[Any, dict, int], dict],
-    recorded: Callable[[Any], dict],
 ) -> list[dict]:
-    """Measure every arm (``engines``: arm -> ``LLM``) at every batch size of ``sweep`` in lockstep.
+    """Measure every arm (``engines``: arm -> ``LLM``, ``schedulers``: arm -> its scheduler) at every
+    batch size of ``sweep`` in lockstep.
 
     ``sweep``: ``batch_sizes``, ``repeats``, ``min_requests``, ``closed_loop`` (requests per client),
-    ``seed``, ``warmup``. ``decode_since`` and ``recorded`` read a scheduler's recorded decode steps
-    (as in a paired sweep)."""
+    ``seed``, ``warmup``, ``turn_steps``."""
     from vllm.sampling_params import RequestOutputKind
 
     params = params.clone()
@@ -171,14 +157,12 @@ def lockstep_sweep(
         setattr(sched, CLOCK_ATTR, clocks[arm])
     rng = random.Random(int(sweep.get("seed", 0)))
     turn = max(1, int(sweep.get("turn_steps", TURN_STEPS)))
-    count = [0]
 
     def measure(b: int, rep: int) -> list[dict]:
-        count[0] += 1
         ps = prompts[: max(min_requests, per_slot * b)]
-        before = {arm: (_counters(s), recorded(s)) for arm, s in schedulers.items()}
+        before = {arm: (_counters(s), _recorded(s)) for arm, s in schedulers.items()}
         loops = {
-            arm: ClosedLoop(llm.llm_engine, params, ps, b, clocks[arm], f"m{count[0]}")
+            arm: ClosedLoop(llm.llm_engine, params, ps, b, clocks[arm], f"b{b}-r{rep}")
             for arm, llm in engines.items()
         }
         order = list(loops)
@@ -199,11 +183,11 @@ def lockstep_sweep(
             rows.append(
                 {
                     "config": arm,
-                    "decode": decode_since(sched, steps, b),
+                    "decode": _decode_since(sched, steps, b),
                     "batch_size": b,
                     "repeat": rep,
                     **loop.result(),
-                    "spec": _spec_diff(_counters(sched), counters),
+                    "spec": _diff(_counters(sched), counters),
                     "steps": loop.steps,
                 }
             )

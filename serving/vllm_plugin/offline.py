@@ -107,12 +107,14 @@ def _counters(llm, names: dict[str, str] = SPEC_METRICS) -> dict:
 
 
 def _diff(after: dict, before: dict) -> dict:
+    """Counters ``after`` minus ``before``, key by key; lists element-wise, a position ``before``
+    lacks counting from 0 (a recorder's per-position list grows with the longest chain seen)."""
     out = {}
     for k, v in after.items():
         b = before.get(k)
         if isinstance(v, list):
-            b = b or [0] * len(v)
-            out[k] = [x - y for x, y in zip(v, b)]
+            b = b or []
+            out[k] = [x - (b[i] if i < len(b) else 0) for i, x in enumerate(v)]
         else:
             out[k] = v - (b or 0)
     return out
@@ -216,7 +218,7 @@ def _lockstep(req: dict, engine_args: dict) -> list[dict]:
         detokenize=False,
     )
     prompts = [{"prompt_token_ids": ids} for ids in req["prompts"]]
-    return lockstep_sweep(engines, schedulers, params, prompts, req["sweep"], _decode_since, _recorded)
+    return lockstep_sweep(engines, schedulers, params, prompts, req["sweep"])
 
 
 def _request_latency(r, fallback: float) -> dict:
