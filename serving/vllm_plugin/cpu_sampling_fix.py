@@ -19,7 +19,9 @@ The fix
 calls the override on a float tensor. Only if the result is wrong does it replace
 ``rejection_sampler.expand_batch_to_tokens`` with :func:`expand_batch_to_tokens`, the same
 contract in plain torch, and log one warning. A vLLM without the bug is left untouched.
-``SPECFORGE_VLLM_CPU_SAMPLING_FIX=0`` turns it off. Idempotent.
+``SPECFORGE_VLLM_CPU_SAMPLING_FIX=0`` turns it off. Idempotent. The check loads vLLM's kernels
+the way vLLM does (``current_platform.import_kernels``: the AVX2 or AVX-512 build, whichever this
+CPU runs).
 """
 
 from __future__ import annotations
@@ -53,8 +55,13 @@ def cpu_expand_is_broken() -> bool:
     """Whether vLLM-CPU's C++ ``expand_kernel`` override loses float outputs (False where the
     override does not exist or cannot run, e.g. a GPU build)."""
     try:
-        import vllm._C  # noqa: F401  (registers torch.ops._C)
+        from vllm.platforms import current_platform
         from vllm.utils import cpu_triton_utils
+
+        # Registers torch.ops._C from the build this CPU can run: vllm-cpu ships one library per
+        # instruction set, and importing ``vllm._C`` (AVX-512 BF16) kills the process with SIGILL
+        # on an AVX2-only CPU.
+        current_platform.import_kernels()
 
         impl = cpu_triton_utils._expand_kernel_impl
         x = torch.tensor([0.5, 0.0, 2.0])
