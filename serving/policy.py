@@ -16,8 +16,13 @@ Contract
 * :class:`AcceptanceTracker` keeps, per shape, an EMA of the tokens emitted per sequence per step
   (tau, bonus included), seeded from an offline estimate (the trained head's alpha_k for chains);
   or, given each sequence's accepted count, an EMA of the acceptance at each chain position.
+* :class:`StartCost` is what a step pays, beyond its decode time, for each request it starts (the
+  prompt's prefill; with a draft, the draft's pass over the prompt too), per shape, and the mean
+  output tokens of a request, learnt online from finished requests. Starts come at one per request,
+  so a token costs ``start(shape) / tokens_per_request`` on top of its share of the decode step.
 * :class:`SpeculationPolicy.choose` returns the candidate maximising
-  ``goodput = B * tau(shape) / step_time(B, shape)``, with "no speculation" (tau = 1) always a
+  ``goodput = B * tau(shape) / (step_time(B, shape) + B * tau(shape) * start(shape) / tokens_per_request)``
+  (without a :class:`StartCost`: ``B * tau / step_time``), with "no speculation" (tau = 1) always a
   candidate. Choices are *monotone*: for the same statistics, a larger batch never gets more
   speculation (shapes are ordered by draft tokens, then depth, then top-k; the choice at ``B`` is
   the best shape no more speculative than the choice at ``B - 1``). ``choose`` takes the expected
@@ -206,6 +211,83 @@ class OnlineStepCost:
         return self.prior.step_time(batch, shape) * self.factor(shape)
 
 
+@dataclass
+class StartCost:
+    """Seconds a step pays, beyond its decode time, per request it starts, by shape; and the mean
+    output tokens of a request (an EMA over finished requests, seeded by calibration).
+
+    A shape without its own figure pays the mean of the speculative shapes' (a draft runs over every
+    prompt whatever k is); no speculation without one pays the same (vLLM's own k = 0 runs the draft
+    too; only a k = 0 that skips the draft has its own, smaller, figure)."""
+
+    seconds: dict[Shape, float]  # shape -> seconds per request started
+    tokens_per_request: float
+    beta: float = 0.02  # weight of one finished request in the EMA of tokens_per_request
+    # Online, one factor for all shapes: EMAs of the seconds start steps took beyond a decode step,
+    # and of what ``seconds`` predicted for them (a ratio of sums: a step's excess is noisy, may be
+    # negative, and a skipped draft's start may be priced near 0).
+    start_beta: float = 0.02
+    min_starts: int = 16
+    excess: float = 0.0
+    expected: float = 0.0
+    starts: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tokens_per_request <= 0:
+            raise ValueError("tokens_per_request must be positive")
+        if any(v < 0 for v in self.seconds.values()):
+            raise ValueError("start costs must be >= 0 seconds")
+
+    def prior(self, shape: Shape) -> float:
+        """The calibrated seconds per request started."""
+        if shape in self.seconds:
+            return self.seconds[shape]
+        spec = [v for s, v in self.seconds.items() if not s.is_none]
+        return sum(spec) / len(spec) if spec else self.seconds.get(NONE, 0.0)
+
+    @property
+    def scale(self) -> float:
+        """Measured / calibrated start cost, once ``min_starts`` start steps were seen (within 1/4-4)."""
+        if self.starts < self.min_starts or self.expected <= 0:
+            return 1.0
+        return min(4.0, max(0.25, self.excess / self.expected))
+
+    def per_request(self, shape: Shape) -> float:
+        return self.prior(shape) * self.scale
+
+    def observe_start(self, shape: Shape, started: int, excess: float) -> None:
+        """A step started ``started`` requests and took ``excess`` seconds beyond its decode time."""
+        b = self.start_beta
+        self.excess = (1 - b) * self.excess + b * excess
+        self.expected = (1 - b) * self.expected + b * started * self.prior(shape)
+        self.starts += 1
+
+    def per_token(self, shape: Shape) -> float:
+        """Seconds each output token carries for its request's start."""
+        return self.per_request(shape) / self.tokens_per_request
+
+    def observe_request(self, tokens: int) -> None:
+        """A request finished after emitting ``tokens`` tokens."""
+        if tokens > 0:
+            self.tokens_per_request = (1 - self.beta) * self.tokens_per_request + self.beta * tokens
+
+    def to_json(self) -> dict:
+        return {
+            "seconds": {
+                f"{s.num_draft_tokens}:{s.depth}:{s.top_k}": v for s, v in sorted(self.seconds.items())
+            },
+            "tokens_per_request": self.tokens_per_request,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict) -> StartCost:
+        seconds = {}
+        for key, v in raw["seconds"].items():
+            n, d, t = (int(x) for x in key.split(":"))
+            seconds[NONE if n == 0 else Shape(num_draft_tokens=n, depth=d, top_k=t)] = float(v)
+        return cls(seconds, float(raw["tokens_per_request"]))
+
+
 def conditional_acceptance(accepted_at_position: list[float], total: float) -> list[float]:
     """alpha_k = P(position k accepted | positions < k accepted), from counts (or rates) of
     "position k accepted" out of ``total`` verification steps."""
@@ -385,6 +467,7 @@ class SpeculationPolicy:
     cost: StepCost
     acceptance: AcceptanceTracker
     candidates: list[Shape]
+    start: StartCost | None = None  # None: steps are priced as pure decode steps
 
     # batch -> step_time(batch, candidates[i]) for every i, frozen by freeze_costs() and filled as
     # batch sizes are asked for (a fast path for a server that chooses every step); None: ask the
@@ -410,19 +493,40 @@ class SpeculationPolicy:
             return row
         return [self.cost.step_time(batch, s) for s in self.candidates]
 
+    def _start_per_token(self) -> list[float]:
+        """Seconds each output token carries for its request's start, per candidate."""
+        if self.start is None:
+            return [0.0] * len(self.candidates)
+        return [self.start.per_token(s) for s in self.candidates]
+
+    @staticmethod
+    def _rate(batch: int, tau: float, step: float, start: float) -> float:
+        """Tokens per second per sequence: ``tau`` tokens a step, each carrying ``start`` seconds of
+        its request's start (``B * tau * start`` per step)."""
+        return tau / (step + batch * tau * start)
+
     def goodput(self, batch: int, shape: Shape) -> float:
         """Expected tokens per second for the whole batch."""
-        return batch * self.acceptance.tau(shape) / self.cost.step_time(batch, shape)
+        start = self.start.per_token(shape) if self.start is not None else 0.0
+        return batch * self._rate(batch, self.acceptance.tau(shape), self.cost.step_time(batch, shape), start)
 
     def _taus(self, tau: dict[Shape, float] | None) -> list[float]:
         return [tau[s] if tau and s in tau else self.acceptance.tau(s) for s in self.candidates]
 
-    def _best_index(self, batch: int, taus: list[float], upto: int | None = None) -> int:
-        """The candidate (among the first ``upto + 1``) with the highest tau / step time."""
+    def rate(self, batch: int, shape: Shape, tau: float) -> float:
+        """Tokens per second per sequence of ``shape`` at ``batch`` if it emits ``tau`` tokens a step."""
+        start = self.start.per_token(shape) if self.start is not None else 0.0
+        return self._rate(batch, tau, self.cost.step_time(batch, shape), start)
+
+    def _best_index(
+        self, batch: int, taus: list[float], upto: int | None = None, start: list[float] | None = None
+    ) -> int:
+        """The candidate (among the first ``upto + 1``) with the highest tokens per second."""
         row = self._row(batch)
-        best, best_rate = 0, taus[0] / row[0]
+        start = start if start is not None else self._start_per_token()
+        best, best_rate = 0, self._rate(batch, taus[0], row[0], start[0])
         for i in range(1, len(taus) if upto is None else upto + 1):
-            rate = taus[i] / row[i]
+            rate = self._rate(batch, taus[i], row[i], start[i])
             if rate > best_rate:  # ties go to less speculation (earlier in the order)
                 best, best_rate = i, rate
         return best
@@ -436,10 +540,10 @@ class SpeculationPolicy:
         with the acceptance of the sequences actually in the batch (:class:`RequestAcceptance`)."""
         if batch < 1:
             raise ValueError("batch must be >= 1")
-        taus = self._taus(tau)
+        taus, start = self._taus(tau), self._start_per_token()
         cap = len(taus) - 1
         for b in range(1, batch + 1):  # the best at b among the shapes still allowed
-            cap = self._best_index(b, taus, cap)
+            cap = self._best_index(b, taus, cap, start)
             if cap == 0:
                 break
         return self.candidates[cap]
@@ -451,15 +555,26 @@ class SpeculationPolicy:
         ``shape``, ``shape``'s predicted goodput is within ``margin`` of that best: keeping it at
         ``batch`` then stays consistent with the monotone cap up to the margin (hysteresis must not
         keep more speculation than smaller batches clearly refuse)."""
-        taus = self._taus(tau)
+        taus, start = self._taus(tau), self._start_per_token()
         i = self.candidates.index(shape)
         for b in range(1, batch):
             row = self._row(b)
-            rates = [t / s for t, s in zip(taus, row)]
+            rates = [self._rate(b, t, s, c) for t, s, c in zip(taus, row, start)]
             j = max(range(len(rates)), key=rates.__getitem__)
             if j < i and rates[i] * (1 + margin) < rates[j]:
                 return False
         return True
+
+    def observe_start(self, shape: Shape, batch: int, started: int, seconds: float) -> None:
+        """A timed step of ``batch`` sequences that started ``started`` of them (the others decoding
+        with ``shape``): what it took beyond a decode step of ``batch`` teaches the start cost."""
+        if self.start is not None and started > 0:
+            self.start.observe_start(shape, started, seconds - self.cost.step_time(batch, shape))
+
+    def observe_finished(self, tokens: int) -> None:
+        """A request finished after emitting ``tokens`` tokens."""
+        if self.start is not None:
+            self.start.observe_request(tokens)
 
     def table(self, batch_sizes: list[int]) -> dict[int, Shape]:
         return {b: self.choose(b) for b in batch_sizes}

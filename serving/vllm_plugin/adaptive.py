@@ -45,6 +45,7 @@ from serving.policy import (
     Profile,
     RequestAcceptance,
     SpeculationPolicy,
+    StartCost,
     StepTable,
 )
 from serving.shape import NO_SPECULATION, TreeShape
@@ -81,12 +82,14 @@ def write_policy_file(
     beta: float = 0.05,
     meta: dict | None = None,
     skip_draft_at_k0: bool = False,
+    starts: StartCost | None = None,
 ) -> Path:
     """Everything the plugin needs, in one JSON file: a step cost (profiled forwards, or whole
     measured vLLM steps from ``specforge calibrate --vllm``), the acceptance alpha_k that seeds the
     policy (the head's offline estimate, or what calibration measured), and the
     chain lengths it may choose from. ``skip_draft_at_k0``: a step at k = 0 runs neither the draft
-    nor the runner's speculative bookkeeping (:mod:`serving.vllm_plugin.draft_skip`)."""
+    nor the runner's speculative bookkeeping (:mod:`serving.vllm_plugin.draft_skip`). ``starts``: what
+    a step pays per request it starts, per k (without it, steps are priced as decode steps alone)."""
     if isinstance(cost, StepTable):
         payload: dict = {"steps": cost.to_json()}
     else:
@@ -94,6 +97,8 @@ def write_policy_file(
             "cost": {"target": asdict(cost.target), "draft": asdict(cost.draft) if cost.draft else None}
         }
     payload.update({"alpha": list(alpha), "ks": list(ks), "beta": beta, "meta": meta or {}})
+    if starts is not None:
+        payload["starts"] = starts.to_json()
     payload["skip_draft_at_k0"] = bool(skip_draft_at_k0)
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
@@ -160,7 +165,8 @@ def load_policy(path: str | Path, k_max: int) -> SpeculationPolicy:
     cost = OnlineStepCost(
         prior, beta=float(raw.get("cost_beta", 0.01)), min_count=int(raw.get("cost_min_steps", 10**9))
     )
-    return SpeculationPolicy(cost, tracker, shapes)
+    starts = StartCost.from_json(raw["starts"]) if raw.get("starts") else None
+    return SpeculationPolicy(cost, tracker, shapes, start=starts)
 
 
 class AdaptiveLookup:
@@ -329,8 +335,8 @@ class AdaptiveLookup:
             # every smaller batch (the monotone cap, up to the margin).
             keep = TreeShape.chain(self.last_k) if self.last_k > 0 else NO_SPECULATION
             if keep in tau and policy.near_best_below(batch, keep, self.switch_margin, tau):
-                rate_best = tau[best] / policy.cost.step_time(batch, best)
-                rate_keep = tau[keep] / policy.cost.step_time(batch, keep)
+                rate_best = policy.rate(batch, best, tau[best])
+                rate_keep = policy.rate(batch, keep, tau[keep])
                 if rate_best < (1 + self.switch_margin) * rate_keep:
                     k = self.last_k
         self.skip_draft = False  # a k = 0 from here on is the requests' (no draft skipping, or hysteresis)
@@ -349,6 +355,26 @@ class AdaptiveLookup:
                 self.live.rest(r)
         for r in finished or ():
             self.live.forget(r)
+
+    def observe_start(self, batch_size: int, k: int, started: int, seconds: float) -> None:
+        """A timed step of ``batch_size`` requests that started ``started`` of them, the others
+        decoding at ``k``."""
+        if self.policy is None or self.pinned is not None:
+            return
+        try:
+            shape = TreeShape.chain(k) if k > 0 else NO_SPECULATION
+            self.policy.observe_start(shape, batch_size, started, seconds)
+        except Exception as e:
+            self._fail(e)
+
+    def observe_finished(self, tokens: int) -> None:
+        """A request finished after emitting ``tokens`` tokens."""
+        if self.policy is None or self.pinned is not None:
+            return
+        try:
+            self.policy.observe_finished(tokens)
+        except Exception as e:
+            self._fail(e)
 
     def observe(
         self,

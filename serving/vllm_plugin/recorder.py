@@ -3,8 +3,10 @@
 Contract: :class:`StepRecorder` is driven by the plugin's scheduler hooks (``on_schedule`` at every
 ``schedule()``, ``on_output`` after every ``update_from_output``). It keeps, per (batch size, k),
 the seconds of *steady* decode steps and the tokens they emitted per request (and, per k, how many
-drafts each request accepted), feeds each step and each request's acceptance back to the
-:class:`~serving.vllm_plugin.adaptive.AdaptiveLookup`, and writes its summary as JSON (``flush``). It never imports vllm: it reads the scheduler's output
+drafts each request accepted); per k, the *start* steps (steps that start requests while every other
+request decodes at that k: batch size, requests started, seconds); and the tokens each finished
+request emitted. It feeds each step, each request's acceptance and each finished request back to
+the :class:`~serving.vllm_plugin.adaptive.AdaptiveLookup`, and writes its summary as JSON (``flush``). It never imports vllm: it reads the scheduler's output
 objects by attribute.
 """
 
@@ -48,6 +50,12 @@ class StepRecorder:
         self.pending: tuple[int, int, float, float, list[int]] | None = (
             None  # batch, k, emitted, t0, accepted
         )
+        # k -> [batch size, requests started, seconds] of timed start steps (k = 0: only steps that
+        # skipped the draft, whose starts run no draft)
+        self.starts: dict[int, list[list[float]]] = {}
+        self.pending_start: tuple[int, int, int, float] | None = None  # batch, k, started, t0
+        self.request_tokens: dict[str, int] = {}  # request in flight -> tokens emitted so far
+        self.finished = [0, 0]  # requests finished, their tokens
         # k -> histogram of tokens accepted per request on steady steps verifying k drafts
         # ([k + 1] counts: index j = request-steps that accepted exactly j)
         self.accepted: dict[int, list[int]] = {}
@@ -58,10 +66,12 @@ class StepRecorder:
         self.t_schedule = 0.0
         self.t_done = 0.0
 
+    def _busy(self, now: float, t0: float) -> bool:
+        """Whether the engine went straight from the step begun at ``t0`` to the next one."""
+        return now - self.t_done <= max(self.max_gap, 0.5 * (self.t_done - t0))
+
     def on_schedule(self, now: float, lookup: AdaptiveLookup | None) -> None:
-        if self.pending is not None and now - self.t_done <= max(
-            self.max_gap, 0.5 * (self.t_done - self.pending[3])
-        ):
+        if self.pending is not None and self._busy(now, self.pending[3]):
             batch, k, emitted, t0, accepted = self.pending
             seconds, emits = self.cells.setdefault((batch, k), ([], []))
             if len(seconds) < self.max_samples:
@@ -69,7 +79,14 @@ class StepRecorder:
                 emits.append(emitted)
             if lookup is not None:
                 lookup.observe(batch, k, emitted, now - t0, accepted)
-        self.pending = None
+        if self.pending_start is not None and self._busy(now, self.pending_start[3]):
+            batch, k, started, t0 = self.pending_start
+            starts = self.starts.setdefault(k, [])
+            if len(starts) < self.max_samples:
+                starts.append([batch, started, round(now - t0, 7)])
+            if lookup is not None:
+                lookup.observe_start(batch, k, started, now - t0)
+        self.pending = self.pending_start = None
         self.t_schedule = now
 
     def on_output(
@@ -89,6 +106,7 @@ class StepRecorder:
         accepted = {r: min(max(emitted_by[r] - 1, 0), verified[r]) for r in verified}
         if verified:
             self._count(verified, accepted)
+        self._count_requests(emitted_by, getattr(scheduler_output, "finished_req_ids", ()), lookup)
         if lookup is not None:
             idle = [r for r in emitted_by if r not in verified and r not in new]
             lookup.observe_requests(
@@ -108,13 +126,18 @@ class StepRecorder:
                     int(bool(getattr(scheduler_output, SKIP_ATTR, False))),
                 ]
             )
-        if not sched or (new and not (lookup is not None and lookup.time_mixed)):
+        if not sched:
             return None
         decoding = {r: n for r, n in sched.items() if r not in new}
         ks = {len(drafts.get(r, ())) for r in decoding}
-        if len(ks) != 1 or any(n != 1 + len(drafts.get(r, ())) for r, n in decoding.items()):
+        if len(ks) > 1 or any(n != 1 + len(drafts.get(r, ())) for r, n in decoding.items()):
             return None  # a prefill chunk or mixed draft lengths
-        k = ks.pop()
+        k_next = int(getattr(scheduler_output, "num_spec_tokens_to_schedule", 0) or 0)
+        k = next(iter(ks)) if ks else k_next  # the decoding requests' k (none decoding: the next k)
+        if new:
+            self._start(scheduler_output, len(sched), len(new), k, k_next, lookup)
+            if not (lookup is not None and lookup.time_mixed) or not decoding:
+                return None
         counts = [emitted_by[r] for r in decoding if r in emitted_by]
         if len(counts) != len(decoding) or len(emitted_by) != len(sched):
             return None
@@ -127,6 +150,32 @@ class StepRecorder:
         if recording and k == int(getattr(scheduler_output, "num_spec_tokens_to_schedule", k) or 0):
             self.pending = (len(sched), k, emitted, self.t_schedule, [c - 1 for c in counts])
         return len(sched), k, emitted
+
+    def _start(self, scheduler_output, batch: int, started: int, k: int, k_next: int, lookup) -> None:
+        """A step that starts ``started`` requests, the others decoding at ``k``: timed at the next
+        schedule. A k = 0 start is kept only when it skipped the draft (vLLM's own k = 0 runs the
+        draft over the new prompts like any k)."""
+        if k != k_next or (k == 0 and not getattr(scheduler_output, SKIP_ATTR, False)):
+            return
+        sched = scheduler_output.num_scheduled_tokens
+        for r in scheduler_output.scheduled_new_reqs or ():
+            prompt = getattr(r, "prompt_token_ids", None)
+            if prompt is not None and sched.get(r.req_id, 0) < len(prompt) - (r.num_computed_tokens or 0):
+                return  # a prompt prefilled in chunks: this step holds only part of its start
+        if lookup is None or lookup.recording:
+            self.pending_start = (batch, k, started, self.t_schedule)
+
+    def _count_requests(self, emitted_by: dict[str, int], finished, lookup) -> None:
+        tokens = self.request_tokens
+        for r, n in emitted_by.items():
+            tokens[r] = tokens.get(r, 0) + n
+        for r in finished or ():
+            n = tokens.pop(r, 0)
+            if n:
+                self.finished[0] += 1
+                self.finished[1] += n
+                if lookup is not None:
+                    lookup.observe_finished(n)
 
     def _count(self, verified: dict[str, int], accepted: dict[str, int]) -> None:
         spec = self.spec
@@ -150,7 +199,12 @@ class StepRecorder:
             }
             for (b, k), (sec, em) in sorted(self.cells.items())
         ]
-        out: dict = {"steps": steps, "accepted": {str(k): h for k, h in sorted(self.accepted.items())}}
+        out: dict = {
+            "steps": steps,
+            "accepted": {str(k): h for k, h in sorted(self.accepted.items())},
+            "starts": {str(k): v for k, v in sorted(self.starts.items())},
+            "finished": {"requests": self.finished[0], "tokens": self.finished[1]},
+        }
         if self.trace is not None:
             out["trace_fields"] = [
                 "t_schedule",

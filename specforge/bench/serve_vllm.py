@@ -60,7 +60,9 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
-from serving.policy import Profile, StepTable, alpha_from_histograms
+from serving.policy import Profile, StartCost, StepTable, alpha_from_histograms
+from serving.shape import NO_SPECULATION as NONE
+from serving.shape import TreeShape
 from serving.vllm_plugin.adaptive import ENV, STEP_LOG_ENV, write_explore_file, write_policy_file
 from serving.vllm_plugin.lockstep import TURN_STEPS
 from serving.vllm_plugin.offline import PLAIN, run_vllm
@@ -304,9 +306,11 @@ def calibrate_vllm(
     hists = {int(k): h for k, h in recorded.get("accepted", {}).items()}
     measured = alpha_from_histograms(hists)
     seed = measured + list(alpha[len(measured) :])
+    starts = start_cost(recorded.get("starts", {}), table, recorded.get("finished", {}), max_tokens)
     policy = write_policy_file(
         workdir / "policy.json",
         table,
+        starts=starts,
         alpha=seed,
         ks=[k for k in ks if k > 0],
         meta={
@@ -347,6 +351,33 @@ def step_table(cells: list[dict], ks: list[int], min_steps: int = 3) -> StepTabl
     if 0 not in seconds:
         raise SpecforgeError("calibration timed no step without speculation: raise max_tokens")
     return StepTable.chains(seconds)
+
+
+def start_cost(
+    starts: dict[str, list[list[float]]],
+    table: StepTable,
+    finished: dict,
+    max_tokens: int,
+    min_steps: int = 3,
+) -> StartCost | None:
+    """What a step pays per request it starts, per k, from recorded start steps (``[batch, started,
+    seconds]``): the slope, over the requests started, of each step's time beyond a decode step of
+    its batch size at its k (the step table's). The intercept is left out: a step's fixed cost is in
+    the decode step already, and a burst's start step holds every request of its batch. A k with
+    fewer than ``min_steps`` start steps, or one size of start only, gets no figure of its own.
+    Tokens per request: the calibration's finished requests (``max_tokens`` if none finished)."""
+    seconds: dict[TreeShape, float] = {}
+    for key, rows in starts.items():
+        k = int(key)
+        shape = NONE if k == 0 else TreeShape.chain(k)
+        if shape not in table.seconds or len(rows) < min_steps or len({r[1] for r in rows}) < 2:
+            continue
+        _, slope = _weighted_line([(int(n), sec - table.step_time(int(b), shape), 1) for b, n, sec in rows])
+        seconds[shape] = slope
+    if not seconds:
+        return None
+    n, tokens = int(finished.get("requests", 0)), int(finished.get("tokens", 0))
+    return StartCost(seconds, tokens / n if n and tokens else float(max_tokens))
 
 
 def _weighted_line(pts: list[tuple[int, float, int]]) -> tuple[float, float]:

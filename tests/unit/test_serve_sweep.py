@@ -118,6 +118,26 @@ def test_step_table_fits_a_line_per_k_through_noisy_cells():
     assert table.step_time(64, table.shapes[0]) == pytest.approx(0.012)
 
 
+def test_start_cost_is_the_slope_of_start_steps_beyond_a_decode_step():
+    from serving.policy import NONE, Profile, Shape, StepTable
+    from specforge.bench.serve_vllm import start_cost
+
+    # decode steps: 5 + 0.1 x batch ms at k = 0, 8 + 0.3 x batch ms at k = 2
+    table = StepTable.chains({0: Profile([1, 64], [0.0051, 0.0114]), 2: Profile([1, 64], [0.0083, 0.0272])})
+    # burst start steps (every request of the batch new): 2 ms + 1.1 ms a request at k = 0 (the draft
+    # skipped), 3 ms + 2.3 ms a request at k = 2; k = 1 was seen at one batch size only
+    starts = {
+        "0": [[b, b, 0.002 + 0.0011 * b] for b in (1, 4, 16, 64)],
+        "2": [[b, b, 0.003 + 0.0023 * b] for b in (1, 4, 16, 64)],
+        "1": [[4, 4, 0.01]] * 5,
+    }
+    cost = start_cost(starts, table, {"requests": 10, "tokens": 850}, max_tokens=128)
+    assert cost.seconds == {NONE: pytest.approx(0.0010), Shape.chain(2): pytest.approx(0.0020)}
+    assert cost.tokens_per_request == pytest.approx(85)
+    assert start_cost(starts, table, {}, max_tokens=128).tokens_per_request == 128
+    assert start_cost({"2": starts["2"][:2]}, table, {}, max_tokens=128) is None  # too few steps
+
+
 def test_bootstrap_interval_reflects_noise_and_the_best_of_bias():
     """Paired bootstrap over (round, repeat): an adaptive config equal in law to the best static one
     gets an interval around 1 that reaches the bar even where its point estimate may not; a config

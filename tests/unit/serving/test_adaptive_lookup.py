@@ -8,8 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from serving.policy import CostModel, Profile, StepTable
+from serving.policy import NONE, CostModel, Profile, StartCost, StepTable
+from serving.shape import TreeShape
 from serving.vllm_plugin.adaptive import AdaptiveLookup, StepRecorder, load_policy, write_policy_file
+from serving.vllm_plugin.draft_skip import SKIP_ATTR
 
 
 def _policy(tmp_path):
@@ -232,3 +234,56 @@ def test_policy_errors_fall_back_to_plain_decoding(tmp_path, caplog):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(KeyError):  # a policy file without a cost model does not load
         load_policy(tmp_path / "bad.json", 3)
+
+
+def test_step_recorder_times_start_steps_and_counts_answer_tokens(tmp_path):
+    """Steps that start requests are timed per k (k = 0 only when the draft was skipped: vLLM's own
+    k = 0 runs the draft over the new prompt), a prompt prefilled in chunks is not a whole start, and
+    every finished request's tokens reach the summary and the policy."""
+    rec = StepRecorder(str(tmp_path / "steps.json"))
+    policy = load_policy(
+        write_policy_file(
+            tmp_path / "p.json",
+            StepTable.chains({0: Profile([1, 64], [0.01, 0.01]), 2: Profile([1, 64], [0.012, 0.012])}),
+            [0.6, 0.6],
+            [2],
+            starts=StartCost({NONE: 0.001, TreeShape.chain(2): 0.003}, tokens_per_request=100),
+        ),
+        k_max=2,
+    )
+    lookup = AdaptiveLookup(policy, k_max=2)
+    t = 1.0
+
+    def step(sched, runner, seconds=0.02):
+        nonlocal t
+        rec.on_schedule(t, lookup)
+        rec.on_output(t + seconds - 0.001, sched, runner, lookup)
+        t += seconds
+
+    # "c" starts while "a" and "b" verify 2 drafts and the step proposes 2: a start at k = 2
+    step(*_step({"a": 2, "b": 2}, 2, {"a": 3, "b": 1}, prefill={"c": 40}))
+    # "d" starts, the others decode at k = 0, vLLM's own (the draft runs): not a start of k = 0
+    step(*_step({"a": 0, "b": 0, "c": 0}, 0, {}, prefill={"d": 30}))
+    # the same with the draft skipped: a start of k = 0
+    sched, runner = _step({"a": 0, "b": 0, "c": 0}, 0, {}, prefill={"e": 30})
+    setattr(sched, SKIP_ATTR, True)
+    step(sched, runner, 0.03)
+    # "f"'s prompt of 500 tokens gets 100 this step: only part of a start
+    sched, runner = _step({"a": 0}, 0, {}, prefill={"f": 100})
+    sched.scheduled_new_reqs[0].prompt_token_ids, sched.scheduled_new_reqs[0].num_computed_tokens = (
+        [1] * 500,
+        0,
+    )
+    setattr(sched, SKIP_ATTR, True)
+    step(sched, runner)
+    # "a" and "b" finish: a emitted 3 + 1 + 1 + 1 tokens, b 1 + 1 + 1
+    sched, runner = _step({"c": 0}, 0, {})
+    sched.finished_req_ids = ["a", "b"]
+    step(sched, runner)
+    rec.on_schedule(t, lookup)
+    rec.flush(lookup)
+    summary = json.loads((tmp_path / "steps.json").read_text())
+    assert summary["starts"] == {"0": [[4, 1, pytest.approx(0.03)]], "2": [[3, 1, pytest.approx(0.02)]]}
+    assert summary["finished"] == {"requests": 2, "tokens": 9}
+    assert policy.start.tokens_per_request == pytest.approx(0.98 * (0.98 * 100 + 0.02 * 6) + 0.02 * 3)
+    assert policy.start.starts == 2

@@ -16,6 +16,7 @@ from serving.policy import (
     RequestAcceptance,
     Shape,
     SpeculationPolicy,
+    StartCost,
     StepTable,
     alpha_from_histograms,
     chain_tau,
@@ -224,3 +225,60 @@ def test_alpha_from_histograms_pools_chains_of_every_length():
     assert alpha == pytest.approx([110 / 200, 30 / 50])
     assert alpha_from_histograms(hists, min_trials=100) == pytest.approx([110 / 200])  # 50 < 100
     assert alpha_from_histograms({}) == []
+
+
+def _chain_table_policy(start=None):
+    """Chains k = 1, 2 on measured steps: 10 ms without speculation, k = 1 10.5 ms, k = 2 11 ms at
+    every batch size, alpha 0.6: k = 2 emits 1.96 tokens a step and wins on decode steps alone."""
+    table = StepTable.chains({k: Profile([1, 64], [0.010 + 0.0005 * k] * 2) for k in (0, 1, 2)})
+    shapes = [Shape.chain(1), Shape.chain(2)]
+    return SpeculationPolicy(table, AcceptanceTracker.from_alpha([0.6, 0.6], shapes), shapes, start=start)
+
+
+def test_start_cost_prices_each_request_start_over_its_tokens():
+    # No start cost: per token 10 ms vs 11 ms / 1.96 = 5.6 ms, so k = 2 everywhere.
+    assert _chain_table_policy().choose(4) == Shape.chain(2)
+    # A draft's pass over every new prompt: 0.3 s per request started at k >= 1, 0.05 s at k = 0,
+    # over 50 tokens a request. k = 2 at batch 4: 1.96 / (11 ms + 4 * 1.96 * 6 ms) = 33.6 tokens/s a
+    # sequence; none: 1 / (10 ms + 4 * 1 ms) = 71.4.
+    start = StartCost({NONE: 0.05, Shape.chain(1): 0.3, Shape.chain(2): 0.3}, tokens_per_request=50)
+    pol = _chain_table_policy(start)
+    assert pol.goodput(4, Shape.chain(2)) == pytest.approx(4 * 1.96 / (0.011 + 4 * 1.96 * 0.3 / 50))
+    assert pol.choose(4) == NONE
+    # The same start cost over long answers is small: speculation pays again.
+    start.tokens_per_request = 5000
+    assert pol.choose(4) == Shape.chain(2)
+    # A shape without a figure of its own pays the speculative shapes' mean.
+    assert StartCost({NONE: 0.0, Shape.chain(1): 0.2}, 10).per_request(Shape.chain(3)) == 0.2
+
+
+def test_start_cost_learns_answer_length_and_a_scale_online():
+    start = StartCost({NONE: 0.001, Shape.chain(2): 0.004}, tokens_per_request=100, min_starts=4)
+    pol = _chain_table_policy(start)
+    for _ in range(400):  # answers are 20 tokens here, not 100
+        pol.observe_finished(20)
+    assert start.tokens_per_request == pytest.approx(20, rel=0.01)
+    for _ in range(3):
+        pol.observe_start(Shape.chain(2), 4, 2, 0.011 + 2 * 0.008)  # twice the calibrated 4 ms
+    assert start.scale == 1.0  # too few starts seen
+    for _ in range(400):
+        pol.observe_start(Shape.chain(2), 4, 2, 0.011 + 2 * 0.008)
+        pol.observe_start(NONE, 4, 1, 0.010 + 0.002)
+    assert start.scale == pytest.approx(2.0, rel=0.01)
+    assert start.per_request(Shape.chain(2)) == pytest.approx(0.008, rel=0.01)
+
+
+def test_start_costs_keep_the_choice_monotone():
+    rng = random.Random(3)
+    for _ in range(20):
+        start = StartCost(
+            {
+                NONE: rng.uniform(0, 0.01),
+                Shape.chain(1): rng.uniform(0, 0.05),
+                Shape.chain(2): rng.uniform(0, 0.05),
+            },
+            tokens_per_request=rng.uniform(5, 200),
+        )
+        pol = _chain_table_policy(start)
+        ks = [pol.choose(b).num_draft_tokens for b in range(1, 65)]
+        assert ks == sorted(ks, reverse=True)
