@@ -397,6 +397,25 @@ class AcceptanceTracker:
         prev = self.tau(shape)
         self.ema[shape] = (1 - self.beta) * prev + self.beta * emitted_per_sequence
 
+    def observe_verified(self, verified: list[int], accepted: list[int]) -> None:
+        """Per-position learning from one step of any shape mix: request ``j`` verified a chain of
+        ``verified[j]`` drafts and accepted the first ``accepted[j]``. Position ``i + 1`` was tried by
+        the requests with ``verified > i`` and ``accepted >= i``, and accepted by those with
+        ``accepted > i``; a step weighs as many request-steps as tried the position."""
+        longest = max(verified, default=0)
+        while len(self.alpha) < longest:
+            self.alpha.append(self.alpha[-1] if self.alpha else 0.5)
+        for i in range(longest):
+            tried = hits = 0
+            for v, a in zip(verified, accepted):
+                if v > i and a >= i:
+                    tried += 1
+                    hits += a > i
+            if not tried:
+                break
+            beta = 1 - (1 - self.beta) ** (tried / self.reference_batch)
+            self.alpha[i] = (1 - beta) * self.alpha[i] + beta * hits / tried
+
 
 @dataclass
 class RequestAcceptance:

@@ -11,8 +11,8 @@ Contract
   scheduler's batch-size table with :class:`AdaptiveLookup`: each step, k is the policy's choice
   for the live batch size (chains only: this vLLM has no tree attention).
 * Acceptance is tracked online per chain position (EMA of each position's conditional acceptance,
-  from every request's accepted count at each steady decode step), seeded from the head's offline
-  alpha_k, so running one k teaches the policy about the others; and per request in flight
+  from every request's accepted count at every step that verified drafts), seeded from the
+  calibration's measured alpha_k, so running one k teaches the policy about the others; and per request in flight
   (:class:`serving.policy.RequestAcceptance`), so k follows the requests actually in the batch.
   Step times come from the policy file's prior (best: whole vLLM steps measured by ``specforge
   calibrate --vllm``), scaled online by one live/prior factor from the steps this scheduler times
@@ -70,6 +70,13 @@ CLOCK_ATTR = "_specforge_clock"
 # "switch_margin"): without it, per-request estimates flipped k between near-tied values ~50 times in
 # 580 steps at batch 32-64 and served 8-9 % below the static k they hovered around.
 SWITCH_MARGIN = 0.05
+# The population's acceptance per position is an EMA in which a step of n requests weighs like
+# n / ALPHA_REFERENCE_BATCH steps of weight beta: with beta = 0.05 it spans ~5000 request-steps (80
+# steps at batch 64). The requests left when a batch drains accept 0-15 %; with 16 here (5 steps at
+# batch 64) a sweep ended with the estimate at position 1 at 0.40 where the plugin's requests had
+# accepted 0.64, a level at which the load calls for no speculation at batch 64; the plugin served
+# 0.92x static k = 1 there (decode goodput), running k = 1.
+ALPHA_REFERENCE_BATCH = 256
 logger = logging.getLogger("specforge.vllm_plugin")
 _PATCHED = False
 
@@ -155,7 +162,11 @@ def load_policy(path: str | Path, k_max: int) -> SpeculationPolicy:
     if not shapes:
         raise ValueError(f"no k in {raw['ks']} fits the configured num_speculative_tokens={k_max}")
     tracker = AcceptanceTracker.from_alpha(
-        raw["alpha"], shapes, beta=float(raw.get("beta", 0.05)), per_position=True, reference_batch=16
+        raw["alpha"],
+        shapes,
+        beta=float(raw.get("beta", 0.05)),
+        per_position=True,
+        reference_batch=ALPHA_REFERENCE_BATCH,
     )
     # The prior was timed in this same engine configuration (calibrate --vllm). Online, one factor
     # for all shapes follows the machine's speed (it does not change the ranking). A factor per shape
@@ -353,6 +364,13 @@ class AdaptiveLookup:
                 self.live.observe(r, v, accepted.get(r, 0))
             for r in idle:
                 self.live.rest(r)
+            if verified and self.policy is not None:
+                try:  # the population's acceptance per position, from every step that verified drafts
+                    self.policy.acceptance.observe_verified(
+                        list(verified.values()), [accepted.get(r, 0) for r in verified]
+                    )
+                except Exception as e:
+                    self._fail(e)
         for r in finished or ():
             self.live.forget(r)
 
@@ -390,7 +408,8 @@ class AdaptiveLookup:
             return
         try:
             shape = TreeShape.chain(k) if k > 0 else NO_SPECULATION
-            self.policy.observe(shape, batch_size, emitted_per_request, seconds, accepted)
+            # acceptance is learnt from every step in observe_requests, not from steady steps alone
+            self.policy.observe(shape, batch_size, emitted_per_request, seconds, None)
         except Exception as e:
             self._fail(e)
 

@@ -19,20 +19,45 @@ def _policy(tmp_path):
     return load_policy(write_policy_file(tmp_path / "p.json", cost, [0.9, 0.9, 0.9], [1, 2, 3]), k_max=3)
 
 
+def _reject_everything(lookup, steps=1000, batch=64):
+    """Steps in which every request verifies 3 drafts and accepts none."""
+    ids = [f"r{i}" for i in range(batch)]
+    for _ in range(steps):
+        lookup.observe_requests(dict.fromkeys(ids, 3), dict.fromkeys(ids, 0), [])
+
+
 def test_lookup_follows_the_policy_and_learns(tmp_path):
     lookup = AdaptiveLookup(_policy(tmp_path), k_max=3, refresh_steps=1)
     assert lookup[1] == 3 and lookup[8] == 0
     lookup[1]
-    for _ in range(300):  # k = 3 keeps emitting a single token per request, 16 requests a step
-        lookup.observe(16, 3, 1.0, None, [0] * 16)
+    _reject_everything(lookup)
     assert lookup[1] < 3
+
+
+def test_population_acceptance_is_learnt_from_every_step_and_slowly(tmp_path):
+    """Every step that verified drafts teaches the population's acceptance per position (not only
+    steady decode steps), a request-step at a time: a drain's few poor requests move it little."""
+    lookup = AdaptiveLookup(_policy(tmp_path), k_max=3)
+    alpha = lookup.policy.acceptance.alpha
+    # 64 requests verify k = 2 and accept 1: position 1 always, position 2 never
+    ids = [f"r{i}" for i in range(64)]
+    for _ in range(2000):
+        lookup.observe_requests(dict.fromkeys(ids, 2), dict.fromkeys(ids, 1), [])
+    assert alpha[0] == pytest.approx(1.0, abs=0.01) and alpha[1] == pytest.approx(0.0, abs=0.01)
+    assert alpha[2] == pytest.approx(0.9)  # never tried
+    # a drain: 4 requests left, accepting nothing, for 20 steps
+    for _ in range(20):
+        lookup.observe_requests(dict.fromkeys(ids[:4], 2), dict.fromkeys(ids[:4], 0), [])
+    assert alpha[0] > 0.98
+    # a steady decode step's own report no longer teaches acceptance (it would count twice)
+    lookup.observe(64, 2, 1.0, 0.01, [0] * 64)
+    assert alpha[0] > 0.98
 
 
 def test_lookup_caches_choices_between_refreshes(tmp_path):
     lookup = AdaptiveLookup(_policy(tmp_path), k_max=3, refresh_steps=50)
     assert lookup[1] == 3
-    for _ in range(300):
-        lookup.observe(16, 3, 1.0, None, [0] * 16)
+    _reject_everything(lookup)
     assert lookup[1] == 3  # cached: the policy is consulted again only after 50 lookups
     for _ in range(50):
         k = lookup[1]
