@@ -123,6 +123,19 @@ class StepCost(Protocol):
     def step_time(self, batch: int, shape: Shape) -> float: ...
 
 
+def shape_key(shape: Shape) -> str:
+    """A shape as a JSON key, ``"tokens:depth:top_k"``."""
+    return f"{shape.num_draft_tokens}:{shape.depth}:{shape.top_k}"
+
+
+def key_shape(key: str) -> Shape:
+    """Reads :func:`shape_key`, and chains keyed by k alone (0: no speculation)."""
+    if ":" in key:
+        n, d, t = (int(x) for x in key.split(":"))
+        return Shape(num_draft_tokens=n, depth=d, top_k=t)
+    return NONE if int(key) == 0 else Shape.chain(int(key))
+
+
 def _label(shape: Shape) -> str:
     if shape.top_k == 1 and shape.depth == max(1, shape.num_draft_tokens):
         return f"k={shape.num_draft_tokens}"
@@ -161,23 +174,13 @@ class StepTable:
         return self.seconds[shape](batch)
 
     def to_json(self) -> dict:
-        """Keys ``"tokens:depth:top_k"``."""
-        return {
-            f"{s.num_draft_tokens}:{s.depth}:{s.top_k}": asdict(p) for s, p in sorted(self.seconds.items())
-        }
+        """Keys ``"tokens:depth:top_k"`` (:func:`shape_key`)."""
+        return {shape_key(s): asdict(p) for s, p in sorted(self.seconds.items())}
 
     @classmethod
     def from_json(cls, raw: dict) -> StepTable:
         """Reads :meth:`to_json`, and tables of chains keyed by k alone."""
-        out = {}
-        for key, p in raw.items():
-            if ":" in key:
-                n, d, t = (int(x) for x in key.split(":"))
-                shape = Shape(num_draft_tokens=n, depth=d, top_k=t)
-            else:
-                shape = NONE if int(key) == 0 else Shape.chain(int(key))
-            out[shape] = Profile(**p)
-        return cls(out)
+        return cls({key_shape(key): Profile(**p) for key, p in raw.items()})
 
 
 @dataclass
@@ -273,18 +276,13 @@ class StartCost:
 
     def to_json(self) -> dict:
         return {
-            "seconds": {
-                f"{s.num_draft_tokens}:{s.depth}:{s.top_k}": v for s, v in sorted(self.seconds.items())
-            },
+            "seconds": {shape_key(s): v for s, v in sorted(self.seconds.items())},
             "tokens_per_request": self.tokens_per_request,
         }
 
     @classmethod
     def from_json(cls, raw: dict) -> StartCost:
-        seconds = {}
-        for key, v in raw["seconds"].items():
-            n, d, t = (int(x) for x in key.split(":"))
-            seconds[NONE if n == 0 else Shape(num_draft_tokens=n, depth=d, top_k=t)] = float(v)
+        seconds = {key_shape(key): float(v) for key, v in raw["seconds"].items()}
         return cls(seconds, float(raw["tokens_per_request"]))
 
 
@@ -381,18 +379,7 @@ class AcceptanceTracker:
         if shape.is_none:
             return
         if self.per_position and accepted and _is_chain(shape):
-            k = shape.num_draft_tokens
-            while len(self.alpha) < k:  # positions past the seed start from the last seeded one
-                self.alpha.append(self.alpha[-1] if self.alpha else 0.5)
-            for i in range(k):  # position i + 1, among the sequences that reached it
-                reached = [a for a in accepted if a >= i]
-                if not reached:
-                    break
-                rate = sum(a > i for a in reached) / len(reached)
-                # A step weighs as many sequence-steps as reached the position: a step of 2 straggling
-                # sequences must not count as much as a step of 64.
-                beta = 1 - (1 - self.beta) ** (len(reached) / self.reference_batch)
-                self.alpha[i] = (1 - beta) * self.alpha[i] + beta * rate
+            self.observe_verified([shape.num_draft_tokens] * len(accepted), accepted)
             return
         prev = self.tau(shape)
         self.ema[shape] = (1 - self.beta) * prev + self.beta * emitted_per_sequence
@@ -401,9 +388,10 @@ class AcceptanceTracker:
         """Per-position learning from one step of any shape mix: request ``j`` verified a chain of
         ``verified[j]`` drafts and accepted the first ``accepted[j]``. Position ``i + 1`` was tried by
         the requests with ``verified > i`` and ``accepted >= i``, and accepted by those with
-        ``accepted > i``; a step weighs as many request-steps as tried the position."""
+        ``accepted > i``; a step weighs as many request-steps as tried the position (a step of 2
+        straggling requests must not count as much as a step of 64)."""
         longest = max(verified, default=0)
-        while len(self.alpha) < longest:
+        while len(self.alpha) < longest:  # positions past the seed start from the last seeded one
             self.alpha.append(self.alpha[-1] if self.alpha else 0.5)
         for i in range(longest):
             tried = hits = 0
@@ -526,8 +514,7 @@ class SpeculationPolicy:
 
     def goodput(self, batch: int, shape: Shape) -> float:
         """Expected tokens per second for the whole batch."""
-        start = self.start.per_token(shape) if self.start is not None else 0.0
-        return batch * self._rate(batch, self.acceptance.tau(shape), self.cost.step_time(batch, shape), start)
+        return batch * self.rate(batch, shape, self.acceptance.tau(shape))
 
     def _taus(self, tau: dict[Shape, float] | None) -> list[float]:
         return [tau[s] if tau and s in tau else self.acceptance.tau(s) for s in self.candidates]
@@ -537,14 +524,12 @@ class SpeculationPolicy:
         start = self.start.per_token(shape) if self.start is not None else 0.0
         return self._rate(batch, tau, self.cost.step_time(batch, shape), start)
 
-    def _best_index(
-        self, batch: int, taus: list[float], upto: int | None = None, start: list[float] | None = None
-    ) -> int:
-        """The candidate (among the first ``upto + 1``) with the highest tokens per second."""
+    def _best_index(self, batch: int, taus: list[float], upto: int, start: list[float]) -> int:
+        """The candidate (among the first ``upto + 1``) with the highest tokens per second; ``start``:
+        :meth:`_start_per_token`."""
         row = self._row(batch)
-        start = start if start is not None else self._start_per_token()
         best, best_rate = 0, self._rate(batch, taus[0], row[0], start[0])
-        for i in range(1, len(taus) if upto is None else upto + 1):
+        for i in range(1, upto + 1):
             rate = self._rate(batch, taus[i], row[i], start[i])
             if rate > best_rate:  # ties go to less speculation (earlier in the order)
                 best, best_rate = i, rate

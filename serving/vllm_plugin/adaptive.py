@@ -394,22 +394,14 @@ class AdaptiveLookup:
         except Exception as e:
             self._fail(e)
 
-    def observe(
-        self,
-        batch_size: int,
-        k: int,
-        emitted_per_request: float,
-        seconds: float | None,
-        accepted: list[int] | None = None,
-    ) -> None:
-        """One steady decode step: ``k`` drafts were verified per request (``accepted[r]`` of them
-        accepted) and ``k`` proposed."""
+    def observe(self, batch_size: int, k: int, emitted_per_request: float, seconds: float | None) -> None:
+        """One steady decode step: ``k`` drafts were verified per request and ``k`` proposed. Its time
+        teaches the step cost; acceptance is learnt from every step in :meth:`observe_requests`."""
         if self.policy is None or self.pinned is not None:
             return
         try:
             shape = TreeShape.chain(k) if k > 0 else NO_SPECULATION
-            # acceptance is learnt from every step in observe_requests, not from steady steps alone
-            self.policy.observe(shape, batch_size, emitted_per_request, seconds, None)
+            self.policy.observe(shape, batch_size, emitted_per_request, seconds)
         except Exception as e:
             self._fail(e)
 

@@ -47,9 +47,7 @@ class StepRecorder:
         self.cells: dict[
             tuple[int, int], tuple[list[float], list[float]]
         ] = {}  # (batch, k) -> seconds, emitted
-        self.pending: tuple[int, int, float, float, list[int]] | None = (
-            None  # batch, k, emitted, t0, accepted
-        )
+        self.pending: tuple[int, int, float, float] | None = None  # batch, k, emitted, t0
         # k -> [batch size, requests started, seconds] of timed start steps (k = 0: only steps that
         # skipped the draft, whose starts run no draft)
         self.starts: dict[int, list[list[float]]] = {}
@@ -72,13 +70,13 @@ class StepRecorder:
 
     def on_schedule(self, now: float, lookup: AdaptiveLookup | None) -> None:
         if self.pending is not None and self._busy(now, self.pending[3]):
-            batch, k, emitted, t0, accepted = self.pending
+            batch, k, emitted, t0 = self.pending
             seconds, emits = self.cells.setdefault((batch, k), ([], []))
             if len(seconds) < self.max_samples:
                 seconds.append(now - t0)
                 emits.append(emitted)
             if lookup is not None:
-                lookup.observe(batch, k, emitted, now - t0, accepted)
+                lookup.observe(batch, k, emitted, now - t0)
         if self.pending_start is not None and self._busy(now, self.pending_start[3]):
             batch, k, started, t0 = self.pending_start
             starts = self.starts.setdefault(k, [])
@@ -148,7 +146,7 @@ class StepRecorder:
                 hist[min(max(c - 1, 0), k)] += 1
         recording = lookup is None or lookup.recording
         if recording and k == int(getattr(scheduler_output, "num_spec_tokens_to_schedule", k) or 0):
-            self.pending = (len(sched), k, emitted, self.t_schedule, [c - 1 for c in counts])
+            self.pending = (len(sched), k, emitted, self.t_schedule)
         return len(sched), k, emitted
 
     def _start(self, scheduler_output, batch: int, started: int, k: int, k_next: int, lookup) -> None:

@@ -49,8 +49,8 @@ def test_population_acceptance_is_learnt_from_every_step_and_slowly(tmp_path):
     for _ in range(20):
         lookup.observe_requests(dict.fromkeys(ids[:4], 2), dict.fromkeys(ids[:4], 0), [])
     assert alpha[0] > 0.98
-    # a steady decode step's own report no longer teaches acceptance (it would count twice)
-    lookup.observe(64, 2, 1.0, 0.01, [0] * 64)
+    # a steady decode step's report teaches the step cost only (its acceptance was counted above)
+    lookup.observe(64, 2, 1.0, 0.01)
     assert alpha[0] > 0.98
 
 
@@ -76,9 +76,10 @@ def test_pinned_lookup_serves_the_arm_and_the_policy_learns_nothing(tmp_path):
     assert lookup[1] == 3  # capped at the engine's num_speculative_tokens
     lookup.pin([0, 3, 3, 1])  # index = batch size; beyond the list, its last entry
     assert [lookup[b] for b in (1, 2, 3, 9)] == [3, 3, 1, 1]
+    ids = [f"r{i}" for i in range(16)]
     for _ in range(300):  # would teach the policy that k = 3 never gets a token accepted
-        lookup.observe(16, 3, 1.0, None, [0] * 16)
-    lookup.observe_requests({"r": 3}, {"r": 0}, [])
+        lookup.observe(16, 3, 1.0, 0.01)
+        lookup.observe_requests(dict.fromkeys(ids, 3), dict.fromkeys(ids, 0), [])
     assert lookup.policy.acceptance.alpha == alpha and not lookup.live.hits
     lookup.pin(None)
     assert lookup.last_k == 0  # the policy's own last choice (batch 8), not the arm's k
