@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from serving.policy import CostModel, Profile, StepTable
+from serving.step_cost import CostModel, Profile, StepTable
 
 DEFAULT_TOKEN_COUNTS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 

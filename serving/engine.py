@@ -31,7 +31,7 @@ import torch
 from transformers import DynamicCache
 
 from draft_models.aux_hooks import AuxHiddenHooks
-from serving.policy import conditional_acceptance
+from serving.acceptance import conditional_acceptance
 from serving.shape import NO_SPECULATION, TreeShape
 from serving.tree import DraftTree, ancestor_mask
 from serving.verify import target_probs, verify_greedy, verify_sampling

@@ -3,7 +3,7 @@
 Contract
 --------
 * ``register()`` is the ``vllm.general_plugins`` entry point. vLLM calls it in every process; it
-  does nothing unless ``SPECFORGE_ADAPTIVE_SPEC`` names a policy file (:func:`write_policy_file`),
+  does nothing unless ``SPECFORGE_ADAPTIVE_SPEC`` names a policy file (:func:`~serving.vllm_plugin.policy_file.write_policy_file`),
   and it patches the scheduler once per process (idempotent).
 * Switch it on: set ``SPECFORGE_ADAPTIVE_SPEC=/path/policy.json`` and give vLLM a speculative config
   with ``num_speculative_tokens`` = the largest k and ``num_speculative_tokens_per_batch_size`` =
@@ -35,19 +35,10 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 
-from serving.policy import (
-    AcceptanceTracker,
-    CostModel,
-    OnlineStepCost,
-    Profile,
-    RequestAcceptance,
-    SpeculationPolicy,
-    StartCost,
-    StepTable,
-)
+from serving.acceptance import RequestAcceptance
+from serving.policy import SpeculationPolicy
 from serving.shape import NO_SPECULATION, TreeShape
 from serving.vllm_plugin.draft_skip import (
     LAST_SKIP_ATTR,
@@ -57,6 +48,7 @@ from serving.vllm_plugin.draft_skip import (
     patch_proposer,
     patch_runner,
 )
+from serving.vllm_plugin.policy_file import load_policy
 from serving.vllm_plugin.recorder import StepRecorder
 
 ENV = "SPECFORGE_ADAPTIVE_SPEC"
@@ -70,114 +62,8 @@ CLOCK_ATTR = "_specforge_clock"
 # "switch_margin"): without it, per-request estimates flipped k between near-tied values ~50 times in
 # 580 steps at batch 32-64 and served 8-9 % below the static k they hovered around.
 SWITCH_MARGIN = 0.05
-# The population's acceptance per position is an EMA in which a step of n requests weighs like
-# n / ALPHA_REFERENCE_BATCH steps of weight beta: with beta = 0.05 it spans ~5000 request-steps (80
-# steps at batch 64). The requests left when a batch drains accept 0-15 %; with 16 here (5 steps at
-# batch 64) a sweep ended with the estimate at position 1 at 0.40 where the plugin's requests had
-# accepted 0.64, a level at which the load calls for no speculation at batch 64; the plugin served
-# 0.92x static k = 1 there (decode goodput), running k = 1.
-ALPHA_REFERENCE_BATCH = 256
 logger = logging.getLogger("specforge.vllm_plugin")
 _PATCHED = False
-
-
-def write_policy_file(
-    path: str | Path,
-    cost: CostModel | StepTable,
-    alpha: list[float],
-    ks: list[int],
-    beta: float = 0.05,
-    meta: dict | None = None,
-    skip_draft_at_k0: bool = False,
-    starts: StartCost | None = None,
-) -> Path:
-    """Everything the plugin needs, in one JSON file: a step cost (profiled forwards, or whole
-    measured vLLM steps from ``specforge calibrate --vllm``), the acceptance alpha_k that seeds the
-    policy (the head's offline estimate, or what calibration measured), and the
-    chain lengths it may choose from. ``skip_draft_at_k0``: a step at k = 0 runs neither the draft
-    nor the runner's speculative bookkeeping (:mod:`serving.vllm_plugin.draft_skip`). ``starts``: what
-    a step pays per request it starts, per k (without it, steps are priced as decode steps alone)."""
-    if isinstance(cost, StepTable):
-        payload: dict = {"steps": cost.to_json()}
-    else:
-        payload = {
-            "cost": {"target": asdict(cost.target), "draft": asdict(cost.draft) if cost.draft else None}
-        }
-    payload.update({"alpha": list(alpha), "ks": list(ks), "beta": beta, "meta": meta or {}})
-    if starts is not None:
-        payload["starts"] = starts.to_json()
-    payload["skip_draft_at_k0"] = bool(skip_draft_at_k0)
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    tmp.replace(p)
-    return p
-
-
-def write_explore_file(
-    path: str | Path,
-    ks: list[int],
-    hold: int = 4,
-    drains_per_k: int = 1,
-    skip_drains: int = 0,
-    skip_steps: int = 0,
-    time_mixed: bool = False,
-    skip_draft_at_k0: bool = False,
-) -> Path:
-    """A policy file that makes the plugin cycle k through ``ks`` (step-time calibration): the next k
-    every ``hold`` steps, of which the first ``skip_steps`` are not timed; or, with ``hold=0``, every
-    ``drains_per_k`` times the engine drains (so that every batch the caller submits runs at one
-    constant k), and then the first ``skip_drains`` batches at each k are not timed (the first steps
-    after a change of k run slower). ``time_mixed``: also time steps that start new requests (a
-    loaded server's usual step: prefills ride along with the decodes). ``skip_draft_at_k0``: time
-    k = 0 as a policy file with that flag serves it."""
-    p = Path(path)
-    raw = {
-        "mode": "explore",
-        "ks": list(ks),
-        "hold": hold,
-        "drains_per_k": drains_per_k,
-        "skip_drains": skip_drains,
-        "skip_steps": skip_steps,
-        "time_mixed": time_mixed,
-    }
-    if skip_draft_at_k0:
-        raw["skip_draft_at_k0"] = True
-    p.write_text(json.dumps(raw))
-    return p
-
-
-def load_policy(path: str | Path, k_max: int) -> SpeculationPolicy:
-    raw = json.loads(Path(path).read_text())
-    if "steps" in raw:
-        prior: CostModel | StepTable = StepTable.from_json(raw["steps"])
-        usable = set(prior.ks)
-    else:
-        prior = CostModel(
-            Profile(**raw["cost"]["target"]),
-            Profile(**raw["cost"]["draft"]) if raw["cost"].get("draft") else None,
-        )
-        usable = {int(k) for k in raw["ks"]}
-    shapes = [TreeShape.chain(k) for k in raw["ks"] if 0 < k <= k_max and k in usable]
-    if not shapes:
-        raise ValueError(f"no k in {raw['ks']} fits the configured num_speculative_tokens={k_max}")
-    tracker = AcceptanceTracker.from_alpha(
-        raw["alpha"],
-        shapes,
-        beta=float(raw.get("beta", 0.05)),
-        per_position=True,
-        reference_batch=ALPHA_REFERENCE_BATCH,
-    )
-    # The prior was timed in this same engine configuration (calibrate --vllm). Online, one factor
-    # for all shapes follows the machine's speed (it does not change the ranking). A factor per shape
-    # is off by default: only the shape running at a batch size is observed there, and its
-    # factor, pooled over batch sizes, absorbed where it ran (a shape run at batch 8-16 looked 20 %
-    # slower than those run at 1 and 64) and pushed the choice away from it.
-    cost = OnlineStepCost(
-        prior, beta=float(raw.get("cost_beta", 0.01)), min_count=int(raw.get("cost_min_steps", 10**9))
-    )
-    starts = StartCost.from_json(raw["starts"]) if raw.get("starts") else None
-    return SpeculationPolicy(cost, tracker, shapes, start=starts)
 
 
 class AdaptiveLookup:

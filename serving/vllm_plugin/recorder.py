@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from serving.policy import OnlineStepCost
+from serving.step_cost import OnlineStepCost
 from serving.vllm_plugin.draft_skip import SKIP_ATTR
 
 if TYPE_CHECKING:

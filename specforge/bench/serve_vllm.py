@@ -60,12 +60,14 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
-from serving.policy import Profile, StartCost, StepTable, alpha_from_histograms
+from serving.acceptance import alpha_from_histograms
 from serving.shape import NO_SPECULATION as NONE
 from serving.shape import TreeShape
-from serving.vllm_plugin.adaptive import ENV, STEP_LOG_ENV, write_explore_file, write_policy_file
+from serving.step_cost import Profile, StartCost, StepTable
+from serving.vllm_plugin.adaptive import ENV, STEP_LOG_ENV
 from serving.vllm_plugin.lockstep import TURN_STEPS
 from serving.vllm_plugin.offline import PLAIN, run_vllm
+from serving.vllm_plugin.policy_file import write_explore_file, write_policy_file
 from specforge.bench.sweep import decode_summary, serve_summary
 from specforge.data.formats import load_rows
 from specforge.errors import SpecforgeError

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from serving.policy import conditional_acceptance
+from serving.acceptance import conditional_acceptance
 from serving.vllm_plugin.offline import run_vllm
 from specforge.data.formats import load_rows
 from specforge.targets import load_tokenizer

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from draft_models.eagle3 import Eagle3Draft
 from draft_models.layers import attend
-from serving.policy import chain_tau
+from serving.acceptance import chain_tau
 from specforge.capture import CapturedBatch
 
 

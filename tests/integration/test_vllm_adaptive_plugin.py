@@ -52,8 +52,8 @@ def _request(micro_target_dir, draft, n_prompts):
 
 
 def test_plugin_changes_k_with_batch_size(micro_target_dir, served):
-    from serving.vllm_plugin.adaptive import write_policy_file
     from serving.vllm_plugin.offline import run_vllm
+    from serving.vllm_plugin.policy_file import write_policy_file
 
     tmp, draft = served
     # Verifying up to 4 query tokens costs one unit, more costs 50: speculate (k=3) alone, never at batch 8.
@@ -76,8 +76,8 @@ def test_skipping_the_draft_at_k0_keeps_output_and_speculation_alone(micro_targe
     steps never run at k = 0, still speculates."""
     import json
 
-    from serving.vllm_plugin.adaptive import write_policy_file
     from serving.vllm_plugin.offline import run_vllm
+    from serving.vllm_plugin.policy_file import write_policy_file
 
     tmp, draft = served
     cost = CostModel(Profile([1, 4, 5, 64], [1.0, 1.0, 50.0, 50.0]), Profile([1, 64], [0.01, 0.01]))
