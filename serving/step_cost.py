@@ -180,6 +180,15 @@ class OnlineStepCost:
     The correction is a factor on the prior, learnt per shape and pooled over batch sizes (the prior
     keeps the batch dependence): one step time is noisy, a factor over many steps of any batch size
     is not. A shape seen fewer than ``min_count`` times uses the factor of all steps seen.
+
+    With ``cell_prior`` set, each (shape, batch bucket) also learns its own measured / prior ratio
+    (a running mean, then an EMA of weight ``cell_beta``: it follows the machine as fast as steps
+    of that cell come), and a step's factor blends it with the shape's factor above, by
+    ``n / (n + cell_prior)`` for ``n`` steps of that cell seen. This fixes a prior that ranks shapes
+    wrongly at some batch sizes, which one factor cannot (it scales every shape alike); a shape
+    never run in a bucket keeps the prior times the overall factor there (the plugin probes near-best
+    shapes now and then, :class:`~serving.vllm_plugin.adaptive.AdaptiveLookup`). Buckets are powers
+    of two: batch 1, 2-3, 4-7, ... (:func:`batch_bucket`).
     """
 
     prior: StepCost
@@ -188,6 +197,10 @@ class OnlineStepCost:
     scale: float = 1.0  # EMA of measured / prior over all observed steps
     shape_scale: dict[Shape, float] = field(default_factory=dict)  # EMA of measured / prior per shape
     count: dict[Shape, int] = field(default_factory=dict)
+    cell_prior: float | None = None  # pseudo-steps of the shape's factor per (shape, bucket); None: off
+    cell_beta: float = 0.1
+    cell_ratio: dict[tuple[Shape, int], float] = field(default_factory=dict)  # measured / prior
+    cell_count: dict[tuple[Shape, int], int] = field(default_factory=dict)
 
     def observe(self, batch: int, shape: Shape, seconds: float) -> None:
         ratio = seconds / self.prior.step_time(batch, shape)
@@ -196,12 +209,32 @@ class OnlineStepCost:
         self.shape_scale[shape] = (1 - self.beta) * prev + self.beta * ratio
         self.count[shape] = n + 1
         self.scale = (1 - self.beta) * self.scale + self.beta * ratio
+        if self.cell_prior is not None:
+            cell = (shape, batch_bucket(batch))
+            m = self.cell_count.get(cell, 0)
+            weight = max(self.cell_beta, 1.0 / (m + 1))
+            self.cell_ratio[cell] = (1 - weight) * self.cell_ratio.get(cell, ratio) + weight * ratio
+            self.cell_count[cell] = m + 1
 
-    def factor(self, shape: Shape) -> float:
-        return self.shape_scale[shape] if self.count.get(shape, 0) >= self.min_count else self.scale
+    def factor(self, shape: Shape, batch: int | None = None) -> float:
+        """Measured / prior for ``shape`` (at ``batch``: with its bucket's own ratio, when learnt)."""
+        f = self.shape_scale[shape] if self.count.get(shape, 0) >= self.min_count else self.scale
+        if self.cell_prior is None or batch is None:
+            return f
+        cell = (shape, batch_bucket(batch))
+        n = self.cell_count.get(cell, 0)
+        if not n:
+            return f
+        w = n / (n + self.cell_prior)
+        return (1 - w) * f + w * self.cell_ratio[cell]
 
     def step_time(self, batch: int, shape: Shape) -> float:
-        return self.prior.step_time(batch, shape) * self.factor(shape)
+        return self.prior.step_time(batch, shape) * self.factor(shape, batch)
+
+
+def batch_bucket(batch: int) -> int:
+    """The power-of-two bucket of a batch size: 1 -> 1, 2-3 -> 2, 4-7 -> 3, ..."""
+    return max(int(batch), 1).bit_length()
 
 
 @dataclass

@@ -16,9 +16,11 @@ Contract
   (:class:`serving.policy.RequestAcceptance`), so k follows the requests actually in the batch.
   Step times come from the policy file's prior (best: whole vLLM steps measured by ``specforge
   calibrate --vllm``), scaled online by one live/prior factor from the steps this scheduler times
-  itself (:class:`StepRecorder`, :class:`serving.policy.OnlineStepCost`; a factor per shape only
-  with ``"cost_min_steps"`` in the policy file). Timing assumes vLLM's synchronous scheduling (the
-  CPU default).
+  itself (:class:`StepRecorder`, :class:`serving.step_cost.OnlineStepCost`; a factor per shape only
+  with ``"cost_min_steps"`` in the policy file), and corrected per (k, batch bucket) by a learnt
+  measured ratio where the prior ranked k wrongly. To measure the k it does not choose, the plugin now
+  and then runs the runner-up k for a few steps (:meth:`AdaptiveLookup._probe`). Timing assumes
+  vLLM's synchronous scheduling (the CPU default).
 * ``SPECFORGE_STEP_LOG=/path/steps.json`` writes the timed steps (per batch size and k) and the
   current choices whenever the engine drains; with a policy file in ``"mode": "explore"`` k cycles
   through the given values, which is how ``specforge calibrate --vllm`` measures vLLM's steps.
@@ -40,6 +42,7 @@ from pathlib import Path
 from serving.acceptance import RequestAcceptance
 from serving.policy import SpeculationPolicy
 from serving.shape import NO_SPECULATION, TreeShape
+from serving.step_cost import batch_bucket
 from serving.vllm_plugin.draft_skip import (
     LAST_SKIP_ATTR,
     SKIP_ATTR,
@@ -62,6 +65,11 @@ CLOCK_ATTR = "_specforge_clock"
 # "switch_margin"): without it, per-request estimates flipped k between near-tied values ~50 times in
 # 580 steps at batch 32-64 and served 8-9 % below the static k they hovered around.
 SWITCH_MARGIN = 0.05
+# Probing (policy file: "probe_every", "probe_steps"): every PROBE_EVERY policy steps in a batch bucket
+# the runner-up k runs PROBE_STEPS steps, so the per-bucket step ratios learn the shapes the policy does
+# not choose (~9 % of steps, at a k predicted near the best).
+PROBE_EVERY = 32
+PROBE_STEPS = 3
 logger = logging.getLogger("specforge.vllm_plugin")
 _PATCHED = False
 
@@ -97,6 +105,8 @@ class AdaptiveLookup:
         skip_steps: int = 0,
         time_mixed: bool = False,
         switch_margin: float = 0.0,
+        probe_every: int = 0,
+        probe_steps: int = PROBE_STEPS,
     ):
         self.policy, self.k_max = policy, k_max
         self.is_stale = is_stale  # requests that can no longer speculate (draft_skip.StaleDrafts)
@@ -105,6 +115,11 @@ class AdaptiveLookup:
         self.drains_per_k, self.skip_drains = max(1, drains_per_k), skip_drains
         self.skip_steps, self.time_mixed = skip_steps, bool(explore) and time_mixed
         self.switch_margin = switch_margin
+        self.probe_every, self.probe_steps = probe_every, max(1, probe_steps)
+        self._bucket_steps: dict[int, int] = {}  # batch bucket -> policy steps taken there
+        self._probing: tuple[int, int, int] | None = None  # bucket, k, steps left
+        self._policy_k = 0  # the policy's own last choice (probes excluded): hysteresis keeps it
+        self.probes = 0
         self.live = RequestAcceptance()
         self.last_k = 0
         self.steps = 0
@@ -225,20 +240,50 @@ class AdaptiveLookup:
             tau[NO_SPECULATION] = 0.0
         best = policy.choose(batch, tau)
         k = min(best.num_draft_tokens, self.k_max)
-        if self.switch_margin > 0 and k != self.last_k and self.last_k <= self.k_max:
+        if self.switch_margin > 0 and k != self._policy_k and self._policy_k <= self.k_max:
             # Hysteresis: keep the running k unless the best one is predicted to be clearly better.
             # The live estimates move step to step, near-ties between k are common, and a change of
             # k costs vLLM-CPU slower steps right after it. The kept k must also be near-best at
             # every smaller batch (the monotone cap, up to the margin).
-            keep = TreeShape.chain(self.last_k) if self.last_k > 0 else NO_SPECULATION
+            keep = TreeShape.chain(self._policy_k) if self._policy_k > 0 else NO_SPECULATION
             if keep in tau and policy.near_best_below(batch, keep, self.switch_margin, tau):
                 rate_best = policy.rate(batch, best, tau[best])
                 rate_keep = policy.rate(batch, keep, tau[keep])
                 if rate_best < (1 + self.switch_margin) * rate_keep:
-                    k = self.last_k
+                    k = self._policy_k
         self.skip_draft = False  # a k = 0 from here on is the requests' (no draft skipping, or hysteresis)
-        self.choices[batch] = k
+        self.choices[batch] = self._policy_k = k
+        if self.probe_every > 0 and k > 0:
+            k = self._probe(batch, k, tau)
         return k
+
+    def _probe(self, batch: int, k: int, tau: dict[TreeShape, float]) -> int:
+        """Now and then run the runner-up k for a few steps instead of the policy's ``k``, so that the
+        step cost learns how fast it really is at this batch size (its per-bucket ratio,
+        :class:`serving.step_cost.OnlineStepCost`): a shape the prior prices too high would otherwise
+        never run, and never be measured. Every ``probe_every`` policy steps in a batch bucket, the
+        best other k >= 1 by predicted goodput runs for ``probe_steps`` steps (the first one, which
+        verifies the previous k's drafts, is not timed as steady; nor is the step back). Only a
+        speculating step probes, and never k = 0: with draft skipping, a k = 0 step leaves its
+        requests without drafts for good."""
+        bucket = batch_bucket(batch)
+        if self._probing is not None:
+            where, probe_k, left = self._probing
+            if where == bucket and left > 0:
+                self._probing = (where, probe_k, left - 1)
+                return probe_k
+            self._probing = None
+        n = self._bucket_steps[bucket] = self._bucket_steps.get(bucket, 0) + 1
+        if n % self.probe_every:
+            return k
+        others = [s for s in tau if 0 < s.num_draft_tokens <= self.k_max and s.num_draft_tokens != k]
+        if not others:
+            return k
+        policy = self.policy
+        alt = max(others, key=lambda s: policy.rate(batch, s, tau[s])).num_draft_tokens
+        self._probing = (bucket, alt, self.probe_steps - 1)
+        self.probes += 1
+        return alt
 
     def observe_requests(
         self, verified: dict[str, int], accepted: dict[str, int], finished, idle: Sequence[str] = ()
@@ -337,6 +382,11 @@ def _install(scheduler) -> None:
                 max_batch=int(getattr(scheduler, "max_num_running_reqs", 256)),
                 is_stale=stale.is_stale if stale is not None else None,
                 switch_margin=float(raw.get("switch_margin", SWITCH_MARGIN)),
+                # probing feeds the per-bucket ratios: pointless without them
+                probe_every=int(raw.get("probe_every", PROBE_EVERY))
+                if getattr(policy.cost, "cell_prior", None)
+                else 0,
+                probe_steps=int(raw.get("probe_steps", PROBE_STEPS)),
             )
             logger.info(
                 "specforge adaptive speculation on: k per batch size %s",

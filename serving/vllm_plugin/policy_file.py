@@ -31,6 +31,9 @@ from serving.step_cost import CostModel, OnlineStepCost, Profile, StartCost, Ste
 # accepted 0.64, a level at which the load calls for no speculation at batch 64; the plugin served
 # 0.92x static k = 1 there (decode goodput), running k = 1.
 ALPHA_REFERENCE_BATCH = 256
+# Pseudo-steps of the overall factor behind each (shape, batch bucket)'s own measured / prior ratio:
+# after this many timed steps of a shape in a bucket, its own ratio weighs half.
+CELL_PRIOR = 5.0
 
 
 def write_policy_file(
@@ -125,8 +128,14 @@ def load_policy(path: str | Path, k_max: int) -> SpeculationPolicy:
     # is off by default: only the shape running at a batch size is observed there, and its
     # factor, pooled over batch sizes, absorbed where it ran (a shape run at batch 8-16 looked 20 %
     # slower than those run at 1 and 64) and pushed the choice away from it.
+    # Per (shape, batch bucket), the measured ratio does change the ranking where the prior was wrong
+    # (the plugin probes near-best shapes to measure them); "cell_prior": null turns it off.
+    cell_prior = raw.get("cell_prior", CELL_PRIOR)
     cost = OnlineStepCost(
-        prior, beta=float(raw.get("cost_beta", 0.01)), min_count=int(raw.get("cost_min_steps", 10**9))
+        prior,
+        beta=float(raw.get("cost_beta", 0.01)),
+        min_count=int(raw.get("cost_min_steps", 10**9)),
+        cell_prior=None if cell_prior is None else float(cell_prior),
     )
     starts = StartCost.from_json(raw["starts"]) if raw.get("starts") else None
     return SpeculationPolicy(cost, tracker, shapes, start=starts)

@@ -227,6 +227,13 @@ class StepRecorder:
                         str(s.num_draft_tokens): [cost.factor(s), cost.count.get(s, 0)]
                         for s in lookup.policy.candidates
                     }
+                    out[
+                        "cost_cells"
+                    ] = {  # "k@bucket": [measured / prior, timed steps]; bucket 7 = batch 64-127
+                        f"{s.num_draft_tokens}@{bucket}": [round(cost.cell_ratio[(s, bucket)], 4), n]
+                        for (s, bucket), n in sorted(cost.cell_count.items())
+                    }
+            out["probes"] = lookup.probes
         return out
 
     def flush(self, lookup: AdaptiveLookup | None) -> None:

@@ -314,3 +314,44 @@ def test_step_recorder_times_start_steps_and_counts_answer_tokens(tmp_path):
     assert summary["finished"] == {"requests": 2, "tokens": 9}
     assert policy.start.tokens_per_request == pytest.approx(0.98 * (0.98 * 100 + 0.02 * 6) + 0.02 * 3)
     assert policy.start.starts == 2
+
+
+def test_live_lookup_probes_the_runner_up_and_learns_where_the_prior_was_wrong(tmp_path):
+    """The prior prices k = 2 at batch 40 too high (1.3 s a step; really 1.1 s) and k = 1 right: k = 1
+    runs, its steps confirm the prior, and nothing would ever show that k = 2 pays. Probing k = 2 now
+    and then measures it, its residual learns it, and the choice moves to it (up to the monotone cap:
+    batch 1 gets k = 2 from the prior)."""
+    k2_prior = Profile([1, 16, 64], [1.1, 1.1, 1.5])  # 1.3 s at batch 40
+    table = StepTable.chains({0: Profile([1, 64], [1.0, 1.0]), 1: Profile([1, 64], [1.0, 1.0]), 2: k2_prior})
+    true_seconds = {1: 1.0, 2: 1.1}
+    # alpha 0.7: tau 1.7 (k = 1), 2.19 (k = 2). Goodput per request at batch 40, prior: 1.70 against
+    # 1.68; truth: 1.70 against 1.99
+    served = {}
+    for probe_every in (0, 32):
+        path = write_policy_file(tmp_path / f"p{probe_every}.json", table, [0.7, 0.7], [1, 2])
+        lookup = AdaptiveLookup(
+            load_policy(path, k_max=2),
+            k_max=2,
+            running=lambda b: ["a"] * b,
+            max_batch=64,
+            switch_margin=0.05,
+            probe_every=probe_every,
+        )
+        assert lookup.policy.choose(1) == TreeShape.chain(2)
+        ks = []
+        for _ in range(800):
+            k = lookup[40]
+            ks.append(k)
+            lookup.observe(40, k, 1.0 + 0.7 + (0.49 if k == 2 else 0.0), true_seconds[k])
+        served[probe_every] = ks
+    assert set(served[0]) == {1}  # without probing, k = 2 is never measured at batch 40
+    late = served[32][-200:]
+    assert late.count(2) > 0.85 * len(late)  # k = 1 is still probed now and then
+    cost = lookup.policy.cost
+    assert cost.step_time(40, TreeShape.chain(2)) == pytest.approx(1.1, rel=0.05)
+    assert cost.step_time(40, TreeShape.chain(1)) == pytest.approx(1.0, rel=0.05)
+    assert lookup.probes >= 800 // 32 - 2
+    summary = StepRecorder(None).summary(lookup)  # the step log shows what was learnt, for diagnosis
+    assert summary["probes"] == lookup.probes and summary["cost_cells"]["2@6"][0] == pytest.approx(
+        1.1 / 1.3, rel=1e-3
+    )

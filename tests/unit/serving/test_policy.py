@@ -19,6 +19,7 @@ from serving.policy import (
     StartCost,
     StepTable,
     alpha_from_histograms,
+    batch_bucket,
     chain_tau,
     isotonic,
 )
@@ -282,3 +283,31 @@ def test_start_costs_keep_the_choice_monotone():
         pol = _chain_table_policy(start)
         ks = [pol.choose(b).num_draft_tokens for b in range(1, 65)]
         assert ks == sorted(ks, reverse=True)
+
+
+def test_online_step_cost_learns_a_ratio_per_shape_and_batch_bucket():
+    """A prior that ranks shapes wrongly at some batch sizes is corrected there, and only there; a
+    cell the server never ran keeps the prior times the overall factor; cells follow drift."""
+    prior = StepTable.chains({k: Profile([1, 64], [1.0 + k, 1.0 + k]) for k in (0, 1, 2)})
+    cost = OnlineStepCost(prior, beta=0.01, min_count=10**9, cell_prior=5)
+    k1, k2 = Shape.chain(1), Shape.chain(2)
+    assert batch_bucket(1) == 1 and batch_bucket(40) == batch_bucket(63) == 6 and batch_bucket(64) == 7
+    for _ in range(300):  # the machine runs at 2x the prior; k = 1 at batch 32-63 at 3x
+        cost.observe(1, k1, 4.0)
+        cost.observe(1, k2, 6.0)
+        cost.observe(40, k1, 6.0)
+    assert cost.scale == pytest.approx(7 / 3, rel=0.02)  # the mean ratio over all steps
+    assert cost.step_time(40, k1) == pytest.approx(6.0, rel=0.03)
+    assert cost.step_time(1, k1) == pytest.approx(4.0, rel=0.03)
+    assert cost.step_time(1, k2) == pytest.approx(6.0, rel=0.03)
+    assert cost.step_time(40, k2) == pytest.approx(3.0 * cost.scale)  # k = 2 never ran at 32-63
+    for _ in range(50):  # everything 1.5x slower
+        cost.observe(1, k1, 6.0)
+        cost.observe(1, k2, 9.0)
+        cost.observe(40, k1, 9.0)
+    assert cost.step_time(40, k1) == pytest.approx(9.0, rel=0.03)
+    assert cost.step_time(1, k2) == pytest.approx(9.0, rel=0.03)
+    few = OnlineStepCost(prior, beta=0.01, cell_prior=5)
+    few.observe(40, k1, 4.0)  # one step at 2x weighs 1 / (1 + 5) against the overall factor
+    assert few.step_time(40, k1) == pytest.approx(2.0 * (5 * few.scale + 2.0) / 6)
+    assert OnlineStepCost(prior).step_time(40, k1) == 2.0  # off by default
