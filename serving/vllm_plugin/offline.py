@@ -22,13 +22,15 @@ drain included). It records output tokens/s, the per-request latency
 the speculative counters of that measurement, and a digest of its output token ids (greedy
 outputs must not depend on the configuration). Its result holds ``"sweep": [ {...}, ... ]``.
 
-Paired sweep (``"arms": {name: k | table | null | "plain"}`` in ``"sweep"``, with the adaptive plugin
+Paired sweep (``"arms": {name: k | table | null | "plain" | {"policy": overrides}}`` in ``"sweep"``, with the adaptive plugin
 on and the engine core in this process): one engine serves every speculative configuration, and a
 second engine without a draft, in the same process, serves the arm ``"plain"`` (no speculation),
 so it is paired like the others. Before each measurement
 the plugin's lookup is pinned (:meth:`~serving.vllm_plugin.adaptive.AdaptiveLookup.pin`) to a fixed
 ``k`` (an int), to vLLM's own table (a ``num_speculative_tokens_per_batch_size`` list, expanded by
-vLLM's ``build_dynamic_sd_schedule_lookup``), or left to the policy (null). Every (repeat, batch
+vLLM's ``build_dynamic_sd_schedule_lookup``), or left to the policy (null); a variant of the plugin
+(``{"policy": overrides}``: the policy file with some keys overridden) swaps in a lookup of its own,
+which learns from its own steps only. Every (repeat, batch
 size) measures all arms back to back in a shuffled order (``"seed"``), so engine-to-engine
 differences and slow drifts of the machine cancel out of their ratios. Rows carry ``"config"`` (the
 arm) and ``"decode"``: the steady decode steps at exactly that batch size timed during the
@@ -245,10 +247,12 @@ def _scheduler(llm):
 
 
 def _arm_lookups(llm, arms: dict) -> tuple[object, dict]:
-    """The scheduler and, per arm, what to pin the plugin's lookup to (None: the policy)."""
+    """The scheduler and, per arm, what to pin the plugin's lookup to (None: the policy), or, for an
+    arm ``{"policy": overrides}`` (a variant of the plugin: the policy file with ``overrides``), a
+    lookup of its own that the arm's measurements swap in."""
     from vllm.v1.spec_decode.dynamic.utils import build_dynamic_sd_schedule_lookup
 
-    from serving.vllm_plugin.adaptive import AdaptiveLookup
+    from serving.vllm_plugin.adaptive import ENV, AdaptiveLookup, policy_lookup
 
     sched = _scheduler(llm)
     lookup = getattr(sched, "dynamic_sd_lookup", None)
@@ -261,6 +265,10 @@ def _arm_lookups(llm, arms: dict) -> tuple[object, dict]:
     pins = {}
     for name, arm in arms.items():
         if arm == PLAIN:
+            continue
+        if isinstance(arm, dict):  # a variant of the plugin, learning from its own steps only
+            raw = {**json.loads(Path(os.environ[ENV]).read_text()), **arm["policy"]}
+            pins[name] = policy_lookup(sched, raw, lookup.k_max, getattr(sched, "_specforge_stale", None))
             continue
         if isinstance(arm, list):  # vLLM's table, expanded exactly as vLLM expands it
             arm = build_dynamic_sd_schedule_lookup(
@@ -297,6 +305,8 @@ def _decode_since(sched, before: dict[tuple[int, int], int], b: int) -> dict:
 
 def _sweep(llm, params, prompts: list[dict], sweep: dict, plain=None) -> list[dict]:
     """``plain``: the engine without a draft that serves the arm named :data:`PLAIN`."""
+    from serving.vllm_plugin.adaptive import AdaptiveLookup
+
     sizes = [int(b) for b in sweep["batch_sizes"]]
     arms = sweep.get("arms")  # paired sweep: arm name -> what to pin the plugin to
     sched, pins = _arm_lookups(llm, arms) if arms else (None, {None: None})
@@ -308,6 +318,9 @@ def _sweep(llm, params, prompts: list[dict], sweep: dict, plain=None) -> list[di
                 raise RuntimeError(f"arm {arm!r} asks for the plain engine, and none was given")
             engines[arm] = (plain, _scheduler(plain))
             _keep_samples(engines[arm][1])
+            recorder = getattr(engines[arm][1], "_specforge_recorder", None)
+            if recorder is not None:  # the step log file is the plugin's engine's (its choices, probes)
+                recorder.path = None
     rng = random.Random(int(sweep.get("seed", 0)))
     min_requests = int(sweep.get("min_requests", 1))
     per_slot = int(sweep.get("closed_loop", 0))
@@ -323,9 +336,15 @@ def _sweep(llm, params, prompts: list[dict], sweep: dict, plain=None) -> list[di
             out += engine.generate(prompts[g * b : (g + 1) * b], params, use_tqdm=False)
         return out, None, None
 
+    served = sched.dynamic_sd_lookup if sched is not None else None  # the plugin's own lookup
+
     def pin(arm) -> None:
         if sched is not None and arm in pins:
-            sched.dynamic_sd_lookup.pin(pins[arm])
+            if isinstance(pins[arm], AdaptiveLookup):  # a variant of the plugin: its own lookup
+                sched.dynamic_sd_lookup = pins[arm]
+            else:
+                sched.dynamic_sd_lookup = served
+                served.pin(pins[arm])
 
     # Warm-up: one full unrecorded pass. The first time a kernel meets a shape (token count,
     # sequence length) costs extra on CPU; a shorter warm-up left the first repeat up to 1.6x slower.
@@ -346,7 +365,8 @@ def _sweep(llm, params, prompts: list[dict], sweep: dict, plain=None) -> list[di
                     row["spec"], row["prefix_cache"] = {}, None
                 rows.append(row)
     if sched is not None:
-        sched.dynamic_sd_lookup.pin(None)
+        sched.dynamic_sd_lookup = served
+        served.pin(None)
     return rows
 
 

@@ -31,9 +31,10 @@ from serving.step_cost import CostModel, OnlineStepCost, Profile, StartCost, Ste
 # accepted 0.64, a level at which the load calls for no speculation at batch 64; the plugin served
 # 0.92x static k = 1 there (decode goodput), running k = 1.
 ALPHA_REFERENCE_BATCH = 256
-# Pseudo-steps of the overall factor behind each (shape, batch bucket)'s own measured / prior ratio:
-# after this many timed steps of a shape in a bucket, its own ratio weighs half.
-CELL_PRIOR = 5.0
+# Pseudo-steps of the overall factor behind each (shape, batch bucket)'s own measured / prior ratio
+# ("cell_prior" in the policy file; after this many timed steps of a shape in a bucket, its own ratio
+# weighs half). Off by default (None): see serving.vllm_plugin.adaptive.PROBE_EVERY.
+CELL_PRIOR: float | None = None
 
 
 def write_policy_file(
@@ -102,8 +103,9 @@ def write_explore_file(
     return p
 
 
-def load_policy(path: str | Path, k_max: int) -> SpeculationPolicy:
-    raw = json.loads(Path(path).read_text())
+def load_policy(path: str | Path | dict, k_max: int) -> SpeculationPolicy:
+    """The policy a served policy file describes (``path``: the file, or its parsed JSON)."""
+    raw = path if isinstance(path, dict) else json.loads(Path(path).read_text())
     if "steps" in raw:
         prior: CostModel | StepTable = StepTable.from_json(raw["steps"])
         usable = set(prior.ks)
@@ -129,7 +131,7 @@ def load_policy(path: str | Path, k_max: int) -> SpeculationPolicy:
     # factor, pooled over batch sizes, absorbed where it ran (a shape run at batch 8-16 looked 20 %
     # slower than those run at 1 and 64) and pushed the choice away from it.
     # Per (shape, batch bucket), the measured ratio does change the ranking where the prior was wrong
-    # (the plugin probes near-best shapes to measure them); "cell_prior": null turns it off.
+    # (the plugin then probes near-best shapes to measure them); opt-in, with "cell_prior".
     cell_prior = raw.get("cell_prior", CELL_PRIOR)
     cost = OnlineStepCost(
         prior,

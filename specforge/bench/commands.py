@@ -101,6 +101,12 @@ def add_serve_parser(bench_sub) -> None:
         default="burst",
         help="how calibrate --vllm times steps before the sweep (see calibrate --workload)",
     )
+    bs.add_argument(
+        "--variants",
+        help="(vLLM, --design paired) comma-separated variants of the plugin to serve as extra arms "
+        "specforge-NAME, each compared with the plugin: probe (step ratios per batch size, learnt by "
+        "probing the runner-up k), noprobe (without them)",
+    )
     add_skip_flag(bs)
     bs.set_defaults(func=cmd_bench_serve)
 
@@ -140,6 +146,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
             turn_steps=args.turn_steps,
             lengths=args.lengths,
             skip_draft_at_k0=args.skip_draft_at_k0,
+            variants=[v for v in (args.variants or "").split(",") if v],
         )
         title = "vLLM: throughput vs no speculation"
     else:

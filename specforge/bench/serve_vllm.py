@@ -92,6 +92,11 @@ LENGTHS = ("fixed", "natural")
 # Closed-loop calibration: k changes every EXPLORE_HOLD steps; the first EXPLORE_SKIP after a change
 # are not timed (the first steps at a new k run slower).
 EXPLORE_HOLD, EXPLORE_SKIP = 10, 3
+# Variants of the plugin a paired sweep can add (--variants): name -> policy-file keys overridden
+VARIANTS: dict[str, dict] = {
+    "probe": {"cell_prior": 5.0},  # per-batch-bucket step ratios, learnt with probes of the runner-up k
+    "noprobe": {"cell_prior": None},
+}
 CALIBRATE_PER_SLOT = 8  # requests per client while calibrating: ~40 timed steps per k at batch 64
 
 
@@ -161,11 +166,13 @@ def _base(
 
 
 def _engine_configs(
-    draft: Path, ks: list[int], sizes: list[int], policy: Path, design: str
+    draft: Path, ks: list[int], sizes: list[int], policy: Path, design: str, variants: list[str] | None = None
 ) -> dict[str, tuple[dict, dict]]:
     """Per engine: the request's speculative settings and the environment. ``engines``: one engine per
     configuration. ``paired``: one process, every configuration an arm: the speculative ones of one
-    engine with the plugin on, no speculation of a second engine without a draft beside it."""
+    engine with the plugin on, no speculation of a second engine without a draft beside it; each
+    name in ``variants`` (:data:`VARIANTS`) adds the arm ``specforge-<name>``: the plugin with those
+    policy-file keys overridden, learning from its own steps."""
     spec = {"draft": str(draft)}
     plugin = (
         {
@@ -199,6 +206,7 @@ def _engine_configs(
         arms: dict = {"none": PLAIN}
         arms.update({f"k{k}": k for k in ks})
         arms.update({"vllm-table": VLLM_DOCS_TABLE, "specforge": None})
+        arms.update({f"specforge-{name}": {"policy": VARIANTS[name]} for name in variants or ()})
         return {"paired": ({**plugin[0], "sweep": {"arms": arms}}, plugin[1])}
     configs: dict[str, tuple[dict, dict]] = {"none": ({}, SWEEP_ENV)}
     for k in ks:
@@ -412,8 +420,15 @@ def bench_serve_vllm(
     skip_draft_at_k0: bool = True,
     log: Callable[[str], None] = print,
     turn_steps: int = TURN_STEPS,
+    variants: list[str] | None = None,
 ) -> dict:
     _check_choice("workload", workload, WORKLOADS)
+    for name in variants or ():
+        _check_choice("variant", name, VARIANTS)
+    if variants and design != "paired":
+        raise SpecforgeError(
+            "--variants needs --design paired (the variants are arms of the plugin's engine)"
+        )
     _check_choice("design", design, DESIGNS)
     _check_choice("lengths", lengths, LENGTHS)
     sizes = batch_sizes or BATCH_SIZES
@@ -440,7 +455,7 @@ def bench_serve_vllm(
         )
     base = _base(target, prompts, max_tokens, sizes, repeats, per_slot=WORKLOADS[workload])
     base["ignore_eos"] = lengths != "natural"
-    configs = _engine_configs(draft, ks, sizes, policy, design)
+    configs = _engine_configs(draft, ks, sizes, policy, design, variants)
     rows, choices = [], []
     step_logs: dict[str, list[list[dict]]] = {}  # config -> per round, the engine's timed steps
     rng = random.Random(seed)

@@ -3,7 +3,7 @@
 Contract: a sweep is a list of rows ``{"config", "batch_size", "tokens_per_s", "latency_mean", ...}``,
 several per (config, batch size) from rounds and repeats. :func:`serve_summary` takes the median of
 each cell, names the best *static* configuration per batch size (every config except the adaptive
-one and the batch-size table), and checks the bar of the adaptive configuration:
+one, its variants and the batch-size table), and checks the bar of the adaptive configuration:
 
 * ``vs_best_static >= 0.97`` at every batch size;
 * the geometric mean over batch sizes of ``adaptive / table`` >= 1.10;
@@ -23,6 +23,11 @@ configuration is measured against that. :func:`held_out_ratio` removes it: each 
 configuration is chosen from the *other* samples (leave one out), and the adaptive configuration is
 compared with that choice on the held-out sample, as a user who picked k from earlier measurements
 would be served. ``held_out`` per batch size and ``bar["min_held_out_vs_best_static"]`` report it.
+
+*Variants* of the adaptive configuration (configs named ``<adaptive>-<name>``: the plugin with some
+of its options changed) are compared with it, not with the bar: per batch size
+``variants[name]`` = variant / adaptive (ratio of medians) with its 90 % paired-bootstrap interval,
+and ``variants_vs_adaptive_geomean`` over batch sizes.
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ from pathlib import Path
 
 BAR = {"vs_best_static": 0.97, "vs_table_geomean": 1.10, "vs_none": 0.97}
 BOOTSTRAP = 2000  # resamples per interval
+
+
+def is_variant(config: str, adaptive: str) -> bool:
+    """Whether ``config`` is a variant of the adaptive configuration (``<adaptive>-<name>``)."""
+    return config.startswith(adaptive + "-")
 
 
 def _shared_keys(samples: dict[str, dict[tuple, float]], configs: list[str]) -> list[tuple] | None:
@@ -150,7 +160,8 @@ def serve_summary(rows: list[dict], batch_sizes: list[int], adaptive: str, table
     tput, lat, taus = _cells(rows, "tokens_per_s"), _cells(rows, "latency_mean"), _tau(rows)
     hits = _prefix_hit_rate(rows)
     configs = sorted({c for c, _ in tput}, key=lambda c: (c != "none", c))
-    static = [c for c in configs if c not in (adaptive, table)]
+    static = [c for c in configs if c not in (adaptive, table) and not is_variant(c, adaptive)]
+    variants = [c for c in configs if is_variant(c, adaptive)]
     per_batch = []
     for b in batch_sizes:
         med = {c: statistics.median(tput[(c, b)]) for c in configs if (c, b) in tput}
@@ -176,8 +187,19 @@ def serve_summary(rows: list[dict], batch_sizes: list[int], adaptive: str, table
                 "vs_none": bootstrap_ratio(keyed, adaptive, ["none"]) if "none" in med else None,
             }
             row["held_out"] = held_out_ratio(keyed, adaptive, measured)
+            row["variants"] = {
+                v: {"vs_adaptive": med[v] / med[adaptive], "interval": bootstrap_ratio(keyed, v, [adaptive])}
+                for v in variants
+                if v in med
+            }
         per_batch.append(row)
     out: dict = {"configs": configs, "per_batch_size": per_batch}
+    if variants and all("variants" in r for r in per_batch):
+        out["variants_vs_adaptive_geomean"] = {
+            v: _geomean([r["variants"][v]["vs_adaptive"] for r in per_batch if v in r["variants"]])
+            for v in variants
+            if any(v in r["variants"] for r in per_batch)
+        }
     if all("vs_best_static" in r for r in per_batch):
         vs_table = [r["vs_table"] for r in per_batch if "vs_table" in r]
         out["bar"] = {
@@ -238,7 +260,7 @@ def decode_summary(
                     vals.append(tokens / sum(x["steps"] * x["seconds"] for x in at_b))
             if vals:
                 good[c] = statistics.median(vals)
-        static = [c for c in good if c not in (adaptive, table)]
+        static = [c for c in good if c not in (adaptive, table) and not is_variant(c, adaptive)]
         row: dict = {"batch_size": b, "tokens_per_s": good}
         if static:
             best = max(static, key=lambda c: good[c])

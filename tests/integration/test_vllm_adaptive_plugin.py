@@ -123,12 +123,14 @@ def test_bench_serve_sweep_with_calibrated_plugin(micro_target_dir, served):
         rounds=1,
         repeats=1,
         log=lambda _m: None,
+        variants=["probe"],
     )
     table = StepTable.from_json(res["policy"]["steps"])  # measured vLLM step seconds per k and batch size
     assert table.ks == [0, 1, 2] and all(p.tokens == [1, 4] for p in table.seconds.values())
     assert all(s > 0 for p in table.seconds.values() for s in p.seconds)
     configs = {(r["config"], r["batch_size"]) for r in res["rows"]}
-    assert configs == {(c, b) for c in ["none", "k2", "vllm-table", "specforge"] for b in [1, 4]}
+    arms = ["none", "k2", "vllm-table", "specforge", "specforge-probe"]
+    assert configs == {(c, b) for c in arms for b in [1, 4]}
     assert res["workload"] == "closed"
     # paired: one process served every arm, no speculation included (its engine beside the other)
     assert sorted(p.name for p in (tmp / "serve" / "round0").iterdir()) == ["paired"]
@@ -137,10 +139,9 @@ def test_bench_serve_sweep_with_calibrated_plugin(micro_target_dir, served):
         # last one is sent, so it holds fewer tokens than the whole run
         requests = max(MIN_REQUESTS, WORKLOADS["closed"] * r["batch_size"])
         assert r["output_tokens"] == 12 * requests and r["tokens_per_s"] > 0 and r["tokens_per_s_all"] > 0
-        assert (
-            bool(r["spec"].get("drafts")) == (r["config"] in ("k2", "vllm-table"))
-            or r["config"] == "specforge"
-        )
+        assert bool(r["spec"].get("drafts")) == (r["config"] in ("k2", "vllm-table")) or r[
+            "config"
+        ].startswith("specforge")
         if r["config"] in ("k2", "vllm-table"):  # pinned arms of the paired engine ran their k (2 = cap)
             assert r["spec"]["draft_tokens"] == 2 * r["spec"]["drafts"]
     # the plugin timed its own steps and chose a k for both batch sizes
@@ -149,9 +150,12 @@ def test_bench_serve_sweep_with_calibrated_plugin(micro_target_dir, served):
     summary = res["summary"]
     assert res["design"] == "paired" and all(row["lossless"] for row in summary["per_batch_size"])
     assert set(summary["bar"]["met"]) == {"vs_best_static", "vs_table", "vs_none"}
+    # the plugin with probing served as its own arm, compared with the plugin, never "static"
+    assert all(row["best_static"] != "specforge-probe" for row in summary["per_batch_size"])
+    assert summary["variants_vs_adaptive_geomean"]["specforge-probe"] > 0
     # each arm's own decode steps, read back per measurement from the shared engine
     decode = summary["decode_steps"]["per_batch_size"][0]["tokens_per_s"]
-    assert set(decode) == {"none", "k2", "vllm-table", "specforge"} and min(decode.values()) > 0
+    assert set(decode) == set(arms) and min(decode.values()) > 0
 
     # the same sweep with an engine per configuration, on the policy just calibrated
     res = bench_serve_vllm(

@@ -41,6 +41,27 @@ def test_summary_medians_best_static_and_bar(tmp_path):
     assert plot_sweep(s, tmp_path / "p.png", "t").stat().st_size > 1000
 
 
+def test_variants_of_the_adaptive_config_are_compared_with_it_not_counted_as_static():
+    rows = _rows(
+        {
+            "none": {1: [100, 100, 100], 8: [800, 800, 800]},
+            "adaptive": {1: [150, 150, 150], 8: [790, 800, 810]},
+            "adaptive-noprobe": {1: [300, 300, 300], 8: [760, 780, 800]},  # would be "best static"
+        }
+    )
+    for i, r in enumerate(rows):
+        r["round"], r["repeat"] = 0, i % 3  # paired samples, for the intervals
+    s = serve_summary(rows, [1, 8], adaptive="adaptive", table=None)
+    b1, b8 = s["per_batch_size"]
+    assert b1["best_static"] == "none" and b1["vs_best_static"] == pytest.approx(1.5)
+    assert b1["variants"]["adaptive-noprobe"]["vs_adaptive"] == pytest.approx(2.0)
+    assert b8["variants"]["adaptive-noprobe"]["vs_adaptive"] == pytest.approx(780 / 800)
+    lo, hi = b8["variants"]["adaptive-noprobe"]["interval"]
+    assert lo <= 780 / 800 <= hi
+    assert s["variants_vs_adaptive_geomean"]["adaptive-noprobe"] == pytest.approx((2.0 * 780 / 800) ** 0.5)
+    assert "variants_vs_adaptive_geomean" not in serve_summary(rows[:6], [1], "adaptive", None)
+
+
 def test_bar_fails_when_adaptive_lags():
     rows = _rows({"none": {1: [100]}, "k2": {1: [200]}, "table": {1: [190]}, "adaptive": {1: [180]}})
     met = serve_summary(rows, [1], adaptive="adaptive", table="table")["bar"]["met"]
@@ -213,7 +234,12 @@ def test_unknown_choices_fail_before_any_work(tmp_path):
 
     with pytest.raises(SpecforgeError, match="unknown lengths 'natral': choose one of fixed, natural"):
         calibrate_vllm(tmp_path, tmp_path, [0.5], [[1, 2]], tmp_path / "cal", lengths="natral")
-    for kw, msg in [({"design": "pair"}, "unknown design"), ({"lengths": "long"}, "unknown lengths")]:
+    for kw, msg in [
+        ({"design": "pair"}, "unknown design"),
+        ({"lengths": "long"}, "unknown lengths"),
+        ({"variants": ["prob"]}, "unknown variant 'prob': choose one of probe, noprobe"),
+        ({"variants": ["probe"], "design": "engines"}, "--variants needs --design paired"),
+    ]:
         with pytest.raises(SpecforgeError, match=msg):
             bench_serve_vllm(tmp_path, tmp_path, tmp_path, tmp_path, tmp_path / "out", **kw)
     assert not (tmp_path / "cal").exists() and not (tmp_path / "out").exists()

@@ -329,6 +329,7 @@ def test_live_lookup_probes_the_runner_up_and_learns_where_the_prior_was_wrong(t
     served = {}
     for probe_every in (0, 32):
         path = write_policy_file(tmp_path / f"p{probe_every}.json", table, [0.7, 0.7], [1, 2])
+        path.write_text(json.dumps({**json.loads(path.read_text()), "cell_prior": 5}))  # opt-in
         lookup = AdaptiveLookup(
             load_policy(path, k_max=2),
             k_max=2,
@@ -346,12 +347,29 @@ def test_live_lookup_probes_the_runner_up_and_learns_where_the_prior_was_wrong(t
         served[probe_every] = ks
     assert set(served[0]) == {1}  # without probing, k = 2 is never measured at batch 40
     late = served[32][-200:]
-    assert late.count(2) > 0.85 * len(late)  # k = 1 is still probed now and then
+    assert late.count(2) > 0.8 * len(late)  # k = 1 is still probed: 6 steps after every 32
     cost = lookup.policy.cost
     assert cost.step_time(40, TreeShape.chain(2)) == pytest.approx(1.1, rel=0.05)
     assert cost.step_time(40, TreeShape.chain(1)) == pytest.approx(1.0, rel=0.05)
-    assert lookup.probes >= 800 // 32 - 2
+    assert lookup.probes >= 800 // (32 + 6) - 1
     summary = StepRecorder(None).summary(lookup)  # the step log shows what was learnt, for diagnosis
     assert summary["probes"] == lookup.probes and summary["cost_cells"]["2@6"][0] == pytest.approx(
         1.1 / 1.3, rel=1e-3
     )
+
+
+def test_steps_right_after_a_change_of_k_are_not_timed(tmp_path):
+    """The step that changes k and the next one run slower on vLLM-CPU: the recorder leaves them out
+    of the policy's step times (pinned arms keep one k and are always timed)."""
+    flat = {0: 1.0, 1: 1.0, 3: 1.8}
+    table = StepTable.chains({k: Profile([1, 64], [t, t]) for k, t in flat.items()})
+    policy = load_policy(write_policy_file(tmp_path / "s.json", table, [0.9] * 3, [1, 3]), k_max=3)
+    lookup = AdaptiveLookup(policy, k_max=3, running=lambda b: ["a"] * b, refresh_steps=1)
+    seen = []
+    for _ in range(4):
+        seen.append((lookup[4], lookup.recording))
+    assert seen == [(3, False), (3, False), (3, True), (3, True)]
+    policy.cost.prior.seconds[TreeShape.chain(3)] = Profile([1, 64], [3.0, 3.0])  # k = 1 now far better
+    assert [(lookup[4], lookup.recording) for _ in range(3)] == [(1, False), (1, False), (1, True)]
+    lookup.pin(2)
+    assert (lookup[4], lookup.recording) == (2, True)
