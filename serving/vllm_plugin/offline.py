@@ -74,19 +74,23 @@ def vllm_env() -> dict[str, str]:
 
 
 def run_vllm(request: dict, workdir: Path, timeout: float = 900, env: dict[str, str] | None = None) -> dict:
-    """Run one request in a subprocess; raise RuntimeError with vLLM's last output on failure.
+    """Run one request in a subprocess; raise RuntimeError with vLLM's last output on failure (or
+    when it runs past ``timeout`` seconds).
     ``env`` adds environment variables (e.g. SPECFORGE_ADAPTIVE_SPEC for the adaptive plugin)."""
     workdir.mkdir(parents=True, exist_ok=True)
     req, res = workdir / "vllm_request.json", workdir / "vllm_result.json"
     req.write_text(json.dumps(request))
     res.unlink(missing_ok=True)
-    proc = subprocess.run(
-        [sys.executable, "-m", "serving.vllm_plugin.offline", str(req), str(res)],
-        env={**vllm_env(), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "serving.vllm_plugin.offline", str(req), str(res)],
+            env={**vllm_env(), **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"vLLM run did not finish within {timeout:.0f} s (request: {req})") from e
     if proc.returncode != 0 or not res.is_file():
         tail = (proc.stdout + proc.stderr)[-4000:]
         raise RuntimeError(f"vLLM run failed (exit {proc.returncode}):\n{tail}")

@@ -61,13 +61,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from serving.acceptance import alpha_from_histograms
-from serving.shape import NO_SPECULATION as NONE
-from serving.shape import TreeShape
-from serving.step_cost import Profile, StartCost, StepTable
+from serving.step_cost import StepTable
 from serving.vllm_plugin.adaptive import ENV, STEP_LOG_ENV
 from serving.vllm_plugin.lockstep import TURN_STEPS
 from serving.vllm_plugin.offline import PLAIN, run_vllm
 from serving.vllm_plugin.policy_file import write_explore_file, write_policy_file
+from specforge.bench.step_fit import start_cost, step_table
 from specforge.bench.sweep import decode_summary, serve_summary
 from specforge.data.formats import load_rows
 from specforge.errors import SpecforgeError
@@ -97,6 +96,9 @@ VARIANTS: dict[str, dict] = {
     "probe": {"cell_prior": 5.0},  # per-batch-bucket step ratios, learnt with probes of the runner-up k
     "noprobe": {"cell_prior": None},
 }
+# One engine's run in a sweep (a paired round serves every arm at every batch size: 15-19 minutes
+# with 9 arms on the AVX2 machine, natural lengths up to 128 tokens, 3 repeats)
+ROUND_TIMEOUT_S = 4 * 3600
 CALIBRATE_PER_SLOT = 8  # requests per client while calibrating: ~40 timed steps per k at batch 64
 
 
@@ -337,69 +339,6 @@ def calibrate_vllm(
     return policy, table
 
 
-def step_table(cells: list[dict], ks: list[int], min_steps: int = 3) -> StepTable:
-    """A :class:`StepTable` from recorded cells: per k, a straight line ``a + b x batch`` fitted by least
-    squares to every batch size timed ``min_steps`` times or more, each weighted by its steps.
-
-    Cells are medians of a few dozen steps and still vary by ~10 %; k = 2-5 differ by less than that
-    at one batch size, so interpolating the raw cells let noise decide, and the monotone cap then
-    carried a noisy dip at one batch size to every larger one. A line per k keeps the batch
-    dependence (the step times measured here are close to linear in the batch) without the noise.
-    """
-    seconds = {}
-    for k in ks:
-        pts = [
-            (c["batch_size"], c["seconds"], c["steps"])
-            for c in cells
-            if c["k"] == k and c["steps"] >= min_steps
-        ]
-        if not pts:
-            continue
-        lo, hi = min(b for b, _, _ in pts), max(b for b, _, _ in pts)
-        a, slope = _weighted_line(pts)
-        seconds[k] = Profile([lo, hi], [a + slope * lo, a + slope * hi]) if hi > lo else Profile([lo], [a])
-    if 0 not in seconds:
-        raise SpecforgeError("calibration timed no step without speculation: raise max_tokens")
-    return StepTable.chains(seconds)
-
-
-def start_cost(
-    starts: dict[str, list[list[float]]],
-    table: StepTable,
-    finished: dict,
-    max_tokens: int,
-    min_steps: int = 3,
-) -> StartCost | None:
-    """What a step pays per request it starts, per k, from recorded start steps (``[batch, started,
-    seconds]``): the slope, over the requests started, of each step's time beyond a decode step of
-    its batch size at its k (the step table's). The intercept is left out: a step's fixed cost is in
-    the decode step already, and a burst's start step holds every request of its batch. A k with
-    fewer than ``min_steps`` start steps, or one size of start only, gets no figure of its own.
-    Tokens per request: the calibration's finished requests (``max_tokens`` if none finished)."""
-    seconds: dict[TreeShape, float] = {}
-    for key, rows in starts.items():
-        k = int(key)
-        shape = NONE if k == 0 else TreeShape.chain(k)
-        if shape not in table.seconds or len(rows) < min_steps or len({r[1] for r in rows}) < 2:
-            continue
-        _, slope = _weighted_line([(int(n), sec - table.step_time(int(b), shape), 1) for b, n, sec in rows])
-        seconds[shape] = slope
-    if not seconds:
-        return None
-    n, tokens = int(finished.get("requests", 0)), int(finished.get("tokens", 0))
-    return StartCost(seconds, tokens / n if n and tokens else float(max_tokens))
-
-
-def _weighted_line(pts: list[tuple[int, float, int]]) -> tuple[float, float]:
-    """Intercept and slope (>= 0) of the least-squares line through (x, y) points with weights w."""
-    w = sum(p[2] for p in pts)
-    mx = sum(x * n for x, _, n in pts) / w
-    my = sum(y * n for _, y, n in pts) / w
-    sxx = sum(n * (x - mx) ** 2 for x, _, n in pts)
-    slope = max(0.0, sum(n * (x - mx) * (y - my) for x, y, n in pts) / sxx) if sxx > 0 else 0.0
-    return my - slope * mx, slope
-
-
 def bench_serve_vllm(
     target: Path,
     draft: Path,
@@ -459,6 +398,7 @@ def bench_serve_vllm(
     rows, choices = [], []
     step_logs: dict[str, list[list[dict]]] = {}  # config -> per round, the engine's timed steps
     rng = random.Random(seed)
+    partial = workdir / "partial.json"
     for rnd in range(rounds):
         order = list(configs)
         rng.shuffle(order)
@@ -477,7 +417,11 @@ def bench_serve_vllm(
                     "turn_steps": turn_steps,
                 },
             }
-            res = run_vllm(req, wd, env={**env, STEP_LOG_ENV: str(steps_log)})
+            try:
+                res = run_vllm(req, wd, env={**env, STEP_LOG_ENV: str(steps_log)}, timeout=ROUND_TIMEOUT_S)
+            except RuntimeError as e:
+                done = f"; the rows of the runs that finished are in {partial}" if rows else ""
+                raise SpecforgeError(f"round {rnd + 1}/{rounds}, {name}: {e}{done}") from e
             for r in res["sweep"]:
                 rows.append({"config": name, "round": rnd, **r})  # a paired arm's row names its own
             logged = json.loads(steps_log.read_text()) if steps_log.is_file() else None
@@ -488,6 +432,9 @@ def bench_serve_vllm(
                 step_logs.setdefault(name, []).append(logged["steps"])
             if logged is not None and ENV in env:  # the engine the plugin served
                 choices.append(logged)
+            tmp = partial.with_name(partial.name + ".tmp")  # never lose a finished run's rows
+            tmp.write_text(json.dumps({"rows": rows}))
+            tmp.replace(partial)
             med = statistics.median(r["tokens_per_s"] for r in res["sweep"])
             log(f"round {rnd + 1}/{rounds} {name:>10}: median {med:.0f} tok/s over batch sizes")
     result = {

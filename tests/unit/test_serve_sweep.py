@@ -124,7 +124,7 @@ def test_paired_rows_give_each_arm_its_own_decode_goodput():
 
 
 def test_step_table_fits_a_line_per_k_through_noisy_cells():
-    from specforge.bench.serve_vllm import step_table
+    from specforge.bench.step_fit import step_table
 
     def cell(b, k, steps, ms):
         return {"batch_size": b, "k": k, "steps": steps, "seconds": ms / 1000, "emitted": 1.0}
@@ -141,7 +141,7 @@ def test_step_table_fits_a_line_per_k_through_noisy_cells():
 
 def test_start_cost_is_the_slope_of_start_steps_beyond_a_decode_step():
     from serving.policy import NONE, Profile, Shape, StepTable
-    from specforge.bench.serve_vllm import start_cost
+    from specforge.bench.step_fit import start_cost
 
     # decode steps: 5 + 0.1 x batch ms at k = 0, 8 + 0.3 x batch ms at k = 2
     table = StepTable.chains({0: Profile([1, 64], [0.0051, 0.0114]), 2: Profile([1, 64], [0.0083, 0.0272])})

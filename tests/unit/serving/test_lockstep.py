@@ -77,3 +77,18 @@ def test_closed_loop_keeps_b_in_flight_and_times_only_its_own_steps():
     while other.active:
         other.tick()
     assert other.result()["outputs_sha"] != res["outputs_sha"]
+
+
+def test_a_vllm_run_past_its_timeout_is_one_clear_error(tmp_path, monkeypatch):
+    """A sweep round that runs too long raises RuntimeError naming the limit and the request, not a
+    subprocess traceback (bench serve then names the file holding the finished rounds' rows)."""
+    import subprocess
+
+    from serving.vllm_plugin import offline
+
+    def slow(cmd, **kw):
+        raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+
+    monkeypatch.setattr(offline.subprocess, "run", slow)
+    with pytest.raises(RuntimeError, match=r"did not finish within 5 s \(request: .*vllm_request.json\)"):
+        offline.run_vllm({"prompts": []}, tmp_path / "run", timeout=5)
