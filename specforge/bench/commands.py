@@ -207,5 +207,6 @@ def cmd_calibrate_vllm(args: argparse.Namespace) -> None:
         workload=args.workload,
         lengths=args.lengths,
         skip_draft_at_k0=args.skip_draft_at_k0,
+        **({"repeats": args.repeats} if args.repeats else {}),
     )
     print(json.dumps({"policy": str(policy), "step_seconds": table.to_json()}, indent=1))
