@@ -93,7 +93,8 @@ class AdaptiveLookup:
     during the first ``skip_steps`` steps of each hold (``hold=0``: the first ``skip_drains`` of
     those batches). ``time_mixed`` asks the recorder to time steps that start new requests too.
     :meth:`pin` overrides all of this with a fixed k or table (paired benchmarks), and while pinned
-    the policy learns nothing: a served policy sees only its own steps.
+    the policy learns nothing: a served policy sees only its own steps. ``probe_every`` > 0 makes
+    the live choice run the runner-up k now and then (:meth:`_probe`).
     """
 
     def __init__(
