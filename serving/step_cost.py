@@ -187,7 +187,7 @@ class OnlineStepCost:
     ``n / (n + cell_prior)`` for ``n`` steps of that cell seen. This fixes a prior that ranks shapes
     wrongly at some batch sizes, which one factor cannot (it scales every shape alike); a shape
     never run in a bucket keeps the prior times the overall factor there (the plugin probes near-best
-    shapes now and then, :class:`~serving.vllm_plugin.adaptive.AdaptiveLookup`). Buckets are powers
+    shapes now and then, :class:`~serving.vllm_plugin.lookup.AdaptiveLookup`). Buckets are powers
     of two: batch 1, 2-3, 4-7, ... (:func:`batch_bucket`).
     """
 

@@ -26,7 +26,7 @@ Paired sweep (``"arms": {name: k | table | null | "plain" | {"policy": overrides
 on and the engine core in this process): one engine serves every speculative configuration, and a
 second engine without a draft, in the same process, serves the arm ``"plain"`` (no speculation),
 so it is paired like the others. Before each measurement
-the plugin's lookup is pinned (:meth:`~serving.vllm_plugin.adaptive.AdaptiveLookup.pin`) to a fixed
+the plugin's lookup is pinned (:meth:`~serving.vllm_plugin.lookup.AdaptiveLookup.pin`) to a fixed
 ``k`` (an int), to vLLM's own table (a ``num_speculative_tokens_per_batch_size`` list, expanded by
 vLLM's ``build_dynamic_sd_schedule_lookup``), or left to the policy (null); a variant of the plugin
 (``{"policy": overrides}``: the policy file with some keys overridden) swaps in a lookup of its own,
@@ -256,7 +256,8 @@ def _arm_lookups(llm, arms: dict) -> tuple[object, dict]:
     lookup of its own that the arm's measurements swap in."""
     from vllm.v1.spec_decode.dynamic.utils import build_dynamic_sd_schedule_lookup
 
-    from serving.vllm_plugin.adaptive import ENV, AdaptiveLookup, policy_lookup
+    from serving.vllm_plugin.adaptive import ENV, policy_lookup
+    from serving.vllm_plugin.lookup import AdaptiveLookup
 
     sched = _scheduler(llm)
     lookup = getattr(sched, "dynamic_sd_lookup", None)
@@ -309,7 +310,7 @@ def _decode_since(sched, before: dict[tuple[int, int], int], b: int) -> dict:
 
 def _sweep(llm, params, prompts: list[dict], sweep: dict, plain=None) -> list[dict]:
     """``plain``: the engine without a draft that serves the arm named :data:`PLAIN`."""
-    from serving.vllm_plugin.adaptive import AdaptiveLookup
+    from serving.vllm_plugin.lookup import AdaptiveLookup
 
     sizes = [int(b) for b in sweep["batch_sizes"]]
     arms = sweep.get("arms")  # paired sweep: arm name -> what to pin the plugin to

@@ -6,7 +6,7 @@ the seconds of *steady* decode steps and the tokens they emitted per request (an
 drafts each request accepted); per k, the *start* steps (steps that start requests while every other
 request decodes at that k: batch size, requests started, seconds); and the tokens each finished
 request emitted. It feeds each step, each request's acceptance and each finished request back to
-the :class:`~serving.vllm_plugin.adaptive.AdaptiveLookup`, and writes its summary as JSON (``flush``). It never imports vllm: it reads the scheduler's output
+the :class:`~serving.vllm_plugin.lookup.AdaptiveLookup`, and writes its summary as JSON (``flush``). It never imports vllm: it reads the scheduler's output
 objects by attribute.
 """
 
@@ -21,7 +21,7 @@ from serving.step_cost import OnlineStepCost
 from serving.vllm_plugin.draft_skip import SKIP_ATTR
 
 if TYPE_CHECKING:
-    from serving.vllm_plugin.adaptive import AdaptiveLookup
+    from serving.vllm_plugin.lookup import AdaptiveLookup
 
 
 class StepRecorder:

@@ -10,9 +10,10 @@ import pytest
 
 from serving.policy import NONE, CostModel, Profile, StartCost, StepTable
 from serving.shape import TreeShape
-from serving.vllm_plugin.adaptive import AdaptiveLookup, StepRecorder
 from serving.vllm_plugin.draft_skip import SKIP_ATTR
+from serving.vllm_plugin.lookup import AdaptiveLookup
 from serving.vllm_plugin.policy_file import load_policy, write_policy_file
+from serving.vllm_plugin.recorder import StepRecorder
 
 
 def _policy(tmp_path):
