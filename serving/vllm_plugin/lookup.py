@@ -94,7 +94,6 @@ class AdaptiveLookup:
         self._frozen_at = -(10**9)
         self._warned = False
         self.pinned: int | list[int] | None = None
-        self._own_last_k = 0
         # Whether this step is a k = 0 that should skip the draft model (with draft_skip on): when the
         # load says no speculation, not when only the requests in the batch accept too little to pay.
         self.skip_draft = False
@@ -103,13 +102,9 @@ class AdaptiveLookup:
         """Serve a fixed ``k`` (an int), a dense ``batch size -> k`` list (vLLM's own lookup, as
         ``build_dynamic_sd_schedule_lookup`` makes it), or, with None, the policy again. This is how
         one engine serves every configuration of a paired benchmark."""
-        if k is None:
-            if self.pinned is not None:
-                self.last_k = self._own_last_k  # the policy's hysteresis resumes from its own choice
+        if k is None:  # the policy's hysteresis resumes from its own last choice (_policy_k)
             self.pinned = None
             return
-        if self.pinned is None:
-            self._own_last_k = self.last_k
         self.pinned = int(k) if isinstance(k, int) else [int(x) for x in k]
 
     def _fail(self, err: Exception) -> int:

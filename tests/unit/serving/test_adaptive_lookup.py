@@ -84,7 +84,7 @@ def test_pinned_lookup_serves_the_arm_and_the_policy_learns_nothing(tmp_path):
         lookup.observe_requests(dict.fromkeys(ids, 3), dict.fromkeys(ids, 0), [])
     assert lookup.policy.acceptance.alpha == alpha and not lookup.live.hits
     lookup.pin(None)
-    assert lookup.last_k == 0  # the policy's own last choice (batch 8), not the arm's k
+    assert lookup._policy_k == 0  # the policy's own last choice (batch 8), not the arm's k
     assert lookup[1] == 3 and lookup[8] == 0
 
 
@@ -374,3 +374,5 @@ def test_steps_right_after_a_change_of_k_are_not_timed(tmp_path):
     assert [(lookup[4], lookup.recording) for _ in range(3)] == [(1, False), (1, False), (1, True)]
     lookup.pin(2)
     assert (lookup[4], lookup.recording) == (2, True)
+    lookup.pin(None)  # the engine just ran k = 2: the policy's k = 1 is a change again
+    assert (lookup[4], lookup.recording) == (1, False)
