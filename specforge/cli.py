@@ -430,10 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ca.add_argument(
         "--workload",
-        choices=["burst", "closed"],
+        choices=["burst", "closed", "held"],
         default="burst",
         help="(--vllm) burst: whole batches of B at one k, steady decode steps only; closed: B requests "
-        "kept in flight, k cycled every 10 steps, steps with prefills timed too",
+        "kept in flight, k cycled every 10 steps, steps with prefills timed too; held: B clients in a "
+        "closed loop with k held per measurement (as bench serve serves a static k), steady decode "
+        "steps at B only",
     )
     ca.add_argument(
         "--lengths",

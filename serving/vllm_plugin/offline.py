@@ -261,7 +261,8 @@ def _arm_lookups(llm, arms: dict) -> tuple[object, dict]:
 
     sched = _scheduler(llm)
     lookup = getattr(sched, "dynamic_sd_lookup", None)
-    if not isinstance(lookup, AdaptiveLookup) or lookup.policy is None:
+    # a policy, or an explore file (calibrate --vllm --workload held pins every arm)
+    if not isinstance(lookup, AdaptiveLookup) or (lookup.policy is None and not lookup.explore):
         raise RuntimeError(
             "a paired sweep needs the specforge plugin on with a policy (SPECFORGE_ADAPTIVE_SPEC and "
             "num_speculative_tokens_per_batch_size in the speculative config)"

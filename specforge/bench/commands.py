@@ -97,7 +97,7 @@ def add_serve_parser(bench_sub) -> None:
     )
     bs.add_argument(
         "--calibration",
-        choices=["burst", "closed"],
+        choices=["burst", "closed", "held"],
         default="burst",
         help="how calibrate --vllm times steps before the sweep (see calibrate --workload)",
     )
@@ -105,7 +105,8 @@ def add_serve_parser(bench_sub) -> None:
         "--variants",
         help="(vLLM, --design paired) comma-separated variants of the plugin to serve as extra arms "
         "specforge-NAME, each compared with the plugin: probe (step ratios per batch size, learnt by "
-        "probing the runner-up k), noprobe (without them)",
+        "probing the runner-up k), noprobe (without them), or NAME=POLICY.json (the plugin on another "
+        "policy file, e.g. another calibration)",
     )
     add_skip_flag(bs)
     bs.set_defaults(func=cmd_bench_serve)

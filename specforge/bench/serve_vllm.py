@@ -99,6 +99,7 @@ VARIANTS: dict[str, dict] = {
 # One engine's run in a sweep (a paired round serves every arm at every batch size: 15-19 minutes
 # with 9 arms on the AVX2 machine, natural lengths up to 128 tokens, 3 repeats)
 ROUND_TIMEOUT_S = 4 * 3600
+CALIBRATE_WORKLOADS = ("burst", "closed", "held")  # calibrate --vllm --workload (see calibrate_vllm)
 CALIBRATE_PER_SLOT = 8  # requests per client while calibrating: ~40 timed steps per k at batch 64
 
 
@@ -168,12 +169,18 @@ def _base(
 
 
 def _engine_configs(
-    draft: Path, ks: list[int], sizes: list[int], policy: Path, design: str, variants: list[str] | None = None
+    draft: Path,
+    ks: list[int],
+    sizes: list[int],
+    policy: Path,
+    design: str,
+    variants: dict[str, dict] | None = None,
 ) -> dict[str, tuple[dict, dict]]:
     """Per engine: the request's speculative settings and the environment. ``engines``: one engine per
     configuration. ``paired``: one process, every configuration an arm: the speculative ones of one
     engine with the plugin on, no speculation of a second engine without a draft beside it; each
-    name in ``variants`` (:data:`VARIANTS`) adds the arm ``specforge-<name>``: the plugin with those
+    name in ``variants`` (name -> policy-file keys, :func:`variant_overrides`) adds the arm
+    ``specforge-<name>``: the plugin with those
     policy-file keys overridden, learning from its own steps."""
     spec = {"draft": str(draft)}
     plugin = (
@@ -208,7 +215,7 @@ def _engine_configs(
         arms: dict = {"none": PLAIN}
         arms.update({f"k{k}": k for k in ks})
         arms.update({"vllm-table": VLLM_DOCS_TABLE, "specforge": None})
-        arms.update({f"specforge-{name}": {"policy": VARIANTS[name]} for name in variants or ()})
+        arms.update({f"specforge-{name}": {"policy": keys} for name, keys in (variants or {}).items()})
         return {"paired": ({**plugin[0], "sweep": {"arms": arms}}, plugin[1])}
     configs: dict[str, tuple[dict, dict]] = {"none": ({}, SWEEP_ENV)}
     for k in ks:
@@ -240,6 +247,42 @@ def _arm_decode_cells(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def variant_overrides(spec: str) -> tuple[str, dict]:
+    """A ``--variants`` entry: a name in :data:`VARIANTS`, or ``NAME=POLICY.json``, the plugin served
+    from another policy file (every key of that file overrides the sweep's, e.g. another
+    calibration's step table), as arm ``specforge-NAME``."""
+    if "=" not in spec:
+        _check_choice("variant", spec, VARIANTS)
+        return spec, VARIANTS[spec]
+    name, path = (x.strip() for x in spec.split("=", 1))
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise SpecforgeError(f"variant {spec!r}: name it with letters, digits, - or _ before the '='")
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise SpecforgeError(f"variant {name!r}: {path} is not a readable policy file ({e})") from None
+    if not isinstance(raw, dict) or "alpha" not in raw or not ({"steps", "cost"} & set(raw)):
+        raise SpecforgeError(
+            f"variant {name!r}: {path} is not a plugin policy file (no alpha and steps): "
+            "write one with specforge calibrate --vllm"
+        )
+    return name, raw
+
+
+def held_cells(rows: list[dict]) -> list[dict]:
+    """Step-log cells (batch size, k, steps, mean seconds) from the rows of arms pinned to ``k<K>``:
+    per (arm, batch size), the steady decode steps at that batch size of every timed measurement."""
+    acc: dict[tuple[int, int], list[float]] = {}
+    for r in rows:
+        d = r.get("decode") or {}
+        cell = acc.setdefault((int(r["config"][1:]), r["batch_size"]), [0, 0.0])
+        cell[0] += d.get("steps", 0)
+        cell[1] += d.get("seconds", 0.0)
+    return [
+        {"batch_size": b, "k": k, "steps": n, "seconds": sec / n} for (k, b), (n, sec) in acc.items() if n
+    ]
+
+
 def _check_choice(what: str, value: str, choices) -> None:
     if value not in choices:
         raise SpecforgeError(f"unknown {what} {value!r}: choose one of {', '.join(choices)}")
@@ -265,13 +308,19 @@ def calibrate_vllm(
     untimed (steady decode steps only). ``closed``: ``B`` requests kept in flight (8 per client)
     while k cycles every ``EXPLORE_HOLD`` steps (the first ``EXPLORE_SKIP`` of each hold untimed),
     so every k is timed over the same stretch of time and request mix, steps that start new
-    requests included. ``lengths`` as in the sweep: calibrate with the lengths the server will see
+    requests included. ``held``: every k served as a paired sweep serves a static arm: ``B``
+    clients in a closed loop (as ``bench serve --workload closed``), k held for the whole
+    measurement, the arms (k = 0..k_max) in a shuffled order at each batch size after one untimed
+    pass, ``repeats`` times; a cell is the mean of the decode steps at exactly ``B`` in the timed
+    measurements, those that start a request included (no separate start cost), so each batch size
+    is timed over the steps a server at that load runs (burst timed few steps at large batch: only
+    the first steps of each batch run all ``B``; at B = 64 in a closed loop most steps start one). ``lengths`` as in the sweep: calibrate with the lengths the server will see
     (natural: contexts grow and batches shrink as answers end, and every batch size passed on the way
     is timed). ``skip_draft_at_k0``: k = 0 is timed, and served, without the draft (see
     :mod:`serving.vllm_plugin.draft_skip`). ``alpha``, the head's offline acceptance, seeds the
     policy only at positions the run measured too rarely: the acceptance measured on ``prompts``
     seeds the rest (``meta`` in the file keeps both)."""
-    _check_choice("workload", workload, WORKLOADS)
+    _check_choice("workload", workload, CALIBRATE_WORKLOADS)
     _check_choice("lengths", lengths, LENGTHS)
     sizes = batch_sizes or BATCH_SIZES
     workdir.mkdir(parents=True, exist_ok=True)
@@ -293,6 +342,14 @@ def calibrate_vllm(
             skip_draft_at_k0=skip_draft_at_k0,
         )
         req = {**_base(target, prompts, max_tokens, sizes, repeats, per_slot=CALIBRATE_PER_SLOT), **spec}
+    elif workload == "held":
+        # Pinned arms take over the lookup; the explore file only switches the plugin on and times
+        # every step, those that start requests too (time_mixed): a loaded server's step at B.
+        explore = write_explore_file(
+            workdir / "explore.json", ks, hold=1, time_mixed=True, skip_draft_at_k0=skip_draft_at_k0
+        )
+        req = {**_base(target, prompts, max_tokens, sizes, repeats, per_slot=WORKLOADS["closed"]), **spec}
+        req["sweep"] = {**req["sweep"], "arms": {f"k{k}": k for k in ks}}
     else:
         # The first batch after a change of k, or at a new batch size, ran up to 35 % slower.
         explore = write_explore_file(
@@ -307,9 +364,14 @@ def calibrate_vllm(
         order = [b for b in sizes for _ in ks for _ in range(1 + repeats)]
         req["sweep"] = {**req["sweep"], "batch_sizes": order, "warmup": False}
     req["ignore_eos"] = lengths != "natural"
-    run_vllm(req, workdir / "explore", env={**SWEEP_ENV, ENV: str(explore), STEP_LOG_ENV: str(log)})
+    res = run_vllm(
+        req,
+        workdir / "explore",
+        timeout=ROUND_TIMEOUT_S,
+        env={**SWEEP_ENV, ENV: str(explore), STEP_LOG_ENV: str(log)},
+    )
     recorded = json.loads(log.read_text())
-    cells = recorded["steps"]
+    cells = recorded["steps"] if workload != "held" else held_cells(res["sweep"])
     table = step_table(cells, ks)
     # The acceptance the engine measured on these prompts seeds the policy; the head's offline
     # alpha_k (teacher-forced features) fills positions measured too rarely. Offline, this head's
@@ -318,7 +380,12 @@ def calibrate_vllm(
     hists = {int(k): h for k, h in recorded.get("accepted", {}).items()}
     measured = alpha_from_histograms(hists)
     seed = measured + list(alpha[len(measured) :])
-    starts = start_cost(recorded.get("starts", {}), table, recorded.get("finished", {}), max_tokens)
+    # held: a cell's mean step already carries the starts a closed loop at B runs (time_mixed)
+    starts = (
+        None
+        if workload == "held"
+        else start_cost(recorded.get("starts", {}), table, recorded.get("finished", {}), max_tokens)
+    )
     policy = write_policy_file(
         workdir / "policy.json",
         table,
@@ -362,8 +429,8 @@ def bench_serve_vllm(
     variants: list[str] | None = None,
 ) -> dict:
     _check_choice("workload", workload, WORKLOADS)
-    for name in variants or ():
-        _check_choice("variant", name, VARIANTS)
+    _check_choice("calibration", calibration, CALIBRATE_WORKLOADS)
+    arms_of_variants = dict(variant_overrides(v) for v in variants or ())
     if variants and design != "paired":
         raise SpecforgeError(
             "--variants needs --design paired (the variants are arms of the plugin's engine)"
@@ -394,7 +461,7 @@ def bench_serve_vllm(
         )
     base = _base(target, prompts, max_tokens, sizes, repeats, per_slot=WORKLOADS[workload])
     base["ignore_eos"] = lengths != "natural"
-    configs = _engine_configs(draft, ks, sizes, policy, design, variants)
+    configs = _engine_configs(draft, ks, sizes, policy, design, arms_of_variants)
     rows, choices = [], []
     step_logs: dict[str, list[list[dict]]] = {}  # config -> per round, the engine's timed steps
     rng = random.Random(seed)

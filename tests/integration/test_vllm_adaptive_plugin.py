@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 
@@ -175,6 +176,45 @@ def test_bench_serve_sweep_with_calibrated_plugin(micro_target_dir, served):
     )
     assert {r["config"] for r in res["rows"]} == {"none", "k2", "vllm-table", "specforge"}
     assert res["design"] == "engines" and res["summary"]["per_batch_size"][0]["lossless"]
+
+
+def test_held_calibration_times_every_k_held_in_a_closed_loop(micro_target_dir, served):
+    """calibrate --vllm --workload held: every k (0 with the draft skipped) is a pinned arm served in a
+    closed loop at every batch size; the step table comes from each arm's own steady steps, and the
+    policy file it writes serves."""
+    from serving.policy import StepTable
+    from serving.vllm_plugin.policy_file import load_policy
+    from specforge.bench.serve_vllm import WORKLOADS, calibrate_vllm, long_answer_prompts
+
+    tmp, draft = served
+    prompts = long_answer_prompts(micro_target_dir, tmp / "data" / "heldout.jsonl", 1)
+    policy, table = calibrate_vllm(
+        micro_target_dir,
+        draft,
+        [0.5, 0.5],
+        prompts,
+        tmp / "cal-held",
+        k_max=2,
+        batch_sizes=[1, 4],
+        max_tokens=12,
+        repeats=1,
+        workload="held",
+    )
+    assert table.ks == [0, 1, 2] and all(p.tokens == [1, 4] for p in table.seconds.values())
+    assert all(s > 0 for p in table.seconds.values() for s in p.seconds)
+    rows = json.loads((tmp / "cal-held" / "explore" / "vllm_result.json").read_text())["sweep"]
+    # one timed measurement per arm and batch size, each a closed loop of B clients, every k as pinned
+    assert sorted((r["config"], r["batch_size"]) for r in rows) == sorted(
+        (f"k{k}", b) for k in range(3) for b in (1, 4)
+    )
+    for r in rows:
+        assert r["output_tokens"] == 12 * max(8, WORKLOADS["closed"] * r["batch_size"])
+        k = int(r["config"][1:])
+        assert r["spec"].get("draft_tokens", 0) == k * r["spec"].get("drafts", 0)
+        assert bool(r["spec"].get("drafts")) == (k > 0)
+    raw = json.loads(policy.read_text())
+    assert raw["meta"]["workload"] == "held" and StepTable.from_json(raw["steps"]).ks == [0, 1, 2]
+    assert load_policy(policy, 2).choose(1) is not None
 
 
 def test_bench_serve_lockstep_gives_every_configuration_its_own_engine(micro_target_dir, served):

@@ -139,6 +139,55 @@ def test_step_table_fits_a_line_per_k_through_noisy_cells():
     assert table.step_time(64, table.shapes[0]) == pytest.approx(0.012)
 
 
+def test_a_variant_can_be_the_plugin_on_another_policy_file(tmp_path):
+    """--variants NAME=POLICY.json: the arm specforge-NAME serves every key of that file; a missing,
+    malformed or non-policy file is one clear error naming the file."""
+    import json
+
+    from specforge.bench.serve_vllm import _engine_configs, variant_overrides
+    from specforge.errors import SpecforgeError
+
+    good = tmp_path / "other.json"
+    good.write_text(
+        json.dumps({"alpha": [0.6], "ks": [1], "steps": {"0:1:1": {"tokens": [1], "seconds": [0.01]}}})
+    )
+    name, keys = variant_overrides(f"burst={good}")
+    assert name == "burst" and keys["alpha"] == [0.6] and "steps" in keys
+    assert variant_overrides("probe") == ("probe", {"cell_prior": 5.0})
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    notpolicy = tmp_path / "rows.json"
+    notpolicy.write_text(json.dumps({"rows": []}))
+    for spec, msg in [
+        (f"x={tmp_path / 'missing.json'}", "not a readable policy file"),
+        (f"x={bad}", "not a readable policy file"),
+        (f"x={notpolicy}", "not a plugin policy file"),
+        (f"={good}", "name it with letters"),
+    ]:
+        with pytest.raises(SpecforgeError, match=msg):
+            variant_overrides(spec)
+    configs = _engine_configs(
+        tmp_path, [1], [1, 4], good, "paired", dict([variant_overrides(f"burst={good}")])
+    )
+    assert configs["paired"][0]["sweep"]["arms"]["specforge-burst"] == {"policy": keys}
+
+
+def test_held_calibration_cells_pool_each_pinned_arms_decode_steps():
+    """calibrate --vllm --workload held: a cell per (k, batch size) is the mean step over the steady
+    decode steps of that arm's timed measurements; arms and measurements without steps give none."""
+    from specforge.bench.serve_vllm import held_cells
+
+    def row(arm, b, steps, seconds):
+        return {"config": arm, "batch_size": b, "decode": {"steps": steps, "seconds": seconds, "tokens": 0.0}}
+
+    rows = [row("k0", 4, 10, 0.1), row("k0", 4, 30, 0.5), row("k3", 4, 20, 0.6), row("k3", 1, 0, 0.0)]
+    rows.append({"config": "k2", "batch_size": 1})  # a measurement whose decode steps were not read back
+    cells = {(c["k"], c["batch_size"]): c for c in held_cells(rows)}
+    assert set(cells) == {(0, 4), (3, 4)}
+    assert cells[(0, 4)]["steps"] == 40 and cells[(0, 4)]["seconds"] == pytest.approx(0.6 / 40)
+    assert cells[(3, 4)]["seconds"] == pytest.approx(0.03)
+
+
 def test_start_cost_is_the_slope_of_start_steps_beyond_a_decode_step():
     from serving.policy import NONE, Profile, Shape, StepTable
     from specforge.bench.step_fit import start_cost
