@@ -271,7 +271,8 @@ def variant_overrides(spec: str) -> tuple[str, dict]:
 
 def held_cells(rows: list[dict]) -> list[dict]:
     """Step-log cells (batch size, k, steps, mean seconds) from the rows of arms pinned to ``k<K>``:
-    per (arm, batch size), the steady decode steps at that batch size of every timed measurement."""
+    per (arm, batch size), the decode steps at exactly that batch size of every timed measurement
+    (with a ``time_mixed`` explore file, as ``held`` writes it, steps that start requests too)."""
     acc: dict[tuple[int, int], list[float]] = {}
     for r in rows:
         d = r.get("decode") or {}
@@ -314,9 +315,10 @@ def calibrate_vllm(
     pass, ``repeats`` times; a cell is the mean of the decode steps at exactly ``B`` in the timed
     measurements, those that start a request included (no separate start cost), so each batch size
     is timed over the steps a server at that load runs (burst timed few steps at large batch: only
-    the first steps of each batch run all ``B``; at B = 64 in a closed loop most steps start one). ``lengths`` as in the sweep: calibrate with the lengths the server will see
-    (natural: contexts grow and batches shrink as answers end, and every batch size passed on the way
-    is timed). ``skip_draft_at_k0``: k = 0 is timed, and served, without the draft (see
+    the first steps of each batch run all ``B``; at B = 64 in a closed loop most steps start one).
+
+    ``lengths`` as in the sweep: calibrate with the lengths the server will see (natural: contexts
+    grow and batches shrink as answers end, and every batch size passed on the way is timed). ``skip_draft_at_k0``: k = 0 is timed, and served, without the draft (see
     :mod:`serving.vllm_plugin.draft_skip`). ``alpha``, the head's offline acceptance, seeds the
     policy only at positions the run measured too rarely: the acceptance measured on ``prompts``
     seeds the rest (``meta`` in the file keeps both)."""
