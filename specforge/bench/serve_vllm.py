@@ -273,15 +273,7 @@ def held_cells(rows: list[dict]) -> list[dict]:
     """Step-log cells (batch size, k, steps, mean seconds) from the rows of arms pinned to ``k<K>``:
     per (arm, batch size), the decode steps at exactly that batch size of every timed measurement
     (with a ``time_mixed`` explore file, as ``held`` writes it, steps that start requests too)."""
-    acc: dict[tuple[int, int], list[float]] = {}
-    for r in rows:
-        d = r.get("decode") or {}
-        cell = acc.setdefault((int(r["config"][1:]), r["batch_size"]), [0, 0.0])
-        cell[0] += d.get("steps", 0)
-        cell[1] += d.get("seconds", 0.0)
-    return [
-        {"batch_size": b, "k": k, "steps": n, "seconds": sec / n} for (k, b), (n, sec) in acc.items() if n
-    ]
+    return [{**c, "k": int(arm[1:])} for arm, cells in _arm_decode_cells(rows).items() for c in cells]
 
 
 def _check_choice(what: str, value: str, choices) -> None:
