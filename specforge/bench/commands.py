@@ -180,7 +180,8 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate_vllm(args: argparse.Namespace) -> None:
-    from specforge.bench.serve_vllm import calibrate_vllm, draft_alpha, long_answer_prompts, min_answer_tokens
+    from specforge.bench.calibrate_vllm import calibrate_vllm
+    from specforge.bench.vllm_workload import draft_alpha, long_answer_prompts, min_answer_tokens
     from specforge.cli import _target_path
 
     target = _target_path(args.target)

@@ -1,6 +1,6 @@
 """`specforge bench serve --engine reference`: the same batch-size sweep on the reference engine, trees included.
 
-Contract: the workload is :func:`specforge.bench.serve_vllm.long_answer_prompts` (answers of at least
+Contract: the workload is :func:`specforge.bench.vllm_workload.long_answer_prompts` (answers of at least
 ``max_tokens`` tokens; the engine runs without an EOS token so every row decodes ``max_tokens``
 tokens and the batch size stays fixed). A measurement at batch ``B`` runs ``max(1, 8 // B)`` batches
 of distinct prompts back to back (as the vLLM sweep's ``MIN_REQUESTS``), so that batch 1 is not one
@@ -33,8 +33,8 @@ from serving.engine import GenerationStats, SpeculativeEngine
 from serving.policy import AcceptanceTracker, OnlineStepCost, SpeculationPolicy
 from serving.shape import NO_SPECULATION, TreeShape
 from specforge.bench.acceptance import parse_shape, shape_name
-from specforge.bench.serve_vllm import BATCH_SIZES, MIN_REQUESTS, draft_alpha, long_answer_prompts
 from specforge.bench.sweep import serve_summary
+from specforge.bench.vllm_workload import BATCH_SIZES, MIN_REQUESTS, draft_alpha, long_answer_prompts
 from specforge.export import load_draft
 from specforge.targets import load_target
 

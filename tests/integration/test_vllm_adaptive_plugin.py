@@ -109,7 +109,8 @@ def test_bench_serve_sweep_with_calibrated_plugin(micro_target_dir, served):
     """`specforge bench serve` end to end at a small scale: vLLM step times are calibrated through
     the plugin's explore mode, every configuration serves every batch size, outputs stay lossless."""
     from serving.policy import StepTable
-    from specforge.bench.serve_vllm import MIN_REQUESTS, WORKLOADS, bench_serve_vllm
+    from specforge.bench.serve_vllm import bench_serve_vllm
+    from specforge.bench.vllm_workload import MIN_REQUESTS, WORKLOADS
 
     tmp, draft = served
     res = bench_serve_vllm(
@@ -184,7 +185,8 @@ def test_held_calibration_times_every_k_held_in_a_closed_loop(micro_target_dir, 
     policy file it writes serves."""
     from serving.policy import StepTable
     from serving.vllm_plugin.policy_file import load_policy
-    from specforge.bench.serve_vllm import WORKLOADS, calibrate_vllm, long_answer_prompts
+    from specforge.bench.calibrate_vllm import calibrate_vllm
+    from specforge.bench.vllm_workload import WORKLOADS, long_answer_prompts
 
     tmp, draft = served
     prompts = long_answer_prompts(micro_target_dir, tmp / "data" / "heldout.jsonl", 1)

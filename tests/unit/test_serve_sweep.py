@@ -109,14 +109,14 @@ def test_decode_summary_from_step_timings():
 def test_paired_rows_give_each_arm_its_own_decode_goodput():
     """A paired engine serves every arm; each measurement reads back its own decode steps, and the
     decode summary pools them per (arm, batch size) exactly like an engine's step log."""
-    from specforge.bench.serve_vllm import _arm_decode_cells
+    from specforge.bench.vllm_workload import arm_decode_cells
 
     def row(arm, b, steps, sec, tokens):
         return {"config": arm, "batch_size": b, "decode": {"steps": steps, "seconds": sec, "tokens": tokens}}
 
     rows = [row("k2", 4, 30, 0.45, 240.0), row("k2", 4, 20, 0.35, 150.0), row("specforge", 4, 40, 0.6, 380.0)]
     rows.append(row("k2", 8, 0, 0.0, 0.0))  # no steady step at batch 8: no cell
-    cells = _arm_decode_cells(rows)
+    cells = arm_decode_cells(rows)
     assert set(cells) == {"k2", "specforge"} and [c["batch_size"] for c in cells["k2"]] == [4]
     d = decode_summary({arm: [c] for arm, c in cells.items()}, [4], adaptive="specforge", table=None)
     good = d["per_batch_size"][0]["tokens_per_s"]
@@ -175,7 +175,7 @@ def test_a_variant_can_be_the_plugin_on_another_policy_file(tmp_path):
 def test_held_calibration_cells_pool_each_pinned_arms_decode_steps():
     """calibrate --vllm --workload held: a cell per (k, batch size) is the mean step over the steady
     decode steps of that arm's timed measurements; arms and measurements without steps give none."""
-    from specforge.bench.serve_vllm import held_cells
+    from specforge.bench.calibrate_vllm import held_cells
 
     def row(arm, b, steps, seconds):
         return {"config": arm, "batch_size": b, "decode": {"steps": steps, "seconds": seconds, "tokens": 0.0}}
@@ -278,7 +278,8 @@ def test_held_out_ratio_removes_the_best_of_bias():
 def test_unknown_choices_fail_before_any_work(tmp_path):
     """A misspelt workload, design or lengths is one clear error naming the choices, raised before a
     work directory is made or an engine started."""
-    from specforge.bench.serve_vllm import bench_serve_vllm, calibrate_vllm
+    from specforge.bench.calibrate_vllm import calibrate_vllm
+    from specforge.bench.serve_vllm import bench_serve_vllm
     from specforge.errors import SpecforgeError
 
     with pytest.raises(SpecforgeError, match="unknown lengths 'natral': choose one of fixed, natural"):
