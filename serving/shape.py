@@ -17,6 +17,7 @@ class TreeShape:
 
     @classmethod
     def chain(cls, k: int) -> TreeShape:
+        """A chain of ``k`` drafts; ``chain(0)`` is :data:`NO_SPECULATION`."""
         return cls(num_draft_tokens=k, depth=max(1, k), top_k=1)
 
     @classmethod

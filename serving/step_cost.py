@@ -145,7 +145,7 @@ class StepTable:
     @classmethod
     def chains(cls, seconds: dict[int, Profile]) -> StepTable:
         """A table of chains keyed by k (0: no speculation)."""
-        return cls({(NONE if k == 0 else Shape.chain(k)): p for k, p in seconds.items()})
+        return cls({Shape.chain(k): p for k, p in seconds.items()})
 
     @property
     def shapes(self) -> list[Shape]:

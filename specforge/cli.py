@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from specforge.bench.commands import add_serve_parser, add_skip_flag, cmd_calibrate_vllm
+from specforge.bench.commands import add_pool_parser, add_serve_parser, add_skip_flag, cmd_calibrate_vllm
 from specforge.errors import SpecforgeError
 
 
@@ -397,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ba.set_defaults(func=cmd_bench_acceptance)
     add_serve_parser(be)
+    add_pool_parser(be)
 
     ca = sub.add_parser(
         "calibrate", help="profile target/draft step times into a cost model (per model and machine)"

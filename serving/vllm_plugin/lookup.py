@@ -35,11 +35,6 @@ PROBE_STEPS = 6
 SETTLE_STEPS = 2
 
 
-def _shape(k: int) -> TreeShape:
-    """The chain of ``k`` drafts (k = 0: no speculation)."""
-    return TreeShape.chain(k) if k > 0 else NO_SPECULATION
-
-
 logger = logging.getLogger("specforge.vllm_plugin")
 
 
@@ -215,7 +210,7 @@ class AdaptiveLookup:
             # The live estimates move step to step, near-ties between k are common, and a change of
             # k costs vLLM-CPU slower steps right after it. The kept k must also be near-best at
             # every smaller batch (the monotone cap, up to the margin).
-            keep = _shape(self._policy_k)
+            keep = TreeShape.chain(self._policy_k)
             if keep in tau and policy.near_best_below(batch, keep, self.switch_margin, tau):
                 rate_best = policy.rate(batch, best, tau[best])
                 rate_keep = policy.rate(batch, keep, tau[keep])
@@ -288,7 +283,7 @@ class AdaptiveLookup:
     def observe_start(self, batch_size: int, k: int, started: int, seconds: float) -> None:
         """A timed step of ``batch_size`` requests that started ``started`` of them, the others
         decoding at ``k``."""
-        self._teach(lambda p: p.observe_start(_shape(k), batch_size, started, seconds))
+        self._teach(lambda p: p.observe_start(TreeShape.chain(k), batch_size, started, seconds))
 
     def observe_finished(self, tokens: int) -> None:
         """A request finished after emitting ``tokens`` tokens."""
@@ -297,4 +292,4 @@ class AdaptiveLookup:
     def observe(self, batch_size: int, k: int, emitted_per_request: float, seconds: float | None) -> None:
         """One steady decode step: ``k`` drafts were verified per request and ``k`` proposed. Its time
         teaches the step cost; acceptance is learnt from every step in :meth:`observe_requests`."""
-        self._teach(lambda p: p.observe(_shape(k), batch_size, emitted_per_request, seconds))
+        self._teach(lambda p: p.observe(TreeShape.chain(k), batch_size, emitted_per_request, seconds))

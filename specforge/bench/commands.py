@@ -113,7 +113,6 @@ def add_serve_parser(bench_sub) -> None:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> None:
-    from specforge.bench.sweep import decode_table, plot_sweep, summary_table
     from specforge.cli import _target_path
 
     target = _target_path(args.target)
@@ -164,6 +163,15 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
             seed=args.seed,
         )
         title = "reference engine: throughput vs no speculation"
+    write_serve_outputs(res, out, title)
+
+
+def write_serve_outputs(res: dict, out: Path, title: str) -> None:
+    """``result.json`` (atomically), ``serve.png`` and ``table.md`` of a sweep in ``out``; prints the
+    table and the bar."""
+    from specforge.bench.sweep import decode_table, plot_sweep, summary_table
+
+    out.mkdir(parents=True, exist_ok=True)
     tmp = out / "result.json.tmp"
     tmp.write_text(json.dumps(res, indent=1))
     tmp.replace(out / "result.json")
@@ -177,6 +185,23 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
     (out / "table.md").write_text(table + "\n")
     print(table)
     print(json.dumps(res["summary"].get("bar"), indent=1))
+
+
+def add_pool_parser(bench_sub) -> None:
+    bp = bench_sub.add_parser(
+        "pool",
+        help="one summary (table, bar, intervals) from several bench serve runs of the same sweep",
+    )
+    bp.add_argument("results", nargs="+", help="the runs' result.json files (at least two)")
+    bp.add_argument("--out", required=True, help="directory for the pooled result.json, table.md, serve.png")
+    bp.set_defaults(func=cmd_bench_pool)
+
+
+def cmd_bench_pool(args: argparse.Namespace) -> None:
+    from specforge.bench.pool import pool_sweeps
+
+    res = pool_sweeps([Path(p) for p in args.results])
+    write_serve_outputs(res, Path(args.out), f"{len(args.results)} pooled runs: throughput vs no speculation")
 
 
 def cmd_calibrate_vllm(args: argparse.Namespace) -> None:
