@@ -123,7 +123,7 @@ def key_shape(key: str) -> Shape:
     if ":" in key:
         n, d, t = (int(x) for x in key.split(":"))
         return Shape(num_draft_tokens=n, depth=d, top_k=t)
-    return NONE if int(key) == 0 else Shape.chain(int(key))
+    return Shape.chain(int(key))
 
 
 def _label(shape: Shape) -> str:

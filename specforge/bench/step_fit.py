@@ -8,7 +8,6 @@ Python, no vLLM.
 
 from __future__ import annotations
 
-from serving.shape import NO_SPECULATION as NONE
 from serving.shape import TreeShape
 from serving.step_cost import Profile, StartCost, StepTable
 from specforge.errors import SpecforgeError
@@ -56,7 +55,7 @@ def start_cost(
     seconds: dict[TreeShape, float] = {}
     for key, rows in starts.items():
         k = int(key)
-        shape = NONE if k == 0 else TreeShape.chain(k)
+        shape = TreeShape.chain(k)
         if shape not in table.seconds or len(rows) < min_steps or len({r[1] for r in rows}) < 2:
             continue
         _, slope = _weighted_line([(int(n), sec - table.step_time(int(b), shape), 1) for b, n, sec in rows])
