@@ -22,8 +22,9 @@ Contract
   and then runs the runner-up k for a few steps (:meth:`AdaptiveLookup._probe`). Timing assumes
   vLLM's synchronous scheduling (the CPU default).
 * ``SPECFORGE_STEP_LOG=/path/steps.json`` writes the timed steps (per batch size and k) and the
-  current choices whenever the engine drains; with a policy file in ``"mode": "explore"`` k cycles
-  through the given values, which is how ``specforge calibrate --vllm`` measures vLLM's steps.
+  current choices when the engine drains (at most every 5 s) and at exit; with a policy file in
+  ``"mode": "explore"`` k cycles through the given values, which is how ``specforge calibrate
+  --vllm`` measures vLLM's steps.
 * Anything that goes wrong (a bad policy file, an exception in the policy) logs one warning and
   falls back to plain decoding (k = 0). It never takes the server down.
 
@@ -209,7 +210,7 @@ def register() -> None:
                 if not self.running and not self.waiting:
                     if lookup is not None:
                         lookup.drained()
-                    recorder.flush(lookup)  # the engine has drained: a good moment to write
+                    recorder.on_drain(clock(), lookup)  # a good moment to write the step log
             except Exception as e:
                 logger.warning("specforge step timing off: %s", e)
                 self._specforge_recorder = None

@@ -39,6 +39,7 @@ measurement (``steps``, ``seconds``, ``tokens``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -170,19 +171,21 @@ def main(request_path: str, result_path: str) -> None:
     )
     prompts = [{"prompt_token_ids": ids} for ids in req["prompts"]]
     if req.get("sweep"):
-        rows = _sweep(llm, params, prompts, req["sweep"], plain=plain)
+        with step_logs_held([llm, plain]):
+            rows = _sweep(llm, params, prompts, req["sweep"], plain=plain)
         Path(result_path).write_text(json.dumps({"sweep": rows}))
         return
     best, outputs, counters = float("inf"), None, {}
-    for _ in range(int(req.get("repeats", 1))):
-        before = _counters(llm)
-        t0 = time.perf_counter()
-        result = llm.generate(prompts, params, use_tqdm=False)
-        elapsed = time.perf_counter() - t0
-        if elapsed < best:
-            best = elapsed
-            outputs = [list(r.outputs[0].token_ids) for r in result]
-            counters = _diff(_counters(llm), before)
+    with step_logs_held([llm]):
+        for _ in range(int(req.get("repeats", 1))):
+            before = _counters(llm)
+            t0 = time.perf_counter()
+            result = llm.generate(prompts, params, use_tqdm=False)
+            elapsed = time.perf_counter() - t0
+            if elapsed < best:
+                best = elapsed
+                outputs = [list(r.outputs[0].token_ids) for r in result]
+                counters = _diff(_counters(llm), before)
     Path(result_path).write_text(
         json.dumps(
             {"outputs": outputs, "seconds": best, "spec": counters, "output_tokens": sum(map(len, outputs))}
@@ -224,7 +227,8 @@ def _lockstep(req: dict, engine_args: dict) -> list[dict]:
         detokenize=False,
     )
     prompts = [{"prompt_token_ids": ids} for ids in req["prompts"]]
-    return lockstep_sweep(engines, schedulers, params, prompts, req["sweep"])
+    with step_logs_held(list(engines.values())):
+        return lockstep_sweep(engines, schedulers, params, prompts, req["sweep"])
 
 
 def _request_latency(r, fallback: float) -> dict:
@@ -238,6 +242,34 @@ def _request_latency(r, fallback: float) -> dict:
 
 def _digest(outputs: list[list[int]]) -> str:
     return hashlib.sha256(json.dumps(outputs).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def step_logs_held(llms: list):
+    """While measuring, the step recorders of these engines' schedulers (those in this process) write
+    no step log when their engine drains; each writes it once at the end. A write inside a timed
+    step would be measured: at batch 1 the engine drains after every request."""
+    from serving.vllm_plugin.lookup import AdaptiveLookup
+
+    held = []
+    for llm in llms:
+        if llm is None:
+            continue
+        try:
+            sched = _scheduler(llm)
+        except RuntimeError:  # the engine core runs in another process: nothing to hold here
+            continue
+        recorder = getattr(sched, "_specforge_recorder", None)
+        if recorder is not None:
+            recorder.hold = True
+            held.append((recorder, sched))
+    try:
+        yield
+    finally:
+        for recorder, sched in held:
+            recorder.hold = False
+            lookup = getattr(sched, "dynamic_sd_lookup", None)
+            recorder.flush(lookup if isinstance(lookup, AdaptiveLookup) else None)
 
 
 def _scheduler(llm):

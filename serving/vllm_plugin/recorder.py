@@ -6,12 +6,15 @@ the seconds of *steady* decode steps and the tokens they emitted per request (an
 drafts each request accepted); per k, the *start* steps (steps that start requests while every other
 request decodes at that k: batch size, requests started, seconds); and the tokens each finished
 request emitted. It feeds each step, each request's acceptance and each finished request back to
-the :class:`~serving.vllm_plugin.lookup.AdaptiveLookup`, and writes its summary as JSON (``flush``). It never imports vllm: it reads the scheduler's output
-objects by attribute.
+the :class:`~serving.vllm_plugin.lookup.AdaptiveLookup`, and writes its summary as JSON: on
+:meth:`StepRecorder.flush`, and when the engine drains (:meth:`StepRecorder.on_drain`) at most every
+:data:`FLUSH_EVERY_S` seconds, never while :attr:`StepRecorder.hold` is set, and at exit if anything
+is left unwritten. It never imports vllm: it reads the scheduler's output objects by attribute.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import statistics
 from pathlib import Path
@@ -22,6 +25,12 @@ from serving.vllm_plugin.draft_skip import SKIP_ATTR
 
 if TYPE_CHECKING:
     from serving.vllm_plugin.lookup import AdaptiveLookup
+
+# Writing the step log takes time inside the engine's step (a median per cell, then JSON: 40 ms for a
+# paired sweep's log on the AVX2 machine, 350 ms with the trace). At batch 1 the engine drains after
+# every request, and a write at every drain cost the speculative arms of sweeps up to 0.3 s per
+# request (the plain arm writes no log). A drain writes at most this often; benchmarks hold writes.
+FLUSH_EVERY_S = 5.0
 
 
 class StepRecorder:
@@ -63,6 +72,14 @@ class StepRecorder:
         self.spec: dict = {"drafts": 0, "draft_tokens": 0, "accepted_tokens": 0, "accepted_per_pos": []}
         self.t_schedule = 0.0
         self.t_done = 0.0
+        # Set by a benchmark while it measures: a drain writes nothing, the benchmark calls flush.
+        self.hold = False
+        self.flush_every = FLUSH_EVERY_S
+        self._written_at = float("-inf")  # clock time of the last write on a drain
+        self._dirty = False  # a drain left the log unwritten (held or too soon): written at exit
+        self._lookup: AdaptiveLookup | None = None  # the last drain's lookup, for that write
+        if path:
+            atexit.register(self._flush_unwritten)
 
     def _busy(self, now: float, t0: float) -> bool:
         """Whether the engine went straight from the step begun at ``t0`` to the next one."""
@@ -236,7 +253,24 @@ class StepRecorder:
             out["probes"] = lookup.probes
         return out
 
+    def on_drain(self, now: float, lookup: AdaptiveLookup | None) -> None:
+        """The engine has no request left: write the log, unless held or written less than
+        ``flush_every`` seconds ago (then it is written at the next drain after that, or at exit)."""
+        if not self.path:
+            return
+        self._dirty, self._lookup = True, lookup
+        if self.hold or now - self._written_at < self.flush_every:
+            return
+        self._written_at = now
+        self.flush(lookup)
+
+    def _flush_unwritten(self) -> None:
+        if self._dirty:
+            self.flush(self._lookup)
+
     def flush(self, lookup: AdaptiveLookup | None) -> None:
+        """Write the summary now (atomically: a reader never sees half a file)."""
+        self._dirty = False
         if not self.path:
             return
         p = Path(self.path)

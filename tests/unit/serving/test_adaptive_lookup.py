@@ -376,3 +376,30 @@ def test_steps_right_after_a_change_of_k_are_not_timed(tmp_path):
     assert (lookup[4], lookup.recording) == (2, True)
     lookup.pin(None)  # the engine just ran k = 2: the policy's k = 1 is a change again
     assert (lookup[4], lookup.recording) == (1, False)
+
+
+def test_step_log_written_on_drains_at_most_every_few_seconds_and_never_while_held(tmp_path):
+    """A drain writes the step log (inside the engine's step: at batch 1 after every request), so
+    drains write at most every ``flush_every`` seconds, a held recorder (a benchmark measuring)
+    not at all, and what a drain left unwritten is written at exit."""
+    log = tmp_path / "steps.json"
+    rec = StepRecorder(str(log))
+    rec.on_drain(10.0, None)
+    assert log.is_file()
+    log.unlink()
+    rec.on_drain(10.0 + rec.flush_every / 2, None)  # too soon after the last write
+    assert not log.exists()
+    rec._flush_unwritten()  # the exit hook writes what was left
+    assert json.loads(log.read_text())["steps"] == []
+    log.unlink()
+    rec._flush_unwritten()  # nothing left: nothing written
+    assert not log.exists()
+    rec.on_drain(10.0 + 2 * rec.flush_every, None)
+    assert log.is_file()
+    log.unlink()
+    rec.hold = True
+    rec.on_drain(10.0 + 10 * rec.flush_every, None)
+    assert not log.exists()
+    rec.hold = False
+    rec.flush(None)  # the benchmark writes it when it is done measuring
+    assert log.is_file()
