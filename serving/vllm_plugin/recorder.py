@@ -266,7 +266,10 @@ class StepRecorder:
 
     def _flush_unwritten(self) -> None:
         if self._dirty:
-            self.flush(self._lookup)
+            try:
+                self.flush(self._lookup)
+            except OSError:  # at exit: the log's folder may be gone; nothing to report to
+                pass
 
     def flush(self, lookup: AdaptiveLookup | None) -> None:
         """Write the summary now (atomically: a reader never sees half a file)."""
