@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 
 from serving.shape import TreeShape
 
-Shape = TreeShape
-
 
 def conditional_acceptance(accepted_at_position: list[float], total: float) -> list[float]:
     """alpha_k = P(position k accepted | positions < k accepted), from counts (or rates) of
@@ -61,7 +59,7 @@ def chain_tau(alpha: list[float], k: int) -> float:
     return tau
 
 
-def _is_chain(shape: Shape) -> bool:
+def _is_chain(shape: TreeShape) -> bool:
     return shape.top_k == 1 and shape.depth == shape.num_draft_tokens
 
 
@@ -76,9 +74,9 @@ class AcceptanceTracker:
     positions 1-3, instead of comparing a measured k = 3 with a merely seeded k = 5.
     """
 
-    seed: dict[Shape, float]
+    seed: dict[TreeShape, float]
     beta: float = 0.05  # weight of a new observation
-    ema: dict[Shape, float] = field(default_factory=dict)
+    ema: dict[TreeShape, float] = field(default_factory=dict)
     alpha: list[float] = field(default_factory=list)  # live conditional acceptance per chain position
     per_position: bool = False
     reference_batch: int = 1  # per-position learning: a step of this many sequences weighs ``beta``
@@ -87,7 +85,7 @@ class AcceptanceTracker:
     def from_alpha(
         cls,
         alpha: list[float],
-        shapes: list[Shape],
+        shapes: list[TreeShape],
         beta: float = 0.05,
         per_position: bool = False,
         reference_batch: int = 1,
@@ -103,14 +101,16 @@ class AcceptanceTracker:
             reference_batch=reference_batch,
         )
 
-    def tau(self, shape: Shape) -> float:
+    def tau(self, shape: TreeShape) -> float:
         if shape.is_none:
             return 1.0
         if self.per_position and self.alpha and _is_chain(shape):
             return chain_tau(self.alpha, shape.num_draft_tokens)
         return self.ema.get(shape, self.seed.get(shape, 1.0))
 
-    def observe(self, shape: Shape, emitted_per_sequence: float, accepted: list[int] | None = None) -> None:
+    def observe(
+        self, shape: TreeShape, emitted_per_sequence: float, accepted: list[int] | None = None
+    ) -> None:
         """``accepted``: each sequence's accepted draft tokens this step (per-position learning)."""
         if shape.is_none:
             return

@@ -12,63 +12,23 @@ Contract
   no more speculative than the choice at ``B - 1``). ``choose`` takes the expected tau of the live
   batch when the caller knows it (:class:`~serving.acceptance.RequestAcceptance`).
 
-Pure Python, no torch: the engine, the vLLM plugin and the tests drive it the same way. The cost
-and acceptance classes are re-exported here, as the policy's public API.
+Pure Python, no torch: the engine, the vLLM plugin and the tests drive it the same way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from serving.acceptance import (
-    AcceptanceTracker,
-    RequestAcceptance,
-    alpha_from_histograms,
-    chain_tau,
-    conditional_acceptance,
-)
-from serving.step_cost import (
-    NONE,
-    CostModel,
-    OnlineStepCost,
-    Profile,
-    Shape,
-    StartCost,
-    StepCost,
-    StepTable,
-    batch_bucket,
-    isotonic,
-    key_shape,
-    shape_key,
-)
-
-__all__ = [
-    "NONE",
-    "AcceptanceTracker",
-    "CostModel",
-    "OnlineStepCost",
-    "Profile",
-    "RequestAcceptance",
-    "Shape",
-    "SpeculationPolicy",
-    "StartCost",
-    "StepCost",
-    "StepTable",
-    "alpha_from_histograms",
-    "batch_bucket",
-    "chain_tau",
-    "conditional_acceptance",
-    "isotonic",
-    "key_shape",
-    "shape_key",
-]
+from serving.acceptance import AcceptanceTracker
+from serving.shape import NO_SPECULATION, TreeShape
+from serving.step_cost import OnlineStepCost, StartCost, StepCost
 
 
 @dataclass
 class SpeculationPolicy:
     cost: StepCost
     acceptance: AcceptanceTracker
-    candidates: list[Shape]
+    candidates: list[TreeShape]
     start: StartCost | None = None  # None: steps are priced as pure decode steps
 
     # batch -> step_time(batch, candidates[i]) for every i, frozen by freeze_costs() and filled as
@@ -78,7 +38,7 @@ class SpeculationPolicy:
     _max_frozen: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
-        self.candidates = sorted(set(self.candidates) | {NONE})
+        self.candidates = sorted(set(self.candidates) | {NO_SPECULATION})
 
     def freeze_costs(self, max_batch: int) -> None:
         """Tabulate the step times of every candidate up to ``max_batch``; :meth:`choose` reads the table
@@ -107,14 +67,14 @@ class SpeculationPolicy:
         its request's start (``B * tau * start`` per step)."""
         return tau / (step + batch * tau * start)
 
-    def goodput(self, batch: int, shape: Shape) -> float:
+    def goodput(self, batch: int, shape: TreeShape) -> float:
         """Expected tokens per second for the whole batch."""
         return batch * self.rate(batch, shape, self.acceptance.tau(shape))
 
-    def _taus(self, tau: dict[Shape, float] | None) -> list[float]:
+    def _taus(self, tau: dict[TreeShape, float] | None) -> list[float]:
         return [tau[s] if tau and s in tau else self.acceptance.tau(s) for s in self.candidates]
 
-    def rate(self, batch: int, shape: Shape, tau: float) -> float:
+    def rate(self, batch: int, shape: TreeShape, tau: float) -> float:
         """Tokens per second per sequence of ``shape`` at ``batch`` if it emits ``tau`` tokens a step."""
         start = self.start.per_token(shape) if self.start is not None else 0.0
         return self._rate(batch, tau, self.cost.step_time(batch, shape), start)
@@ -130,7 +90,7 @@ class SpeculationPolicy:
                 best, best_rate = i, rate
         return best
 
-    def choose(self, batch: int, tau: dict[Shape, float] | None = None) -> Shape:
+    def choose(self, batch: int, tau: dict[TreeShape, float] | None = None) -> TreeShape:
         """The goodput-maximising shape among those no more speculative than the choice at ``batch - 1``
         (and so at every smaller batch): going up from batch 1, each batch size picks the best shape
         still allowed, which caps every larger one.
@@ -148,7 +108,7 @@ class SpeculationPolicy:
         return self.candidates[cap]
 
     def near_best_below(
-        self, batch: int, shape: Shape, margin: float, tau: dict[Shape, float] | None = None
+        self, batch: int, shape: TreeShape, margin: float, tau: dict[TreeShape, float] | None = None
     ) -> bool:
         """Whether, at every batch size below ``batch`` whose best shape is less speculative than
         ``shape``, ``shape``'s predicted goodput is within ``margin`` of that best: keeping it at
@@ -164,7 +124,7 @@ class SpeculationPolicy:
                 return False
         return True
 
-    def observe_start(self, shape: Shape, batch: int, started: int, seconds: float) -> None:
+    def observe_start(self, shape: TreeShape, batch: int, started: int, seconds: float) -> None:
         """A timed step of ``batch`` sequences that started ``started`` of them (the others decoding
         with ``shape``): what it took beyond a decode step of ``batch`` teaches the start cost."""
         if self.start is not None and started > 0:
@@ -175,12 +135,12 @@ class SpeculationPolicy:
         if self.start is not None:
             self.start.observe_request(tokens)
 
-    def table(self, batch_sizes: list[int]) -> dict[int, Shape]:
+    def table(self, batch_sizes: list[int]) -> dict[int, TreeShape]:
         return {b: self.choose(b) for b in batch_sizes}
 
     def observe(
         self,
-        shape: Shape,
+        shape: TreeShape,
         batch: int,
         emitted_per_sequence: float,
         seconds: float | None = None,

@@ -31,9 +31,6 @@ from typing import Protocol
 
 from serving.shape import NO_SPECULATION, TreeShape
 
-Shape = TreeShape  # the cost models price the same shapes the engine runs
-NONE = NO_SPECULATION
-
 
 def isotonic(values: list[float]) -> list[float]:
     """The non-decreasing sequence closest to ``values`` in squared error (pool adjacent violators).
@@ -83,7 +80,7 @@ class CostModel:
     # costs batch x (draft(1) + (depth - 1) x draft(top_k)) instead of one batched pass per depth.
     batched_drafts: bool = True
 
-    def step_time(self, batch: int, shape: Shape) -> float:
+    def step_time(self, batch: int, shape: TreeShape) -> float:
         if shape.is_none or self.draft is None:
             return self.target(batch)
         if self.batched_drafts:
@@ -110,23 +107,23 @@ class CostModel:
 
 
 class StepCost(Protocol):
-    def step_time(self, batch: int, shape: Shape) -> float: ...
+    def step_time(self, batch: int, shape: TreeShape) -> float: ...
 
 
-def shape_key(shape: Shape) -> str:
+def shape_key(shape: TreeShape) -> str:
     """A shape as a JSON key, ``"tokens:depth:top_k"``."""
     return f"{shape.num_draft_tokens}:{shape.depth}:{shape.top_k}"
 
 
-def key_shape(key: str) -> Shape:
+def key_shape(key: str) -> TreeShape:
     """Reads :func:`shape_key`, and chains keyed by k alone (0: no speculation)."""
     if ":" in key:
         n, d, t = (int(x) for x in key.split(":"))
-        return Shape(num_draft_tokens=n, depth=d, top_k=t)
-    return Shape.chain(int(key))
+        return TreeShape(num_draft_tokens=n, depth=d, top_k=t)
+    return TreeShape.chain(int(key))
 
 
-def _label(shape: Shape) -> str:
+def _label(shape: TreeShape) -> str:
     if shape.top_k == 1 and shape.depth == max(1, shape.num_draft_tokens):
         return f"k={shape.num_draft_tokens}"
     return f"tree depth {shape.depth}, top-k {shape.top_k}, {shape.num_draft_tokens} tokens"
@@ -136,19 +133,19 @@ def _label(shape: Shape) -> str:
 class StepTable:
     """Measured seconds of one whole server step, per shape (no speculation included) and batch size."""
 
-    seconds: dict[Shape, Profile]  # shape -> Profile over batch size
+    seconds: dict[TreeShape, Profile]  # shape -> Profile over batch size
 
     def __post_init__(self) -> None:
-        if NONE not in self.seconds:
+        if NO_SPECULATION not in self.seconds:
             raise ValueError("a step table needs the step time without speculation (k = 0)")
 
     @classmethod
     def chains(cls, seconds: dict[int, Profile]) -> StepTable:
         """A table of chains keyed by k (0: no speculation)."""
-        return cls({Shape.chain(k): p for k, p in seconds.items()})
+        return cls({TreeShape.chain(k): p for k, p in seconds.items()})
 
     @property
-    def shapes(self) -> list[Shape]:
+    def shapes(self) -> list[TreeShape]:
         return sorted(self.seconds)
 
     @property
@@ -156,7 +153,7 @@ class StepTable:
         """The chain lengths measured (0 included)."""
         return [s.num_draft_tokens for s in self.shapes if s.top_k == 1]
 
-    def step_time(self, batch: int, shape: Shape) -> float:
+    def step_time(self, batch: int, shape: TreeShape) -> float:
         if shape not in self.seconds:
             raise KeyError(
                 f"no measured step time for {_label(shape)} (measured: {[_label(s) for s in self.shapes]})"
@@ -195,14 +192,14 @@ class OnlineStepCost:
     beta: float = 0.05
     min_count: int = 16
     scale: float = 1.0  # EMA of measured / prior over all observed steps
-    shape_scale: dict[Shape, float] = field(default_factory=dict)  # EMA of measured / prior per shape
-    count: dict[Shape, int] = field(default_factory=dict)
+    shape_scale: dict[TreeShape, float] = field(default_factory=dict)  # EMA of measured / prior per shape
+    count: dict[TreeShape, int] = field(default_factory=dict)
     cell_prior: float | None = None  # pseudo-steps of the shape's factor per (shape, bucket); None: off
     cell_beta: float = 0.1
-    cell_ratio: dict[tuple[Shape, int], float] = field(default_factory=dict)  # measured / prior
-    cell_count: dict[tuple[Shape, int], int] = field(default_factory=dict)
+    cell_ratio: dict[tuple[TreeShape, int], float] = field(default_factory=dict)  # measured / prior
+    cell_count: dict[tuple[TreeShape, int], int] = field(default_factory=dict)
 
-    def observe(self, batch: int, shape: Shape, seconds: float) -> None:
+    def observe(self, batch: int, shape: TreeShape, seconds: float) -> None:
         ratio = seconds / self.prior.step_time(batch, shape)
         n = self.count.get(shape, 0)
         prev = self.shape_scale.get(shape, self.scale)
@@ -216,7 +213,7 @@ class OnlineStepCost:
             self.cell_ratio[cell] = (1 - weight) * self.cell_ratio.get(cell, ratio) + weight * ratio
             self.cell_count[cell] = m + 1
 
-    def factor(self, shape: Shape, batch: int | None = None) -> float:
+    def factor(self, shape: TreeShape, batch: int | None = None) -> float:
         """Measured / prior for ``shape`` (at ``batch``: with its bucket's own ratio, when learnt)."""
         f = self.shape_scale[shape] if self.count.get(shape, 0) >= self.min_count else self.scale
         if self.cell_prior is None or batch is None:
@@ -228,7 +225,7 @@ class OnlineStepCost:
         w = n / (n + self.cell_prior)
         return (1 - w) * f + w * self.cell_ratio[cell]
 
-    def step_time(self, batch: int, shape: Shape) -> float:
+    def step_time(self, batch: int, shape: TreeShape) -> float:
         return self.prior.step_time(batch, shape) * self.factor(shape, batch)
 
 
@@ -246,7 +243,7 @@ class StartCost:
     prompt whatever k is); no speculation without one pays the same (vLLM's own k = 0 runs the draft
     too; only a k = 0 that skips the draft has its own, smaller, figure)."""
 
-    seconds: dict[Shape, float]  # shape -> seconds per request started
+    seconds: dict[TreeShape, float]  # shape -> seconds per request started
     tokens_per_request: float
     beta: float = 0.02  # weight of one finished request in the EMA of tokens_per_request
     # Online, one factor for all shapes: EMAs of the seconds start steps took beyond a decode step,
@@ -264,12 +261,12 @@ class StartCost:
         if any(v < 0 for v in self.seconds.values()):
             raise ValueError("start costs must be >= 0 seconds")
 
-    def prior(self, shape: Shape) -> float:
+    def prior(self, shape: TreeShape) -> float:
         """The calibrated seconds per request started."""
         if shape in self.seconds:
             return self.seconds[shape]
         spec = [v for s, v in self.seconds.items() if not s.is_none]
-        return sum(spec) / len(spec) if spec else self.seconds.get(NONE, 0.0)
+        return sum(spec) / len(spec) if spec else self.seconds.get(NO_SPECULATION, 0.0)
 
     @property
     def scale(self) -> float:
@@ -278,17 +275,17 @@ class StartCost:
             return 1.0
         return min(4.0, max(0.25, self.excess / self.expected))
 
-    def per_request(self, shape: Shape) -> float:
+    def per_request(self, shape: TreeShape) -> float:
         return self.prior(shape) * self.scale
 
-    def observe_start(self, shape: Shape, started: int, excess: float) -> None:
+    def observe_start(self, shape: TreeShape, started: int, excess: float) -> None:
         """A step started ``started`` requests and took ``excess`` seconds beyond its decode time."""
         b = self.start_beta
         self.excess = (1 - b) * self.excess + b * excess
         self.expected = (1 - b) * self.expected + b * started * self.prior(shape)
         self.starts += 1
 
-    def per_token(self, shape: Shape) -> float:
+    def per_token(self, shape: TreeShape) -> float:
         """Seconds each output token carries for its request's start."""
         return self.per_request(shape) / self.tokens_per_request
 

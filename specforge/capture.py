@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from draft_models.aux_hooks import AuxHiddenHooks
 from specforge.errors import SpecforgeError
-from specforge.targets import Target
+from specforge.targets.loader import Target
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1

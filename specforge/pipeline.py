@@ -17,8 +17,8 @@ from pathlib import Path
 from specforge.config import load_train_config
 from specforge.data.demo import write_demo_dataset
 from specforge.data.regenerate import regenerate
-from specforge.targets import load_target
-from specforge.tiny_target import build_tiny_target
+from specforge.targets.loader import load_target
+from specforge.targets.tiny import build_tiny_target
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny-eagle3.yaml"
 

@@ -13,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def micro_target_dir(tmp_path_factory):
     """An 8-layer, 64-wide Llama (head_dim 32, as vLLM's CPU attention needs) with its own BPE tokenizer."""
-    from specforge.tiny_target import TinyTargetConfig, build_tiny_target
+    from specforge.targets.tiny import TinyTargetConfig, build_tiny_target
 
     cfg = TinyTargetConfig(
         vocab_size=400,
@@ -42,6 +42,6 @@ def micro_target_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def micro_target(micro_target_dir):
-    from specforge.targets import load_target
+    from specforge.targets.loader import load_target
 
     return load_target(micro_target_dir)

@@ -24,29 +24,8 @@ from serving.shape import NO_SPECULATION, TreeShape
 from specforge.bench.vllm_chain import chat_prompts
 from specforge.errors import SpecforgeError
 from specforge.export import load_draft
-from specforge.targets import load_target
-from specforge.tiny_target import distinct_ngram_ratio
-
-
-def parse_shape(text: str) -> TreeShape:
-    """``chain:K`` or ``tree:DEPTH:TOPK:TOKENS``."""
-    parts = text.split(":")
-    try:
-        if parts[0] == "chain" and len(parts) == 2:
-            return TreeShape.chain(int(parts[1]))
-        if parts[0] == "tree" and len(parts) == 4:
-            return TreeShape.tree(int(parts[1]), int(parts[2]), int(parts[3]))
-    except ValueError:
-        pass
-    raise SpecforgeError(
-        f"shape {text!r} is not chain:K or tree:DEPTH:TOPK:TOKENS (e.g. chain:4, tree:5:4:16)"
-    )
-
-
-def shape_name(s: TreeShape) -> str:
-    if s.num_draft_tokens == 0:
-        return "plain"
-    return f"chain:{s.num_draft_tokens}" if s.top_k == 1 else f"tree:{s.depth}:{s.top_k}:{s.num_draft_tokens}"
+from specforge.metrics import distinct_ngram_ratio
+from specforge.targets.loader import load_target
 
 
 def bench_acceptance(
@@ -79,7 +58,7 @@ def bench_acceptance(
     torch.manual_seed(0)
     for _ in range(repeats):
         for s in all_shapes:
-            name = shape_name(s)
+            name = s.name
             engine = engines["plain"] if s.num_draft_tokens == 0 else drafted
             tokens, stats = [], GenerationStats()
             for lo in range(0, len(toks), batch_size):

@@ -22,7 +22,7 @@ from pathlib import Path
 from serving.acceptance import alpha_from_histograms
 from serving.step_cost import StepTable
 from serving.vllm_plugin.adaptive import ENV, STEP_LOG_ENV
-from serving.vllm_plugin.offline import run_vllm
+from serving.vllm_plugin.harness.runner import run_vllm
 from serving.vllm_plugin.policy_file import write_explore_file, write_policy_file
 from specforge.bench.step_fit import start_cost, step_table
 from specforge.bench.vllm_workload import (

@@ -22,23 +22,26 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
+from serving.acceptance import AcceptanceTracker
 from serving.calibrate import calibrate_engine_steps
 from serving.drafters.eagle3 import Eagle3Drafter
 from serving.engine import GenerationStats, SpeculativeEngine
-from serving.policy import AcceptanceTracker, OnlineStepCost, SpeculationPolicy
+from serving.policy import SpeculationPolicy
 from serving.shape import NO_SPECULATION, TreeShape
-from specforge.bench.acceptance import parse_shape, shape_name
+from serving.step_cost import OnlineStepCost
 from specforge.bench.sweep import serve_summary
 from specforge.bench.vllm_workload import BATCH_SIZES, MIN_REQUESTS, draft_alpha, long_answer_prompts
 from specforge.export import load_draft
-from specforge.targets import load_target
+from specforge.targets.loader import load_target
 
-DEFAULT_SHAPES = "chain:1,chain:2,chain:4,tree:4:2:8,tree:4:4:16,tree:6:4:24"
+DEFAULT_SHAPES = tuple(
+    TreeShape.parse(s) for s in ("chain:1", "chain:2", "chain:4", "tree:4:2:8", "tree:4:4:16", "tree:6:4:24")
+)
 
 
 def bench_serve_engine(
@@ -46,7 +49,7 @@ def bench_serve_engine(
     run_dir: Path,
     regen_data: Path,
     batch_sizes: list[int] | None = None,
-    shapes: str = DEFAULT_SHAPES,
+    shapes: Sequence[TreeShape] = DEFAULT_SHAPES,
     max_tokens: int = 48,
     rounds: int = 2,
     seed: int = 0,
@@ -54,7 +57,7 @@ def bench_serve_engine(
     log: Callable[[str], None] = print,
 ) -> dict:
     sizes = batch_sizes or BATCH_SIZES
-    fixed = [parse_shape(s) for s in shapes.split(",")]
+    fixed = list(shapes)
     target = load_target(target_dir)
     draft = load_draft(run_dir, target.model.get_input_embeddings().weight.detach())
     prompts = long_answer_prompts(target_dir, regen_data, max_tokens)
@@ -63,8 +66,8 @@ def bench_serve_engine(
     engine = SpeculativeEngine(target.model, Eagle3Drafter(draft), eos_token_id=None)
     log(f"timing the engine's steps for {len(fixed) + 1} shapes at batch sizes {sizes}")
     steps = calibrate_engine_steps(engine, prompts, fixed, sizes, max_new_tokens=calibrate_tokens)
-    configs: list[str] = ["none", *(shape_name(s) for s in fixed), "policy"]
-    by_name: dict[str, TreeShape] = {"none": NO_SPECULATION, **{shape_name(s): s for s in fixed}}
+    configs: list[str] = ["none", *(s.name for s in fixed), "policy"]
+    by_name: dict[str, TreeShape] = {"none": NO_SPECULATION, **{s.name: s for s in fixed}}
     rows: list[dict] = []
     chosen: list[dict] = []
     rng = random.Random(seed)
@@ -85,7 +88,7 @@ def bench_serve_engine(
 
                 def choose(batch: int, picks=picks, policy=policy) -> TreeShape:
                     s = policy.choose(batch)
-                    picks[shape_name(s)] = picks.get(shape_name(s), 0) + 1
+                    picks[s.name] = picks.get(s.name, 0) + 1
                     return s
 
                 shape = choose if name == "policy" else by_name[name]
@@ -135,7 +138,7 @@ def bench_serve_engine(
         "max_tokens": max_tokens,
         "batch_sizes": sizes,
         "rounds": rounds,
-        "shapes": [shape_name(s) for s in fixed],
+        "shapes": [s.name for s in fixed],
         "step_table": steps.to_json(),
         "policy_choices": chosen,
         "rows": rows,

@@ -30,7 +30,7 @@ Contract
   a user configures vLLM's table (``num_speculative_tokens`` = K plus a batch-size schedule), so a
   static arm is vLLM's table with one k, not an engine started with ``num_speculative_tokens=k``.
   Design ``engines``: a fresh engine per configuration, as before. Design ``lockstep``
-  (:mod:`serving.vllm_plugin.lockstep`): one engine per configuration, each configured as a user
+  (:mod:`serving.vllm_plugin.harness.lockstep`): one engine per configuration, each configured as a user
   would (static k: ``num_speculative_tokens=k``), all in one process, taking turns of
   ``turn_steps`` steps, each timed on its own clock. Identical engines then differed by 2-4 %
   (standard deviation of the log ratio) instead of 15-20 %, but the engines slow each other down
@@ -55,8 +55,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from serving.vllm_plugin.adaptive import ENV, STEP_LOG_ENV
-from serving.vllm_plugin.lockstep import TURN_STEPS
-from serving.vllm_plugin.offline import PLAIN, run_vllm
+from serving.vllm_plugin.harness.lockstep import TURN_STEPS
+from serving.vllm_plugin.harness.runner import run_vllm
+from serving.vllm_plugin.harness.sweeps import PLAIN
 from specforge.bench.calibrate_vllm import CALIBRATE_WORKLOADS, calibrate_vllm
 from specforge.bench.sweep import decode_summary, serve_summary
 from specforge.bench.vllm_workload import (
@@ -76,7 +77,7 @@ from specforge.errors import SpecforgeError
 
 # vLLM's documented EAGLE-3 schedule (docs/features/speculative_decoding/dynamic_speculative_decoding.md).
 VLLM_DOCS_TABLE = [[1, 16, 5], [17, 32, 4], [33, 64, 3], [65, 128, 1], [129, 512, 0]]
-# paired: every speculative configuration in one engine, switched between measurements (see offline.py);
+# paired: every speculative configuration in one engine, switched between measurements (see harness/sweeps.py);
 # engines: a fresh engine per configuration.
 DESIGNS = ("paired", "lockstep", "engines")
 # Variants of the plugin a paired sweep can add (--variants): name -> policy-file keys overridden

@@ -18,10 +18,10 @@ import json
 from pathlib import Path
 
 from serving.acceptance import conditional_acceptance
-from serving.vllm_plugin.offline import run_vllm
+from serving.vllm_plugin.harness.runner import run_vllm
 from specforge.data.formats import load_rows
-from specforge.targets import load_tokenizer
-from specforge.tiny_target import distinct_ngram_ratio
+from specforge.metrics import distinct_ngram_ratio
+from specforge.targets.loader import load_tokenizer
 
 
 def chat_prompts(target_dir: Path, data: Path, limit: int, max_prompt_tokens: int = 768) -> list[list[int]]:

@@ -2,7 +2,7 @@
 
 Contract: :func:`long_answer_prompts` picks held-out chat prompts whose regenerated (target-greedy)
 answer is long enough (:func:`min_answer_tokens`); :func:`sweep_request` is the request one sweep
-engine runs (:mod:`serving.vllm_plugin.offline`), in the measuring process (:data:`SWEEP_ENV`);
+engine runs (:mod:`serving.vllm_plugin.harness.child`), in the measuring process (:data:`SWEEP_ENV`);
 :func:`arm_decode_cells` reads back each arm's own decode steps from a paired engine's rows.
 Shared by ``specforge bench serve`` (:mod:`specforge.bench.serve_vllm`), ``specforge calibrate
 --vllm`` (:mod:`specforge.bench.calibrate_vllm`) and the reference engine's sweep.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from specforge.data.formats import load_rows
 from specforge.errors import SpecforgeError
-from specforge.targets import load_tokenizer
+from specforge.targets.loader import load_tokenizer
 
 BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64]
 # Each measurement serves at least this many distinct prompts (batch 1: eight requests in a row), so a
@@ -86,7 +86,7 @@ def sweep_request(
     repeats: int,
     per_slot: int = 0,
 ) -> dict:
-    """The request of one sweep engine (:mod:`serving.vllm_plugin.offline`): greedy, ``B`` up to the
+    """The request of one sweep engine (:mod:`serving.vllm_plugin.harness.child`): greedy, ``B`` up to the
     largest batch size, ``repeats`` measurements per batch size, ``per_slot`` requests per client
     (0: bursts)."""
     return {

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from specforge.data.formats import load_rows
 from specforge.errors import SpecforgeError
-from specforge.targets import Target, generate_left_padded
+from specforge.targets.loader import Target, generate_left_padded
 
 
 def _count_complete_lines(path: Path) -> int:

@@ -38,7 +38,7 @@ from specforge.capture import (
 from specforge.config import TrainConfig
 from specforge.data.tokenize import load_tokenized
 from specforge.errors import SpecforgeError
-from specforge.targets import Target, load_target
+from specforge.targets.loader import Target, load_target
 from specforge.train.ttt import acceptance_stats, ttt_forward
 from specforge.vocab import build_draft_vocab
 
@@ -120,7 +120,7 @@ def train(cfg: TrainConfig) -> dict:
     )
     set_seed(cfg.seed)
     if cfg.target is None:
-        from specforge.tiny_target import build_tiny_target
+        from specforge.targets.tiny import build_tiny_target
 
         with accelerator.main_process_first():
             target_dir = build_tiny_target(progress=accelerator.is_main_process)

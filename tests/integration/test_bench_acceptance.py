@@ -6,7 +6,7 @@ import json
 
 from specforge.cli import main
 from specforge.data.demo import write_demo_dataset
-from specforge.targets import load_target
+from specforge.targets.loader import load_target
 from tests.helpers import small_eagle3, small_eagle3_config, write_draft_run
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from serving.policy import StepTable
+from serving.shape import TreeShape
+from serving.step_cost import StepTable
 from specforge.bench.serve_engine import bench_serve_engine
 from specforge.data.demo import write_demo_dataset
 from tests.helpers import small_eagle3, small_eagle3_config, write_draft_run
@@ -20,7 +21,7 @@ def test_engine_sweep_runs_every_shape_losslessly(micro_target_dir, micro_target
         run,
         tmp_path / "data" / "heldout.jsonl",
         batch_sizes=[1, 3],
-        shapes="chain:2,tree:2:2:4",
+        shapes=[TreeShape.parse("chain:2"), TreeShape.parse("tree:2:2:4")],
         max_tokens=6,
         rounds=1,
         calibrate_tokens=4,

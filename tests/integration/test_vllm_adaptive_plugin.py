@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from serving.policy import CostModel, Profile
+from serving.step_cost import CostModel, Profile
 from specforge.data.demo import write_demo_dataset
 from tests.helpers import train_micro_vllm_draft
 
@@ -53,7 +53,7 @@ def _request(micro_target_dir, draft, n_prompts):
 
 
 def test_plugin_changes_k_with_batch_size(micro_target_dir, served):
-    from serving.vllm_plugin.offline import run_vllm
+    from serving.vllm_plugin.harness.runner import run_vllm
     from serving.vllm_plugin.policy_file import write_policy_file
 
     tmp, draft = served
@@ -77,7 +77,7 @@ def test_skipping_the_draft_at_k0_keeps_output_and_speculation_alone(micro_targe
     steps never run at k = 0, still speculates."""
     import json
 
-    from serving.vllm_plugin.offline import run_vllm
+    from serving.vllm_plugin.harness.runner import run_vllm
     from serving.vllm_plugin.policy_file import write_policy_file
 
     tmp, draft = served
@@ -93,7 +93,7 @@ def test_skipping_the_draft_at_k0_keeps_output_and_speculation_alone(micro_targe
 
 
 def test_bad_policy_falls_back_to_plain_decoding(micro_target_dir, served):
-    from serving.vllm_plugin.offline import run_vllm
+    from serving.vllm_plugin.harness.runner import run_vllm
 
     tmp, draft = served
     (tmp / "broken.json").write_text("{not json")
@@ -108,7 +108,7 @@ def test_bad_policy_falls_back_to_plain_decoding(micro_target_dir, served):
 def test_bench_serve_sweep_with_calibrated_plugin(micro_target_dir, served):
     """`specforge bench serve` end to end at a small scale: vLLM step times are calibrated through
     the plugin's explore mode, every configuration serves every batch size, outputs stay lossless."""
-    from serving.policy import StepTable
+    from serving.step_cost import StepTable
     from specforge.bench.serve_vllm import bench_serve_vllm
     from specforge.bench.vllm_workload import MIN_REQUESTS, WORKLOADS
 
@@ -183,7 +183,7 @@ def test_held_calibration_times_every_k_held_in_a_closed_loop(micro_target_dir, 
     """calibrate --vllm --workload held: every k (0 with the draft skipped) is a pinned arm served in a
     closed loop at every batch size; the step table comes from each arm's own steady steps, and the
     policy file it writes serves."""
-    from serving.policy import StepTable
+    from serving.step_cost import StepTable
     from serving.vllm_plugin.policy_file import load_policy
     from specforge.bench.calibrate_vllm import calibrate_vllm
     from specforge.bench.vllm_workload import WORKLOADS, long_answer_prompts

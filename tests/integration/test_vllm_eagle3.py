@@ -16,7 +16,7 @@ pytestmark = [
 
 
 def test_vllm_serves_exported_eagle3_losslessly(micro_target_dir, tmp_path):
-    from serving.vllm_plugin.offline import run_vllm
+    from serving.vllm_plugin.harness.runner import run_vllm
 
     data = tmp_path / "data"
     write_demo_dataset(data, max_train=64, max_heldout=6)

@@ -58,7 +58,7 @@ def test_sampled_tokens_follow_the_target_distribution(micro_target_dir, micro_t
     a recovered or a bonus token. Given the tokens before it, each must follow the target's
     distribution: Pearson's chi-squared against the counts expected from the target's exact
     conditional probabilities (summed over the samples' own contexts)."""
-    from serving.vllm_plugin.offline import run_vllm
+    from serving.vllm_plugin.harness.runner import run_vllm
     from specforge.bench.vllm_chain import chat_prompts
 
     data = tmp_path / "data"

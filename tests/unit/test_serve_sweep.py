@@ -189,7 +189,8 @@ def test_held_calibration_cells_pool_each_pinned_arms_decode_steps():
 
 
 def test_start_cost_is_the_slope_of_start_steps_beyond_a_decode_step():
-    from serving.policy import NONE, Profile, Shape, StepTable
+    from serving.shape import NO_SPECULATION, TreeShape
+    from serving.step_cost import Profile, StepTable
     from specforge.bench.step_fit import start_cost
 
     # decode steps: 5 + 0.1 x batch ms at k = 0, 8 + 0.3 x batch ms at k = 2
@@ -202,7 +203,7 @@ def test_start_cost_is_the_slope_of_start_steps_beyond_a_decode_step():
         "1": [[4, 4, 0.01]] * 5,
     }
     cost = start_cost(starts, table, {"requests": 10, "tokens": 850}, max_tokens=128)
-    assert cost.seconds == {NONE: pytest.approx(0.0010), Shape.chain(2): pytest.approx(0.0020)}
+    assert cost.seconds == {NO_SPECULATION: pytest.approx(0.0010), TreeShape.chain(2): pytest.approx(0.0020)}
     assert cost.tokens_per_request == pytest.approx(85)
     assert start_cost(starts, table, {}, max_tokens=128).tokens_per_request == 128
     assert start_cost({"2": starts["2"][:2]}, table, {}, max_tokens=128) is None  # too few steps

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from specforge.errors import SpecforgeError
-from specforge.targets import check_target_dir, load_target
+from specforge.targets.loader import check_target_dir, load_target
 
 
 def test_load_micro_target_is_frozen(micro_target):

@@ -7,7 +7,7 @@ import json
 import torch
 
 from specforge.data.stdlib_corpus import split_of, stdlib_files
-from specforge.tiny_target import TinyTargetConfig, build_tiny_target, distinct_ngram_ratio, tiny_target_dir
+from specforge.targets.tiny import TinyTargetConfig, build_tiny_target, tiny_target_dir
 
 
 def test_build_writes_a_loadable_hf_directory(micro_target_dir):
@@ -65,8 +65,3 @@ def test_corpus_split_is_by_file():
     assert 0.02 < len(heldout) / len(files) < 0.12
     assert all(split_of(f.relpath) == f.split for f in files)
     assert not any("/test/" in f"/{f.relpath}" for f in files)
-
-
-def test_distinct_ngram_ratio():
-    assert distinct_ngram_ratio([1, 2, 3, 4, 5, 6]) == 1.0
-    assert distinct_ngram_ratio([1, 2] * 20) == 2 / 37

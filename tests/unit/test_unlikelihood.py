@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from specforge.train.unlikelihood import repeated_ngram_mask, unlikelihood_loss
+from specforge.targets.unlikelihood import repeated_ngram_mask, unlikelihood_loss
 
 
 def test_repeated_ngram_mask_flags_every_token_of_a_repeat():

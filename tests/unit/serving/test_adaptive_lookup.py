@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from serving.policy import NONE, CostModel, Profile, StartCost, StepTable
-from serving.shape import TreeShape
+from serving.shape import NO_SPECULATION, TreeShape
+from serving.step_cost import CostModel, Profile, StartCost, StepTable
 from serving.vllm_plugin.draft_skip import SKIP_ATTR
 from serving.vllm_plugin.lookup import AdaptiveLookup
 from serving.vllm_plugin.policy_file import load_policy, write_policy_file
@@ -275,7 +275,7 @@ def test_step_recorder_times_start_steps_and_counts_answer_tokens(tmp_path):
             StepTable.chains({0: Profile([1, 64], [0.01, 0.01]), 2: Profile([1, 64], [0.012, 0.012])}),
             [0.6, 0.6],
             [2],
-            starts=StartCost({NONE: 0.001, TreeShape.chain(2): 0.003}, tokens_per_request=100),
+            starts=StartCost({NO_SPECULATION: 0.001, TreeShape.chain(2): 0.003}, tokens_per_request=100),
         ),
         k_max=2,
     )

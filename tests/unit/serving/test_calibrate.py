@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from serving.policy import CostModel
 from serving.shape import TreeShape
+from serving.step_cost import CostModel
 from specforge.cli import main
-from specforge.targets import load_target
+from specforge.targets.loader import load_target
 from tests.helpers import small_eagle3, small_eagle3_config, write_draft_run
 
 

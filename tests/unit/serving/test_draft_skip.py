@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from serving.policy import Profile, StepTable
+from serving.step_cost import Profile, StepTable
 from serving.vllm_plugin.draft_skip import SKIP_ATTR, StaleDrafts
 from serving.vllm_plugin.lookup import AdaptiveLookup
 from serving.vllm_plugin.policy_file import load_policy, write_policy_file

@@ -145,7 +145,9 @@ def test_kv_compaction_keeps_listed_slots():
 
 
 def test_engine_consults_the_policy_every_step(target64, prompts):
-    from serving.policy import AcceptanceTracker, CostModel, Profile, SpeculationPolicy
+    from serving.acceptance import AcceptanceTracker
+    from serving.policy import SpeculationPolicy
+    from serving.step_cost import CostModel, Profile
 
     shapes = [TreeShape.chain(2), TreeShape.chain(4), TreeShape.tree(depth=4, top_k=2, num_draft_tokens=7)]
     # Verifying up to 8 tokens costs one step, more costs 100: speculate alone, not at batch 3.
@@ -179,7 +181,7 @@ def test_engine_consults_the_policy_every_step(target64, prompts):
 def test_engine_reports_each_sequences_accepted_drafts(target64, prompts):
     """on_step's last argument is every sequence's accepted draft count: a per-position tracker
     seeded far too low (0.2) learns the oracle drafter's ~0.8 at chain position 1."""
-    from serving.policy import AcceptanceTracker
+    from serving.acceptance import AcceptanceTracker
 
     refs = reference(target64, prompts[:3], 24)
     full = [p + r for p, r in zip(prompts[:3], refs)]

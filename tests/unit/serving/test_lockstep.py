@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from serving.vllm_plugin.lockstep import ClosedLoop, EngineClock
+from serving.vllm_plugin.harness.lockstep import ClosedLoop, EngineClock
 
 
 class CountingEngine:
@@ -84,11 +84,11 @@ def test_a_vllm_run_past_its_timeout_is_one_clear_error(tmp_path, monkeypatch):
     subprocess traceback (bench serve then names the file holding the finished rounds' rows)."""
     import subprocess
 
-    from serving.vllm_plugin import offline
+    from serving.vllm_plugin.harness import runner
 
     def slow(cmd, **kw):
         raise subprocess.TimeoutExpired(cmd, kw["timeout"])
 
-    monkeypatch.setattr(offline.subprocess, "run", slow)
+    monkeypatch.setattr(runner.subprocess, "run", slow)
     with pytest.raises(RuntimeError, match=r"did not finish within 5 s \(request: .*vllm_request.json\)"):
-        offline.run_vllm({"prompts": []}, tmp_path / "run", timeout=5)
+        runner.run_vllm({"prompts": []}, tmp_path / "run", timeout=5)

@@ -23,6 +23,12 @@ SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 _WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 
 
+def default_cache_root() -> Path:
+    """Where specforge caches what it builds (targets, cost models): ``$SPECFORGE_HOME`` or
+    ``~/.cache/specforge``."""
+    return Path(os.environ.get("SPECFORGE_HOME", Path.home() / ".cache" / "specforge"))
+
+
 @dataclass
 class Target:
     """A frozen target model with its tokenizer."""

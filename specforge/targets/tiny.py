@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from specforge.data.demo import demo_conversations
 from specforge.data.stdlib_corpus import read_source, stdlib_files
-from specforge.targets import generate_left_padded
+from specforge.metrics import distinct_ngram_ratio
+from specforge.targets.loader import default_cache_root, generate_left_padded
 
 BUILDER_VERSION = 3
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -64,7 +65,7 @@ class TinyTargetConfig(BaseModel):
     sample_prompts: int = 16
     sample_tokens: int = 256
     # Final phase: sequence-level unlikelihood on the model's own greedy continuations of training
-    # code (see specforge.train.unlikelihood), each step mixed with an ordinary next-token batch.
+    # code (see specforge.targets.unlikelihood), each step mixed with an ordinary next-token batch.
     unlikelihood_steps: int = 100
     unlikelihood_lr: float = 5e-4
     unlikelihood_batch: int = 16
@@ -79,10 +80,6 @@ class TinyTargetConfig(BaseModel):
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-def default_cache_root() -> Path:
-    return Path(os.environ.get("SPECFORGE_HOME", Path.home() / ".cache" / "specforge"))
 
 
 def tiny_target_dir(cfg: TinyTargetConfig | None = None, root: Path | None = None) -> Path:
@@ -130,12 +127,6 @@ def _sample_windows(stream: torch.Tensor, n: int, seq_len: int, gen: torch.Gener
     if n == 0:
         return stream.new_zeros((0, seq_len))
     return torch.stack([stream[s : s + seq_len] for s in starts.tolist()])
-
-
-def distinct_ngram_ratio(tokens: list[int], n: int = 4) -> float:
-    """Unique n-grams / all n-grams: 1.0 never repeats, near 0 is a loop."""
-    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
 
 
 @torch.no_grad()
@@ -240,7 +231,7 @@ def unlikelihood_phase(
     """``cfg.unlikelihood_steps`` steps of next-token loss + unlikelihood of the model's own greedy
     repeats on training code (fresh optimizer and generator, so the phase depends only on the
     pretrained weights and the config); returns the tokens it trained on."""
-    from specforge.train.unlikelihood import unlikelihood_loss
+    from specforge.targets.unlikelihood import unlikelihood_loss
 
     opt = _adamw(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed + 1)

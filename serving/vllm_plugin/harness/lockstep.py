@@ -38,7 +38,7 @@ import time
 from typing import Any
 
 from serving.vllm_plugin.adaptive import CLOCK_ATTR
-from serving.vllm_plugin.offline import _decode_since, _diff, _digest, _recorded
+from serving.vllm_plugin.harness.counters import decode_since, diff, digest, recorded_steps
 
 # Steps an engine takes before the next one's turn. Measured at batch 16 (static k = 1 / none, whose
 # ratio alone was 0.97-1.02): turns of 1 step gave 1.065-1.08, of 8 steps 1.06-1.10 (identical
@@ -121,7 +121,7 @@ class ClosedLoop:
             "tokens_per_s_all": sum(map(len, outputs)) / elapsed if elapsed > 0 else 0.0,
             "latency_mean": sum(self.latency.values()) / n,
             "tpot_mean": sum(self.latency[r] / max(len(self.tokens[r]), 1) for r in self.latency) / n,
-            "outputs_sha": _digest(outputs),
+            "outputs_sha": digest(outputs),
         }
 
 
@@ -160,7 +160,7 @@ def lockstep_sweep(
 
     def measure(b: int, rep: int) -> list[dict]:
         ps = prompts[: max(min_requests, per_slot * b)]
-        before = {arm: (_counters(s), _recorded(s)) for arm, s in schedulers.items()}
+        before = {arm: (_counters(s), recorded_steps(s)) for arm, s in schedulers.items()}
         loops = {
             arm: ClosedLoop(llm.llm_engine, params, ps, b, clocks[arm], f"b{b}-r{rep}")
             for arm, llm in engines.items()
@@ -183,11 +183,11 @@ def lockstep_sweep(
             rows.append(
                 {
                     "config": arm,
-                    "decode": _decode_since(sched, steps, b),
+                    "decode": decode_since(sched, steps, b),
                     "batch_size": b,
                     "repeat": rep,
                     **loop.result(),
-                    "spec": _diff(_counters(sched), counters),
+                    "spec": diff(_counters(sched), counters),
                     "steps": loop.steps,
                 }
             )

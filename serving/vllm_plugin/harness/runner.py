@@ -1,0 +1,49 @@
+"""Run the real vLLM on token prompts in a fresh process and read back what it measured.
+
+:func:`run_vllm` writes a request (JSON) and runs ``python -m serving.vllm_plugin.harness.child
+REQUEST.json RESULT.json`` (a fresh process, since vLLM spawns workers). The request's keys, the
+child's modes (one generate, a sweep, a lockstep sweep) and the result's layout are described in
+:mod:`serving.vllm_plugin.harness.child`. This module does not import vllm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def vllm_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    env.setdefault("DO_NOT_TRACK", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def run_vllm(request: dict, workdir: Path, timeout: float = 900, env: dict[str, str] | None = None) -> dict:
+    """Run one request in a subprocess; raise RuntimeError with vLLM's last output on failure (or
+    when it runs past ``timeout`` seconds).
+    ``env`` adds environment variables (e.g. SPECFORGE_ADAPTIVE_SPEC for the adaptive plugin)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    req, res = workdir / "vllm_request.json", workdir / "vllm_result.json"
+    req.write_text(json.dumps(request))
+    res.unlink(missing_ok=True)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "serving.vllm_plugin.harness.child", str(req), str(res)],
+            env={**vllm_env(), **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"vLLM run did not finish within {timeout:.0f} s (request: {req})") from e
+    if proc.returncode != 0 or not res.is_file():
+        tail = (proc.stdout + proc.stderr)[-4000:]
+        raise RuntimeError(f"vLLM run failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(res.read_text())

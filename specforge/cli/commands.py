@@ -1,0 +1,238 @@
+"""The commands that build things: ``target``, ``data``, ``capture``, ``train``, ``export``, ``demo``.
+
+Each ``cmd_*`` takes the parsed arguments, does its work through the library and prints JSON;
+:func:`add_parsers` defines their arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from specforge.cli.options import add_target, int_list, parse_overrides, target_path
+
+
+def cmd_target_build_tiny(args: argparse.Namespace) -> None:
+    from specforge.targets.tiny import TinyTargetConfig, build_tiny_target
+
+    cfg = parse_overrides(args.overrides, TinyTargetConfig)
+    out = build_tiny_target(cfg, out_dir=Path(args.out) if args.out else None, force=args.force)
+    report = json.loads((out / "build_report.json").read_text())
+    report.pop("samples", None)
+    print(json.dumps({"path": str(out), **report}, indent=1))
+
+
+def cmd_target_info(args: argparse.Namespace) -> None:
+    from specforge.targets.loader import load_target
+
+    t = load_target(target_path(args.target), need_chat_template=False)
+    cfg = t.model.config
+    print(
+        json.dumps(
+            {
+                "path": str(t.path),
+                "model_type": cfg.model_type,
+                "num_layers": t.num_layers,
+                "hidden_size": t.hidden_size,
+                "vocab_size": t.vocab_size,
+                "parameters": sum(p.numel() for p in t.model.parameters()),
+                "chat_template": bool(t.tokenizer.chat_template),
+            },
+            indent=1,
+        )
+    )
+
+
+def cmd_data_demo(args: argparse.Namespace) -> None:
+    from specforge.data.demo import write_demo_dataset
+
+    counts = write_demo_dataset(Path(args.out), args.max_train, args.max_heldout, args.seed)
+    print(json.dumps({"out": args.out, **counts}))
+
+
+def cmd_data_regenerate(args: argparse.Namespace) -> None:
+    from specforge.data.regenerate import regenerate
+    from specforge.targets.loader import load_target
+
+    target = load_target(target_path(args.target))
+    res = regenerate(
+        target,
+        args.data,
+        args.out,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        limit=args.limit,
+        skip_bad_rows=args.skip_bad_rows,
+    )
+    print(json.dumps({"out": args.out, **res}))
+
+
+def run_capture(
+    target_dir: Path,
+    data: Path,
+    out: Path,
+    layers: list[int] | None,
+    max_length: int,
+    batch_size: int,
+    sequences_per_shard: int,
+    dtype: str,
+    store_logits: bool,
+    limit: int | None,
+    skip_bad_rows: bool,
+) -> dict:
+    from specforge.capture import CaptureConfig, write_shards
+    from specforge.data.tokenize import load_tokenized
+    from specforge.targets.loader import load_target
+
+    target = load_target(target_dir)
+    ds, report = load_tokenized(data, target.tokenizer, max_length, skip_bad_rows, limit)
+    t0 = time.time()
+    manifest = write_shards(
+        target,
+        ds,
+        out,
+        CaptureConfig(aux_layers=layers, store_logits=store_logits, dtype=dtype),
+        batch_size=batch_size,
+        sequences_per_shard=sequences_per_shard,
+    )
+    tokens = sum(s.num_tokens for s in manifest.shards)
+    return {
+        "out": str(out),
+        "sequences": manifest.num_sequences,
+        "tokens": tokens,
+        "shards": len(manifest.shards),
+        "aux_layers": manifest.aux_layers,
+        "disk_mib": round(manifest.bytes / 2**20, 2),
+        "bytes_per_token": round(manifest.bytes / max(1, tokens)),
+        "skipped_bad_rows": report.skipped,
+        "dropped_truncated_rows": min(report.rows, limit if limit is not None else report.rows)
+        - len(ds),  # no assistant token left within max_length
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
+def cmd_capture(args: argparse.Namespace) -> None:
+    layers = int_list(args.layers, "--layers", minimum=0) if args.layers else None
+    res = run_capture(
+        target_path(args.target),
+        Path(args.data),
+        Path(args.out),
+        layers,
+        args.max_length,
+        args.batch_size,
+        args.sequences_per_shard,
+        args.dtype,
+        args.store_logits,
+        args.limit,
+        args.skip_bad_rows,
+    )
+    print(json.dumps(res, indent=1))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """The main job on the embedded default: target, data, regeneration, training, export, vLLM."""
+    from specforge.pipeline import run_demo
+
+    run_demo(
+        Path(args.workdir),
+        max_train=args.max_train,
+        max_heldout=args.max_heldout,
+        k=args.k,
+        bench_prompts=args.bench_prompts,
+        train_overrides=args.overrides,
+        serve=not args.no_serve,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from specforge.train.__main__ import main as train_main
+
+    rc = train_main((["--config", args.config] if args.config else []) + args.overrides)
+    if rc:
+        raise SystemExit(rc)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from specforge.export import export_hf, export_vllm
+
+    if args.format == "vllm":
+        out = export_vllm(args.run, args.out, dtype=args.dtype)
+    else:
+        out = export_hf(args.run, args.out)
+    print(json.dumps({"format": args.format, "out": str(out)}))
+
+
+def add_parsers(sub) -> None:
+    """The sub-commands of this module, on the top-level sub-parsers ``sub``."""
+    t = sub.add_parser("target", help="build or inspect target models").add_subparsers(
+        dest="sub", required=True
+    )
+    b = t.add_parser("build-tiny", help="train the embedded tiny Llama target (cached)")
+    b.add_argument("--out", help="output directory (default: the cache, keyed by the config)")
+    b.add_argument("--force", action="store_true", help="rebuild even if cached")
+    b.add_argument("overrides", nargs="*", help="TinyTargetConfig key=value overrides, e.g. steps=100")
+    b.set_defaults(func=cmd_target_build_tiny)
+    i = t.add_parser("info", help="print a target's shape")
+    add_target(i)
+    i.set_defaults(func=cmd_target_info)
+
+    d = sub.add_parser("data", help="datasets").add_subparsers(dest="sub", required=True)
+    dm = d.add_parser("demo", help="write the demo conversation set (train/heldout JSONL)")
+    dm.add_argument("--out", required=True)
+    dm.add_argument("--max-train", type=int, default=4000)
+    dm.add_argument("--max-heldout", type=int, default=200)
+    dm.add_argument("--seed", type=int, default=0)
+    dm.set_defaults(func=cmd_data_demo)
+    r = d.add_parser("regenerate", help="rewrite assistant turns with the target's own responses")
+    add_target(r)
+    r.add_argument("--data", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--batch-size", type=int, default=16)
+    r.add_argument("--max-new-tokens", type=int, default=256)
+    r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    r.add_argument("--top-p", type=float, default=1.0)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--limit", type=int)
+    r.add_argument("--skip-bad-rows", action="store_true")
+    r.set_defaults(func=cmd_data_regenerate)
+
+    c = sub.add_parser("capture", help="write the target's hidden states as safetensors shards")
+    add_target(c)
+    c.add_argument("--data", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--layers", help="comma-separated aux layer ids (default: 2,L/2,L-3)")
+    c.add_argument("--max-length", type=int, default=1024)
+    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--sequences-per-shard", type=int, default=256)
+    c.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    c.add_argument("--store-logits", action="store_true")
+    c.add_argument("--limit", type=int)
+    c.add_argument("--skip-bad-rows", action="store_true")
+    c.set_defaults(func=cmd_capture)
+
+    tr = sub.add_parser("train", help="train a draft head (same as python -m specforge.train)")
+    tr.add_argument("--config", help="YAML recipe")
+    tr.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    tr.set_defaults(func=cmd_train)
+
+    ex = sub.add_parser("export", help="export a trained draft")
+    ex.add_argument("--run", required=True, help="training output_dir (or an HF-format draft export)")
+    ex.add_argument("--format", choices=["vllm", "hf"], default="vllm")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ex.set_defaults(func=cmd_export)
+
+    dmo = sub.add_parser("demo", help="the main job on the embedded tiny target, end to end")
+    dmo.add_argument("--workdir", default="outputs/demo")
+    dmo.add_argument("--max-train", type=int, default=3000)
+    dmo.add_argument("--max-heldout", type=int, default=200)
+    dmo.add_argument("--k", type=int, default=4, help="speculative tokens per step in vLLM")
+    dmo.add_argument("--bench-prompts", type=int, default=32)
+    dmo.add_argument("--no-serve", action="store_true", help="stop after export (no vLLM)")
+    dmo.add_argument("overrides", nargs="*", help="training recipe overrides, e.g. optim.epochs=1")
+    dmo.set_defaults(func=cmd_demo)

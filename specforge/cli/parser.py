@@ -1,0 +1,34 @@
+"""The ``specforge`` command line: the parser of every sub-command, and :func:`main`.
+
+Contract: every sub-command takes any local Hugging Face causal-LM directory as ``--target``
+(default: the embedded tiny target, built on first use). Errors in the user's input print one
+``error:`` line that says what to fix, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from specforge.cli import bench, commands
+from specforge.errors import SpecforgeError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="specforge", description="Train, serve and measure speculative-decoding draft heads."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    commands.add_parsers(sub)
+    bench.add_parsers(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SpecforgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
