@@ -33,11 +33,9 @@ Only this package imports vllm.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from pathlib import Path
 
 from serving.vllm_plugin.draft_skip import (
     LAST_SKIP_ATTR,
@@ -47,8 +45,14 @@ from serving.vllm_plugin.draft_skip import (
     patch_proposer,
     patch_runner,
 )
-from serving.vllm_plugin.lookup import PROBE_EVERY, PROBE_STEPS, SWITCH_MARGIN, AdaptiveLookup
-from serving.vllm_plugin.policy_file import load_policy
+from serving.vllm_plugin.lookup import AdaptiveLookup
+from serving.vllm_plugin.policy_file import (
+    ExplorePolicyFile,
+    PolicyFileError,
+    ServedPolicyFile,
+    load_policy,
+    read_policy_file,
+)
 from serving.vllm_plugin.recorder import StepRecorder
 
 ENV = "SPECFORGE_ADAPTIVE_SPEC"
@@ -62,12 +66,18 @@ logger = logging.getLogger("specforge.vllm_plugin")
 _PATCHED = False
 
 
-def policy_lookup(scheduler, raw: dict, k_max: int, stale: StaleDrafts | None = None) -> AdaptiveLookup:
-    """The lookup a served policy file (its parsed JSON, ``raw``) puts on ``scheduler``: the policy, k
-    chosen per step from the requests in the batch, hysteresis and probing as the file says."""
-    policy = load_policy(raw, k_max)
+def policy_lookup(
+    scheduler, source: dict | ServedPolicyFile, k_max: int, stale: StaleDrafts | None = None
+) -> AdaptiveLookup:
+    """The lookup a served policy file (``source``: its parsed JSON, or the validated file) puts on
+    ``scheduler``: the policy, k chosen per step from the requests in the batch, hysteresis and
+    probing as the file says."""
+    f = source if isinstance(source, ServedPolicyFile) else read_policy_file(source)
+    if not isinstance(f, ServedPolicyFile):
+        raise PolicyFileError('a "mode": "explore" file describes no policy to serve')
+    policy = load_policy(f, k_max)
     running = None
-    if raw.get("per_request", True):  # k from the acceptance of the requests in the batch
+    if f.per_request:  # k from the acceptance of the requests in the batch
 
         def running(batch: int) -> list[str]:
             return [r.request_id for r in scheduler.running[:batch]]
@@ -78,12 +88,10 @@ def policy_lookup(scheduler, raw: dict, k_max: int, stale: StaleDrafts | None = 
         running=running,
         max_batch=int(getattr(scheduler, "max_num_running_reqs", 256)),
         is_stale=stale.is_stale if stale is not None else None,
-        switch_margin=float(raw.get("switch_margin", SWITCH_MARGIN)),
+        switch_margin=f.switch_margin,
         # probing feeds the per-bucket ratios: pointless without them
-        probe_every=int(raw.get("probe_every", PROBE_EVERY))
-        if getattr(policy.cost, "cell_prior", None)
-        else 0,
-        probe_steps=int(raw.get("probe_steps", PROBE_STEPS)),
+        probe_every=f.probe_every if f.cell_prior else 0,
+        probe_steps=f.probe_steps,
     )
 
 
@@ -102,23 +110,23 @@ def _install(scheduler) -> None:
     k_max = int(scheduler.num_spec_tokens)
     stale = None
     try:
-        raw = json.loads(Path(path).read_text())
-        if raw.get("skip_draft_at_k0", False):
-            stale = StaleDrafts(scheduler, evict=bool(raw.get("evict_skipped_blocks", True)))
-        if raw.get("mode") == "explore":
+        f = read_policy_file(path)
+        if f.skip_draft_at_k0:
+            stale = StaleDrafts(scheduler, evict=f.evict_skipped_blocks)
+        if isinstance(f, ExplorePolicyFile):
             lookup = AdaptiveLookup(
                 None,
                 k_max,
-                explore=[int(k) for k in raw["ks"]],
-                hold=int(raw.get("hold", 4)),
-                drains_per_k=int(raw.get("drains_per_k", 1)),
-                skip_drains=int(raw.get("skip_drains", 0)),
-                skip_steps=int(raw.get("skip_steps", 0)),
-                time_mixed=bool(raw.get("time_mixed", False)),
+                explore=list(f.ks),
+                hold=f.hold,
+                drains_per_k=f.drains_per_k,
+                skip_drains=f.skip_drains,
+                skip_steps=f.skip_steps,
+                time_mixed=f.time_mixed,
             )
             logger.info("specforge step-time exploration: k cycles through %s", lookup.explore)
         else:
-            lookup = policy_lookup(scheduler, raw, k_max, stale)
+            lookup = policy_lookup(scheduler, f, k_max, stale)
             logger.info(
                 "specforge adaptive speculation on: k per batch size %s",
                 {b: s.num_draft_tokens for b, s in lookup.policy.table([1, 2, 4, 8, 16, 32, 64]).items()},
@@ -133,8 +141,8 @@ def _install(scheduler) -> None:
 def _skip_draft_at_k0() -> bool:
     """Whether the policy file asks to skip the draft model at k = 0."""
     try:
-        return bool(json.loads(Path(os.environ[ENV]).read_text()).get("skip_draft_at_k0", False))
-    except Exception:  # no or broken policy file: the plugin falls back to k = 0 without skipping
+        return read_policy_file(os.environ[ENV]).skip_draft_at_k0
+    except (KeyError, PolicyFileError):  # no or broken policy file: the fallback does not skip
         return False
 
 

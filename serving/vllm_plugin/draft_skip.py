@@ -32,13 +32,9 @@ Contract
 * Switched by ``"skip_draft_at_k0"`` in the policy file: ``specforge calibrate --vllm`` and ``bench
   serve`` write true unless given ``--no-skip-draft-at-k0``; a file without the key leaves vLLM's
   own k = 0. ``"evict_skipped_blocks": false`` keeps the prefix cache as it is, at the risk above.
-* Measured here (batch 64, 64 fixed tokens, warm prefix cache, five timed batches per engine,
-  engines alternated): an engine held at k = 0 with the draft skipped took 1.07-1.18x the time of
-  an engine without a draft (6 engine pairs); with the runner's plain path too, 0.93-1.07x
-  (geometric mean 1.01, 7 pairs). Natural lengths, closed loop, one process: the adaptive engine
-  at k = 0 served 0.84-0.89x an engine without a draft at batch 64 while the engine core still
-  fetched drafts after every step, 0.97-1.01x without (3 pairs each). The trade-off: a request
-  made stale never speculates again, even when the batch shrinks. Only this package imports vllm.
+* Measured (docs/adaptive-speculation.md): with all three, a k = 0 step costs what an engine without
+  a draft pays. The trade-off: a request made stale never speculates again, even when the batch
+  shrinks. Only this package imports vllm.
 """
 
 from __future__ import annotations

@@ -18,20 +18,14 @@ from serving.policy import SpeculationPolicy
 from serving.shape import NO_SPECULATION, TreeShape
 from serving.step_cost import batch_bucket
 
-# The live choice changes k only for a predicted goodput gain above this fraction (policy file:
-# "switch_margin"): without it, per-request estimates flipped k between near-tied values ~50 times in
-# 580 steps at batch 32-64 and served 8-9 % below the static k they hovered around.
+# Why these values, and what was measured with others: docs/adaptive-speculation.md.
+# A change of k needs a predicted goodput gain above this fraction (policy file: "switch_margin").
 SWITCH_MARGIN = 0.05
-# Probing (policy file: "probe_every", "probe_steps"): every PROBE_EVERY policy steps in a batch bucket
-# the runner-up k runs PROBE_STEPS steps, so the per-bucket step ratios learn the shapes the policy does
-# not choose (~9 % of steps, at a k predicted near the best). Off unless the policy file sets
-# "cell_prior": on vLLM-CPU a change of k slows the next steps, and probing every 32 steps for 3 (with
-# those steps timed) served 0.83-0.87x the best static k at batch 1-8 in one sweep (avx2-3), where
-# the probes' slow steps priced the probed k too high and the plugin settled on k = 1.
+# Probing (policy file: "probe_every", "probe_steps"): every PROBE_EVERY policy steps in a batch
+# bucket, the runner-up k runs PROBE_STEPS steps; only with "cell_prior" set.
 PROBE_EVERY = 64
 PROBE_STEPS = 6
-# A step served by the policy is timed only from the SETTLE_STEPS-th step after a change of k: the step
-# that changes k verifies the old k's drafts (never steady), and the next ones run slower on vLLM-CPU.
+# A policy step is timed only from the SETTLE_STEPS-th step after a change of k.
 SETTLE_STEPS = 2
 
 
@@ -190,18 +184,14 @@ class AdaptiveLookup:
         if ids and not fresh:
             self.choices[batch] = 0
             return 0  # no request in the batch can speculate
-        # k is chosen from the fresh requests alone; stale ones ride along with no drafts. Diluting
-        # tau by the stale share fed back on itself: a k = 0 step makes its requests stale, which
-        # lowers tau, which makes the next k = 0 likelier (measured: at batch 2 the plugin fell to
-        # 0.66x the best static k, below no speculation).
+        # k is chosen from the fresh requests alone; stale ones ride along with no drafts (diluting
+        # tau by the stale share feeds back on itself: docs/adaptive-speculation.md).
         taus = self.live.chain_taus(fresh, alpha, self.k_max)
         tau = {s: taus[s.num_draft_tokens] for s in policy.candidates if s.num_draft_tokens <= self.k_max}
         if self.is_stale is not None:
-            # The load calls for speculation. A k = 0 for the requests in the batch would be vLLM's
-            # own, which runs the draft's forward anyway (the step table prices the skipped one):
-            # k = 1 costs about as much and may accept, so the choice is among k >= 1. Letting these
-            # requests skip made them stale for life (batch 1: 64 % of steps draft-less); letting
-            # them run vLLM's k = 0 served batch 8 at 0.65-0.8x every static k.
+            # The load calls for speculation. A k = 0 here would be vLLM's own, which runs the
+            # draft's forward anyway: k = 1 costs about as much and may accept, so the choice is
+            # among k >= 1 (docs/adaptive-speculation.md).
             tau[NO_SPECULATION] = 0.0
         best = policy.choose(batch, tau)
         k = min(best.num_draft_tokens, self.k_max)

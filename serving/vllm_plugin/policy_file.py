@@ -1,16 +1,20 @@
-"""The plugin's policy file: everything :mod:`serving.vllm_plugin.adaptive` needs, in one JSON file.
+"""The plugin's policy file: one JSON file, one typed schema, checked once when it is loaded.
 
 Contract
 --------
-* :func:`write_policy_file` writes a served policy: a step cost (profiled forwards, or whole vLLM
-  steps measured by ``specforge calibrate --vllm``), the acceptance alpha_k that seeds it, the chain
-  lengths it may choose from, and optionally start costs and ``skip_draft_at_k0``. Written atomically.
-* :func:`write_explore_file` writes a calibration policy: k cycles through given values.
-* :func:`load_policy` reads a served policy file into a :class:`serving.policy.SpeculationPolicy`,
-  keeping only the chain lengths the engine was configured for (``k <= k_max``). A file that cannot
-  be used raises; the plugin turns that into its fallback.
+* :class:`ServedPolicyFile` is a served policy: a step cost (``"steps"``: whole vLLM steps measured
+  by ``specforge calibrate --vllm``; or ``"cost"``: profiled forwards), the acceptance alpha_k that
+  seeds it, the chain lengths it may choose from, and the knobs of the live choice. Every key is
+  typed and ranged, and an unknown key is an error. :class:`ExplorePolicyFile` (``"mode":
+  "explore"``) makes the plugin cycle k through given values (step-time calibration).
+* :func:`read_policy_file` validates a file (or its parsed JSON) and raises :class:`PolicyFileError`,
+  whose message names the file and every bad key; the plugin turns that into one warning and its
+  fallback. :func:`write_policy_file` and :func:`write_explore_file` write through the same schema,
+  atomically.
+* :func:`load_policy` builds the :class:`~serving.policy.SpeculationPolicy` a served file describes,
+  keeping only the chain lengths the engine was configured for (``k <= k_max``).
 
-No vllm import here.
+Why the defaults are what they are: docs/adaptive-speculation.md. No vllm import here.
 """
 
 from __future__ import annotations
@@ -18,23 +22,129 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from serving.acceptance import AcceptanceTracker
 from serving.policy import SpeculationPolicy
 from serving.shape import TreeShape
 from serving.step_cost import CostModel, OnlineStepCost, Profile, StartCost, StepTable
+from serving.vllm_plugin.lookup import PROBE_EVERY, PROBE_STEPS, SWITCH_MARGIN
 
-# The population's acceptance per position is an EMA in which a step of n requests weighs like
-# n / ALPHA_REFERENCE_BATCH steps of weight beta: with beta = 0.05 it spans ~5000 request-steps (80
-# steps at batch 64). The requests left when a batch drains accept 0-15 %; with 16 here (5 steps at
-# batch 64) a sweep ended with the estimate at position 1 at 0.40 where the plugin's requests had
-# accepted 0.64, a level at which the load calls for no speculation at batch 64; the plugin served
-# 0.92x static k = 1 there (decode goodput), running k = 1.
+# A step of n requests weighs like n / ALPHA_REFERENCE_BATCH steps in the acceptance EMA.
 ALPHA_REFERENCE_BATCH = 256
-# Pseudo-steps of the overall factor behind each (shape, batch bucket)'s own measured / prior ratio
-# ("cell_prior" in the policy file; after this many timed steps of a shape in a bucket, its own ratio
-# weighs half). Off by default (None): see serving.vllm_plugin.adaptive.PROBE_EVERY.
-CELL_PRIOR: float | None = None
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Seconds = Annotated[float, Field(ge=0.0)]
+Rate = Annotated[float, Field(gt=0.0, le=1.0)]
+Count = Annotated[int, Field(ge=0)]
+
+
+class PolicyFileError(ValueError):
+    """A policy file that cannot be used; the message names the file and what to fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProfileJson(_Strict):
+    """Seconds per step (or forward) at each token count or batch size."""
+
+    tokens: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    seconds: list[Seconds] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> ProfileJson:
+        if len(self.tokens) != len(self.seconds):
+            raise ValueError(
+                f"tokens ({len(self.tokens)}) and seconds ({len(self.seconds)}) differ in length"
+            )
+        return self
+
+
+class CostJson(_Strict):
+    target: ProfileJson
+    draft: ProfileJson | None = None
+
+
+class StartsJson(_Strict):
+    seconds: dict[str, Seconds]  # shape key -> seconds per request started
+    tokens_per_request: Annotated[float, Field(gt=0.0)]
+
+
+class ServedPolicyFile(_Strict):
+    mode: Literal["serve"] = "serve"
+    steps: dict[str, ProfileJson] | None = None  # shape key -> step seconds per batch size
+    cost: CostJson | None = None
+    alpha: list[Probability] = Field(min_length=1)  # conditional acceptance per chain position
+    ks: list[Count] = Field(min_length=1)  # chain lengths the policy may choose from
+    beta: Rate = 0.05  # EMA weight of the acceptance per position
+    meta: dict[str, Any] = Field(default_factory=dict)
+    starts: StartsJson | None = None
+    skip_draft_at_k0: bool = False
+    evict_skipped_blocks: bool = True
+    per_request: bool = True  # k from the acceptance of the requests in the batch
+    switch_margin: Annotated[float, Field(ge=0.0)] = SWITCH_MARGIN
+    probe_every: Count = PROBE_EVERY
+    probe_steps: Annotated[int, Field(ge=1)] = PROBE_STEPS
+    cell_prior: Annotated[float, Field(gt=0.0)] | None = None  # None: no per-bucket step ratios
+    cost_beta: Rate = 0.01
+    cost_min_steps: Annotated[int, Field(ge=1)] = 10**9  # a factor per shape after this many steps
+
+    @model_validator(mode="after")
+    def _one_cost(self) -> ServedPolicyFile:
+        if (self.steps is None) == (self.cost is None):
+            raise ValueError('give exactly one step cost: "steps" (calibrate --vllm) or "cost" (calibrate)')
+        return self
+
+
+class ExplorePolicyFile(_Strict):
+    mode: Literal["explore"]
+    ks: list[Count] = Field(min_length=1)
+    hold: Count = 4  # steps per k; 0: per drain
+    drains_per_k: Annotated[int, Field(ge=1)] = 1
+    skip_drains: Count = 0
+    skip_steps: Count = 0
+    time_mixed: bool = False
+    skip_draft_at_k0: bool = False
+    evict_skipped_blocks: bool = True
+
+
+PolicyFile = ServedPolicyFile | ExplorePolicyFile
+
+
+def read_policy_file(source: str | Path | dict) -> PolicyFile:
+    """The validated policy file (``source``: its path, or its parsed JSON)."""
+    name = "policy file" if isinstance(source, dict) else str(source)
+    if isinstance(source, dict):
+        raw = source
+    else:
+        try:
+            raw = json.loads(Path(source).read_text())
+        except FileNotFoundError:
+            raise PolicyFileError(f"{name}: no such file") from None
+        except (OSError, json.JSONDecodeError) as e:
+            raise PolicyFileError(f"{name}: not readable JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise PolicyFileError(f"{name}: expected a JSON object, got {type(raw).__name__}")
+    schema = ExplorePolicyFile if raw.get("mode") == "explore" else ServedPolicyFile
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or '(file)'}: {err['msg']}" for err in e.errors()
+        )
+        raise PolicyFileError(f"{name}: {problems}") from None
+
+
+def _write(path: str | Path, policy: PolicyFile) -> Path:
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(policy.model_dump(exclude_unset=True, mode="json"), indent=1))
+    tmp.replace(p)
+    return p
 
 
 def write_policy_file(
@@ -47,27 +157,28 @@ def write_policy_file(
     skip_draft_at_k0: bool = False,
     starts: StartCost | None = None,
 ) -> Path:
-    """Everything the plugin needs, in one JSON file: a step cost (profiled forwards, or whole
-    measured vLLM steps from ``specforge calibrate --vllm``), the acceptance alpha_k that seeds the
-    policy (the head's offline estimate, or what calibration measured), and the
-    chain lengths it may choose from. ``skip_draft_at_k0``: a step at k = 0 runs neither the draft
-    nor the runner's speculative bookkeeping (:mod:`serving.vllm_plugin.draft_skip`). ``starts``: what
-    a step pays per request it starts, per k (without it, steps are priced as decode steps alone)."""
+    """A served policy file: ``cost`` (whole measured vLLM steps, or profiled forwards), the alpha_k
+    that seeds the policy, and the chain lengths it may choose from. ``skip_draft_at_k0``: a step at
+    k = 0 runs neither the draft nor the runner's speculative bookkeeping
+    (:mod:`serving.vllm_plugin.draft_skip`). ``starts``: what a step pays per request it starts, per k."""
     if isinstance(cost, StepTable):
-        payload: dict = {"steps": cost.to_json()}
+        step_cost: dict = {"steps": cost.to_json()}
     else:
-        payload = {
+        step_cost = {
             "cost": {"target": asdict(cost.target), "draft": asdict(cost.draft) if cost.draft else None}
         }
-    payload.update({"alpha": list(alpha), "ks": list(ks), "beta": beta, "meta": meta or {}})
-    if starts is not None:
-        payload["starts"] = starts.to_json()
-    payload["skip_draft_at_k0"] = bool(skip_draft_at_k0)
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    tmp.replace(p)
-    return p
+    policy = read_policy_file(
+        {
+            **step_cost,
+            "alpha": list(alpha),
+            "ks": list(ks),
+            "beta": beta,
+            "meta": meta or {},
+            **({"starts": starts.to_json()} if starts is not None else {}),
+            "skip_draft_at_k0": bool(skip_draft_at_k0),
+        }
+    )
+    return _write(path, policy)
 
 
 def write_explore_file(
@@ -87,57 +198,43 @@ def write_explore_file(
     after a change of k run slower). ``time_mixed``: also time steps that start new requests (a
     loaded server's usual step: prefills ride along with the decodes). ``skip_draft_at_k0``: time
     k = 0 as a policy file with that flag serves it."""
-    p = Path(path)
-    raw = {
-        "mode": "explore",
-        "ks": list(ks),
-        "hold": hold,
-        "drains_per_k": drains_per_k,
-        "skip_drains": skip_drains,
-        "skip_steps": skip_steps,
-        "time_mixed": time_mixed,
-    }
-    if skip_draft_at_k0:
-        raw["skip_draft_at_k0"] = True
-    p.write_text(json.dumps(raw))
-    return p
+    policy = ExplorePolicyFile(
+        mode="explore",
+        ks=list(ks),
+        hold=hold,
+        drains_per_k=drains_per_k,
+        skip_drains=skip_drains,
+        skip_steps=skip_steps,
+        time_mixed=time_mixed,
+        skip_draft_at_k0=skip_draft_at_k0,
+    )
+    return _write(path, policy)
 
 
-def load_policy(path: str | Path | dict, k_max: int) -> SpeculationPolicy:
-    """The policy a served policy file describes (``path``: the file, or its parsed JSON)."""
-    raw = path if isinstance(path, dict) else json.loads(Path(path).read_text())
-    if "steps" in raw:
-        prior: CostModel | StepTable = StepTable.from_json(raw["steps"])
+def load_policy(source: str | Path | dict | ServedPolicyFile, k_max: int) -> SpeculationPolicy:
+    """The policy a served policy file describes (``source``: the file, its parsed JSON, or the
+    validated file)."""
+    f = source if isinstance(source, ServedPolicyFile) else read_policy_file(source)
+    if not isinstance(f, ServedPolicyFile):
+        raise PolicyFileError(f'{source}: a "mode": "explore" file describes no policy to serve')
+    if f.steps is not None:
+        prior: CostModel | StepTable = StepTable.from_json({k: p.model_dump() for k, p in f.steps.items()})
         usable = set(prior.ks)
     else:
+        assert f.cost is not None  # the schema asks for one of the two
         prior = CostModel(
-            Profile(**raw["cost"]["target"]),
-            Profile(**raw["cost"]["draft"]) if raw["cost"].get("draft") else None,
+            Profile(**f.cost.target.model_dump()),
+            Profile(**f.cost.draft.model_dump()) if f.cost.draft else None,
         )
-        usable = {int(k) for k in raw["ks"]}
-    shapes = [TreeShape.chain(k) for k in raw["ks"] if 0 < k <= k_max and k in usable]
+        usable = set(f.ks)
+    shapes = [TreeShape.chain(k) for k in f.ks if 0 < k <= k_max and k in usable]
     if not shapes:
-        raise ValueError(f"no k in {raw['ks']} fits the configured num_speculative_tokens={k_max}")
+        raise PolicyFileError(f"no k in {f.ks} fits the configured num_speculative_tokens={k_max}")
     tracker = AcceptanceTracker.from_alpha(
-        raw["alpha"],
-        shapes,
-        beta=float(raw.get("beta", 0.05)),
-        per_position=True,
-        reference_batch=ALPHA_REFERENCE_BATCH,
+        f.alpha, shapes, beta=f.beta, per_position=True, reference_batch=ALPHA_REFERENCE_BATCH
     )
-    # The prior was timed in this same engine configuration (calibrate --vllm). Online, one factor
-    # for all shapes follows the machine's speed (it does not change the ranking). A factor per shape
-    # is off by default: only the shape running at a batch size is observed there, and its
-    # factor, pooled over batch sizes, absorbed where it ran (a shape run at batch 8-16 looked 20 %
-    # slower than those run at 1 and 64) and pushed the choice away from it.
-    # Per (shape, batch bucket), the measured ratio does change the ranking where the prior was wrong
-    # (the plugin then probes near-best shapes to measure them); opt-in, with "cell_prior".
-    cell_prior = raw.get("cell_prior", CELL_PRIOR)
-    cost = OnlineStepCost(
-        prior,
-        beta=float(raw.get("cost_beta", 0.01)),
-        min_count=int(raw.get("cost_min_steps", 10**9)),
-        cell_prior=None if cell_prior is None else float(cell_prior),
-    )
-    starts = StartCost.from_json(raw["starts"]) if raw.get("starts") else None
+    # One online factor for all shapes follows the machine's speed; per-shape factors and
+    # per-bucket ratios are opt-in (docs/adaptive-speculation.md).
+    cost = OnlineStepCost(prior, beta=f.cost_beta, min_count=f.cost_min_steps, cell_prior=f.cell_prior)
+    starts = StartCost.from_json(f.starts.model_dump()) if f.starts is not None else None
     return SpeculationPolicy(cost, tracker, shapes, start=starts)

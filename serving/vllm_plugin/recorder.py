@@ -26,10 +26,8 @@ from serving.vllm_plugin.draft_skip import SKIP_ATTR
 if TYPE_CHECKING:
     from serving.vllm_plugin.lookup import AdaptiveLookup
 
-# Writing the step log takes time inside the engine's step (a median per cell, then JSON: 40 ms for a
-# paired sweep's log on the AVX2 machine, 350 ms with the trace). At batch 1 the engine drains after
-# every request, and a write at every drain cost the speculative arms of sweeps up to 0.3 s per
-# request (the plain arm writes no log). A drain writes at most this often; benchmarks hold writes.
+# A drain writes the step log at most this often (the write runs inside a step; at batch 1 the
+# engine drains after every request: docs/adaptive-speculation.md); benchmarks hold writes.
 FLUSH_EVERY_S = 5.0
 
 

@@ -55,9 +55,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from serving.vllm_plugin.adaptive import ENV, STEP_LOG_ENV
-from serving.vllm_plugin.harness.lockstep import TURN_STEPS
+from serving.vllm_plugin.harness.request import TURN_STEPS
 from serving.vllm_plugin.harness.runner import run_vllm
 from serving.vllm_plugin.harness.sweeps import PLAIN
+from serving.vllm_plugin.policy_file import PolicyFileError, ServedPolicyFile, read_policy_file
 from specforge.bench.calibrate_vllm import CALIBRATE_WORKLOADS, calibrate_vllm
 from specforge.bench.sweep import decode_summary, serve_summary
 from specforge.bench.vllm_workload import (
@@ -158,14 +159,12 @@ def variant_overrides(spec: str) -> tuple[str, dict]:
     if not name or not name.replace("-", "").replace("_", "").isalnum():
         raise SpecforgeError(f"variant {spec!r}: name it with letters, digits, - or _ before the '='")
     try:
-        raw = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise SpecforgeError(f"variant {name!r}: {path} is not a readable policy file ({e})") from None
-    if not isinstance(raw, dict) or "alpha" not in raw or not ({"steps", "cost"} & set(raw)):
-        raise SpecforgeError(
-            f"variant {name!r}: {path} is not a plugin policy file (no alpha and steps): "
-            "write one with specforge calibrate --vllm"
-        )
+        policy = read_policy_file(path)
+    except PolicyFileError as e:
+        raise SpecforgeError(f"variant {name!r}: {e} (write one with specforge calibrate --vllm)") from None
+    if not isinstance(policy, ServedPolicyFile):
+        raise SpecforgeError(f"variant {name!r}: {path} is an explore file, not a served policy file")
+    raw = policy.model_dump(exclude_unset=True, mode="json")
     return name, raw
 
 

@@ -112,7 +112,9 @@ def test_the_checker_sees_the_plugin_import_vllm(graph):
 
 
 def test_no_source_file_is_over_500_lines():
-    files = [p for p in ROOT.rglob("*.py") if not {".venv", ".git", "outputs"} & set(p.relative_to(ROOT).parts)]
+    files = [
+        p for p in ROOT.rglob("*.py") if not {".venv", ".git", "outputs"} & set(p.relative_to(ROOT).parts)
+    ]
     long = {str(p.relative_to(ROOT)): n for p in files if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert files and not long
 

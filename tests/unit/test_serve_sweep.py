@@ -159,9 +159,9 @@ def test_a_variant_can_be_the_plugin_on_another_policy_file(tmp_path):
     notpolicy = tmp_path / "rows.json"
     notpolicy.write_text(json.dumps({"rows": []}))
     for spec, msg in [
-        (f"x={tmp_path / 'missing.json'}", "not a readable policy file"),
-        (f"x={bad}", "not a readable policy file"),
-        (f"x={notpolicy}", "not a plugin policy file"),
+        (f"x={tmp_path / 'missing.json'}", "missing.json: no such file"),
+        (f"x={bad}", "bad.json: not readable JSON"),
+        (f"x={notpolicy}", r"rows.json: .*alpha: Field required.*rows: Extra inputs are not permitted"),
         (f"={good}", "name it with letters"),
     ]:
         with pytest.raises(SpecforgeError, match=msg):

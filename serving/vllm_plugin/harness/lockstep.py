@@ -8,7 +8,7 @@ turns of one step, every engine meets the same slow and fast moments: the same i
 differed by 1.7 % (8 samples). The price: engines sharing a process and a core slow each other (one
 step per turn: ~15 % below the same engine alone), and not evenly: a static k = 1 engine served
 1.065x no speculation at batch 16 in lockstep, 1.015x alone (20 paired samples each). Turns of 32
-steps: 1.023x (0.97x alone), with a spread of 0.085 (alone: 0.165). :data:`TURN_STEPS` is 32.
+steps: 1.023x (0.97x alone), with a spread of 0.085 (alone: 0.165). :data:`~.request.TURN_STEPS` is 32.
 
 Contract
 --------
@@ -39,12 +39,7 @@ from typing import Any
 
 from serving.vllm_plugin.adaptive import CLOCK_ATTR
 from serving.vllm_plugin.harness.counters import decode_since, diff, digest, recorded_steps
-
-# Steps an engine takes before the next one's turn. Measured at batch 16 (static k = 1 / none, whose
-# ratio alone was 0.97-1.02): turns of 1 step gave 1.065-1.08, of 8 steps 1.06-1.10 (identical
-# engines 3.8 % apart), of 32 steps 1.023. What makes the engines slow each other, and unevenly, is
-# not known.
-TURN_STEPS = 32
+from serving.vllm_plugin.harness.request import SweepSpec
 
 
 class EngineClock:
@@ -135,28 +130,28 @@ def lockstep_sweep(
     schedulers: dict[str, Any],
     params: Any,
     prompts: list[dict],
-    sweep: dict,
+    sweep: SweepSpec,
 ) -> list[dict]:
     """Measure every arm (``engines``: arm -> ``LLM``, ``schedulers``: arm -> its scheduler) at every
     batch size of ``sweep`` in lockstep.
 
     ``sweep``: ``batch_sizes``, ``repeats``, ``min_requests``, ``closed_loop`` (requests per client),
-    ``seed``, ``warmup``, ``turn_steps``."""
+    ``seed``, ``warmup``, ``turn_steps`` (:class:`~.request.SweepSpec`)."""
     from vllm.sampling_params import RequestOutputKind
 
     params = params.clone()
     params.output_kind = RequestOutputKind.DELTA  # every step's new tokens, to count the window
-    sizes = [int(b) for b in sweep["batch_sizes"]]
-    per_slot = max(1, int(sweep.get("closed_loop", 4)))
-    min_requests = int(sweep.get("min_requests", 1))
+    sizes = list(sweep.batch_sizes)
+    per_slot = max(1, sweep.closed_loop)
+    min_requests = sweep.min_requests
     needed = max(max(b, min_requests, per_slot * b) for b in sizes)
     if needed > len(prompts):
         prompts = [prompts[i % len(prompts)] for i in range(needed)]
     clocks = {arm: EngineClock() for arm in engines}
     for arm, sched in schedulers.items():
         setattr(sched, CLOCK_ATTR, clocks[arm])
-    rng = random.Random(int(sweep.get("seed", 0)))
-    turn = max(1, int(sweep.get("turn_steps", TURN_STEPS)))
+    rng = random.Random(sweep.seed)
+    turn = sweep.turn_steps
 
     def measure(b: int, rep: int) -> list[dict]:
         ps = prompts[: max(min_requests, per_slot * b)]
@@ -193,10 +188,10 @@ def lockstep_sweep(
             )
         return rows
 
-    for b in sizes if sweep.get("warmup", True) else []:
+    for b in sizes if sweep.warmup else []:
         measure(b, -1)
     rows: list[dict] = []
-    for rep in range(int(sweep.get("repeats", 1))):
+    for rep in range(sweep.repeats):
         for b in sizes if rep % 2 == 0 else sizes[::-1]:
             rows += measure(b, rep)
     for sched in schedulers.values():

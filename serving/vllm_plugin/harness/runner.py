@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from serving.vllm_plugin.harness.request import VllmRequest, parse_request
+
 
 def vllm_env() -> dict[str, str]:
     env = dict(os.environ)
@@ -25,13 +27,17 @@ def vllm_env() -> dict[str, str]:
     return env
 
 
-def run_vllm(request: dict, workdir: Path, timeout: float = 900, env: dict[str, str] | None = None) -> dict:
-    """Run one request in a subprocess; raise RuntimeError with vLLM's last output on failure (or
-    when it runs past ``timeout`` seconds).
+def run_vllm(
+    request: dict | VllmRequest, workdir: Path, timeout: float = 900, env: dict[str, str] | None = None
+) -> dict:
+    """Run one request (:class:`~.request.VllmRequest`, checked here first: ``ValueError`` naming every
+    bad key) in a subprocess; raise RuntimeError with vLLM's last output on failure (or when it runs
+    past ``timeout`` seconds).
     ``env`` adds environment variables (e.g. SPECFORGE_ADAPTIVE_SPEC for the adaptive plugin)."""
     workdir.mkdir(parents=True, exist_ok=True)
     req, res = workdir / "vllm_request.json", workdir / "vllm_result.json"
-    req.write_text(json.dumps(request))
+    checked = request if isinstance(request, VllmRequest) else parse_request(request)
+    req.write_text(checked.model_dump_json(exclude_unset=True))
     res.unlink(missing_ok=True)
     try:
         proc = subprocess.run(

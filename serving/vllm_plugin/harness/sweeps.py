@@ -46,6 +46,7 @@ from serving.vllm_plugin.harness.counters import (
     scheduler,
     spec_counters,
 )
+from serving.vllm_plugin.harness.request import LockstepArm, PairedArm, PolicyVariant, SweepSpec
 
 # A paired sweep's arm served by a second engine in the same process, one without a draft: no
 # speculation, paired with the speculative arms like any other (engines in separate processes differed
@@ -54,7 +55,7 @@ from serving.vllm_plugin.harness.counters import (
 PLAIN = "plain"
 
 
-def request_latency(r, fallback: float) -> dict:
+def _request_latency(r, fallback: float) -> dict:
     """Seconds from scheduling to the last token, and per output token after the first."""
     m, n = getattr(r, "metrics", None), len(r.outputs[0].token_ids)
     if m is None or not getattr(m, "last_token_ts", 0.0) or not getattr(m, "first_token_ts", 0.0):
@@ -63,7 +64,7 @@ def request_latency(r, fallback: float) -> dict:
     return {"latency": m.first_token_latency + decode, "tpot": decode / max(n - 1, 1)}
 
 
-def arm_lookups(llm, arms: dict) -> tuple[object, dict]:
+def _arm_lookups(llm, arms: dict[str, PairedArm | LockstepArm]) -> tuple[object, dict]:
     """The scheduler and, per arm, what to pin the plugin's lookup to (None: the policy), or, for an
     arm ``{"policy": overrides}`` (a variant of the plugin: the policy file with ``overrides``), a
     lookup of its own that the arm's measurements swap in."""
@@ -85,8 +86,8 @@ def arm_lookups(llm, arms: dict) -> tuple[object, dict]:
     for name, arm in arms.items():
         if arm == PLAIN:
             continue
-        if isinstance(arm, dict):  # a variant of the plugin, learning from its own steps only
-            raw = {**json.loads(Path(os.environ[ENV]).read_text()), **arm["policy"]}
+        if isinstance(arm, PolicyVariant):  # a variant of the plugin, learning from its own steps only
+            raw = {**json.loads(Path(os.environ[ENV]).read_text()), **arm.policy}
             pins[name] = policy_lookup(sched, raw, lookup.k_max, getattr(sched, "_specforge_stale", None))
             continue
         if isinstance(arm, list):  # vLLM's table, expanded exactly as vLLM expands it
@@ -97,13 +98,13 @@ def arm_lookups(llm, arms: dict) -> tuple[object, dict]:
     return sched, pins
 
 
-def run_sweep(llm, params, prompts: list[dict], sweep: dict, plain=None) -> list[dict]:
+def run_sweep(llm, params, prompts: list[dict], sweep: SweepSpec, plain=None) -> list[dict]:
     """``plain``: the engine without a draft that serves the arm named :data:`PLAIN`."""
     from serving.vllm_plugin.lookup import AdaptiveLookup
 
-    sizes = [int(b) for b in sweep["batch_sizes"]]
-    arms = sweep.get("arms")  # paired sweep: arm name -> what to pin the plugin to
-    sched, pins = arm_lookups(llm, arms) if arms else (None, {None: None})
+    sizes = list(sweep.batch_sizes)
+    arms = sweep.arms  # paired sweep: arm name -> what to pin the plugin to
+    sched, pins = _arm_lookups(llm, arms) if arms else (None, {None: None})
     # arm -> (engine, its scheduler); the plain arm runs on its own engine, the others on llm
     engines = {arm: (llm, sched) for arm in pins}
     for arm, what in (arms or {}).items():
@@ -115,16 +116,16 @@ def run_sweep(llm, params, prompts: list[dict], sweep: dict, plain=None) -> list
             recorder = getattr(engines[arm][1], "_specforge_recorder", None)
             if recorder is not None:  # the step log file is the plugin's engine's (its choices, probes)
                 recorder.path = None
-    rng = random.Random(int(sweep.get("seed", 0)))
-    min_requests = int(sweep.get("min_requests", 1))
-    per_slot = int(sweep.get("closed_loop", 0))
+    rng = random.Random(sweep.seed)
+    min_requests = sweep.min_requests
+    per_slot = sweep.closed_loop
     needed = max(max(b, min_requests, per_slot * b) for b in sizes)
     if needed > len(prompts):
         prompts = [prompts[i % len(prompts)] for i in range(needed)]
 
     def measure(b: int, engine) -> tuple[list, float | None, int | None]:
         if per_slot:
-            return closed_loop(engine, params, prompts[: max(min_requests, per_slot * b)], b)
+            return _closed_loop(engine, params, prompts[: max(min_requests, per_slot * b)], b)
         out = []
         for g in range(max(1, min_requests // b)):
             out += engine.generate(prompts[g * b : (g + 1) * b], params, use_tqdm=False)
@@ -142,19 +143,19 @@ def run_sweep(llm, params, prompts: list[dict], sweep: dict, plain=None) -> list
 
     # Warm-up: one full unrecorded pass. The first time a kernel meets a shape (token count,
     # sequence length) costs extra on CPU; a shorter warm-up left the first repeat up to 1.6x slower.
-    for b in sizes if sweep.get("warmup", True) else []:
+    for b in sizes if sweep.warmup else []:
         for arm, (engine, _) in engines.items():  # every arm meets every shape before anything is recorded
             pin(arm)
             measure(b, engine)
     rows = []
-    for rep in range(int(sweep.get("repeats", 1))):
+    for rep in range(sweep.repeats):
         for b in sizes if rep % 2 == 0 else sizes[::-1]:
             order = list(engines)
             rng.shuffle(order)
             for arm in order:
                 pin(arm)
                 engine, arm_sched = engines[arm]
-                row = measured(engine, lambda b, e=engine: measure(b, e), b, rep, arm, arm_sched)
+                row = _measured(engine, lambda b, e=engine: measure(b, e), b, rep, arm, arm_sched)
                 if engine is plain:  # vLLM's registry holds the other engine's counters (see main)
                     row["spec"], row["prefix_cache"] = {}, None
                 rows.append(row)
@@ -164,14 +165,14 @@ def run_sweep(llm, params, prompts: list[dict], sweep: dict, plain=None) -> list
     return rows
 
 
-def measured(llm, measure, b: int, rep: int, arm: str | None, sched) -> dict:
+def _measured(llm, measure, b: int, rep: int, arm: str | None, sched) -> dict:
     """One measurement at batch size ``b``: throughput, latency, counters, output digest."""
     before, steps_before = spec_counters(llm), recorded_steps(sched)
     prefix_before = spec_counters(llm, PREFIX_METRICS)
     t0 = time.perf_counter()
     result, held_s, held_tokens = measure(b)
     elapsed = time.perf_counter() - t0
-    lat = [request_latency(r, elapsed) for r in result]
+    lat = [_request_latency(r, elapsed) for r in result]
     tokens = sum(len(r.outputs[0].token_ids) for r in result)
     row = {} if arm is None else {"config": arm, "decode": decode_since(sched, steps_before, b)}
     return {
@@ -192,7 +193,7 @@ def measured(llm, measure, b: int, rep: int, arm: str | None, sched) -> dict:
     }
 
 
-def closed_loop(llm, params, prompts: list[dict], b: int) -> tuple[list, float, int]:
+def _closed_loop(llm, params, prompts: list[dict], b: int) -> tuple[list, float, int]:
     """Serve ``prompts`` with ``b`` requests in flight: a request is submitted as soon as one finishes,
     as ``b`` clients each sending their next request would. Returns the finished outputs (in
     submission order), and the seconds and output tokens until the last request was submitted (the

@@ -12,7 +12,7 @@ from serving.shape import NO_SPECULATION, TreeShape
 from serving.step_cost import CostModel, Profile, StartCost, StepTable
 from serving.vllm_plugin.draft_skip import SKIP_ATTR
 from serving.vllm_plugin.lookup import AdaptiveLookup
-from serving.vllm_plugin.policy_file import load_policy, write_policy_file
+from serving.vllm_plugin.policy_file import PolicyFileError, load_policy, write_policy_file
 from serving.vllm_plugin.recorder import StepRecorder
 
 
@@ -260,7 +260,7 @@ def test_policy_errors_fall_back_to_plain_decoding(tmp_path, caplog):
         assert lookup[1] == 0 and lookup[2] == 0
     assert sum("boom" in r.message for r in caplog.records) == 1  # one warning, then quiet
     (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(KeyError):  # a policy file without a cost model does not load
+    with pytest.raises(PolicyFileError, match="bad.json: .*alpha: Field required"):  # nothing in it
         load_policy(tmp_path / "bad.json", 3)
 
 

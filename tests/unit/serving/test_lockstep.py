@@ -91,4 +91,4 @@ def test_a_vllm_run_past_its_timeout_is_one_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner.subprocess, "run", slow)
     with pytest.raises(RuntimeError, match=r"did not finish within 5 s \(request: .*vllm_request.json\)"):
-        runner.run_vllm({"prompts": []}, tmp_path / "run", timeout=5)
+        runner.run_vllm({"target": "t", "prompts": [], "max_tokens": 1}, tmp_path / "run", timeout=5)

@@ -1,0 +1,115 @@
+"""The harness's request: one typed schema for what :func:`~.runner.run_vllm` sends its child process.
+
+:class:`VllmRequest` is checked in the calling process, before vLLM starts (a bad key is one
+``ValueError`` naming it), and again when the child reads it. Its ``sweep`` (:class:`SweepSpec`)
+selects a sweep (:mod:`.sweeps`) or a lockstep sweep (:mod:`.lockstep`); without it the child runs
+one generate. No vllm import here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Positive = Annotated[int, Field(ge=1)]
+Count = Annotated[int, Field(ge=0)]
+
+# Steps a lockstep engine takes before the next one's turn. Measured at batch 16 (static k = 1 /
+# none): turns of 1 step skewed their ratio most, 32 steps least (docs/benchmarking.md).
+TURN_STEPS = 32
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PolicyVariant(_Strict):
+    """A paired arm served by the plugin on its policy file with these keys overridden."""
+
+    policy: dict[str, Any]
+
+
+class LockstepArm(_Strict):
+    """A lockstep arm: its own engine, configured as a user would, with or without the plugin."""
+
+    speculative_config: dict[str, Any] | None = None
+    plugin: bool = False
+
+
+# A paired arm: a pinned k, "plain" (the engine without a draft), vLLM's batch-size table, a variant
+# of the plugin, or None (the plugin's own choice).
+PairedArm = Count | Literal["plain"] | list[list[int]] | PolicyVariant | None
+
+
+class SweepSpec(_Strict):
+    batch_sizes: list[Positive] = Field(min_length=1)
+    repeats: Positive = 1  # measurements per batch size after the warm-up pass
+    min_requests: Positive = 1  # requests per measurement, at least
+    closed_loop: Count = 0  # requests per client (0: bursts of B)
+    seed: int = 0  # the order of arms within a (repeat, batch size)
+    warmup: bool = True  # one unrecorded pass over every batch size first
+    design: Literal["paired", "lockstep"] = "paired"
+    turn_steps: Positive = TURN_STEPS  # lockstep only
+    arms: dict[str, PairedArm | LockstepArm] | None = None
+
+    @model_validator(mode="after")
+    def _arms_fit_the_design(self) -> SweepSpec:
+        lockstep = [isinstance(a, LockstepArm) for a in (self.arms or {}).values()]
+        if self.design == "lockstep" and (not lockstep or not all(lockstep)):
+            raise ValueError(
+                'a lockstep sweep needs "arms": {name: {"speculative_config": ..., "plugin": ...}}'
+            )
+        if self.design == "paired" and any(lockstep):
+            raise ValueError('"speculative_config" arms need "design": "lockstep"')
+        return self
+
+
+class VllmRequest(_Strict):
+    target: str  # the target's HF directory
+    prompts: list[list[int]]  # token ids
+    max_tokens: Positive
+    draft: str | None = None  # the exported draft's directory (None: no speculation)
+    method: str = "eagle3"
+    num_speculative_tokens: Positive | None = None
+    num_speculative_tokens_per_batch_size: list[list[int]] | None = None
+    temperature: Annotated[float, Field(ge=0.0)] = 0.0
+    seed: int = 0
+    seed_requests: bool = True  # sampled requests carry ``seed`` (false: independent samples)
+    ignore_eos: bool = False
+    max_model_len: Positive = 2048
+    max_num_seqs: Positive = 64
+    repeats: Positive = 1  # plain generate: the best of this many runs
+    sweep: SweepSpec | None = None
+
+    @model_validator(mode="after")
+    def _draft_has_k(self) -> VllmRequest:
+        if self.draft and self.num_speculative_tokens is None:
+            raise ValueError("a request with a draft needs num_speculative_tokens")
+        return self
+
+    def speculative_config(self) -> dict | None:
+        """vLLM's ``speculative_config`` for the draft (None without one)."""
+        if not self.draft:
+            return None
+        spec = {
+            "method": self.method,
+            "model": self.draft,
+            "num_speculative_tokens": self.num_speculative_tokens,
+        }
+        if self.num_speculative_tokens_per_batch_size:
+            spec["num_speculative_tokens_per_batch_size"] = self.num_speculative_tokens_per_batch_size
+        return spec
+
+
+def parse_request(raw: dict | str) -> VllmRequest:
+    """The validated request (``raw``: a dict or its JSON); ``ValueError`` naming every bad key."""
+    try:
+        if isinstance(raw, str):
+            return VllmRequest.model_validate_json(raw)
+        return VllmRequest.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or '(request)'}: {err['msg']}" for err in e.errors()
+        )
+        raise ValueError(f"invalid vLLM harness request: {problems}") from None

@@ -1,0 +1,72 @@
+"""The plugin's policy file: one typed schema, every bad key named with its file, round trips."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from serving.shape import TreeShape
+from serving.step_cost import Profile, StepTable
+from serving.vllm_plugin.policy_file import (
+    ExplorePolicyFile,
+    PolicyFileError,
+    ServedPolicyFile,
+    load_policy,
+    read_policy_file,
+    write_explore_file,
+    write_policy_file,
+)
+
+TABLE = StepTable.chains({0: Profile([1, 8], [0.01, 0.02]), 2: Profile([1, 8], [0.012, 0.03])})
+
+
+def _good(tmp_path):
+    return json.loads(write_policy_file(tmp_path / "p.json", TABLE, [0.7, 0.6], [2]).read_text())
+
+
+def test_a_written_policy_file_reads_back_and_serves(tmp_path):
+    path = write_policy_file(tmp_path / "p.json", TABLE, [0.7, 0.6], [2], skip_draft_at_k0=True)
+    f = read_policy_file(path)
+    assert isinstance(f, ServedPolicyFile) and f.skip_draft_at_k0 and f.alpha == [0.7, 0.6]
+    assert load_policy(path, k_max=2).candidates == [TreeShape.chain(0), TreeShape.chain(2)]
+    assert not (tmp_path / "p.json.tmp").exists()  # written atomically
+    explore = read_policy_file(write_explore_file(tmp_path / "e.json", [0, 1, 2], hold=0))
+    assert isinstance(explore, ExplorePolicyFile) and explore.ks == [0, 1, 2] and explore.hold == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "names"),
+    [
+        (
+            {"alpha": [5.0, -1.0]},
+            ["alpha.0", "less than or equal to 1", "alpha.1", "greater than or equal to 0"],
+        ),
+        ({"steps": {"0:1:1": {"tokens": [1], "seconds": [-0.5]}}}, ["steps.0:1:1.seconds.0", "greater than"]),
+        ({"swich_margin": 0.1}, ["swich_margin", "Extra inputs are not permitted"]),
+        ({"beta": 0}, ["beta", "greater than 0"]),
+        ({"ks": []}, ["ks", "at least 1"]),
+        ({"cost": {"target": {"tokens": [1], "seconds": [0.1]}}}, ["exactly one step cost"]),
+        ({"steps": {"0:1:1": {"tokens": [1, 2], "seconds": [0.1]}}}, ["differ in length"]),
+    ],
+)
+def test_every_bad_key_is_named_with_its_file(tmp_path, change, names):
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps({**_good(tmp_path), **change}))
+    with pytest.raises(PolicyFileError) as e:
+        read_policy_file(path)
+    assert str(e.value).startswith(f"{path}: ")
+    for name in names:
+        assert name in str(e.value)
+
+
+def test_missing_and_malformed_files_are_one_clear_error(tmp_path):
+    with pytest.raises(PolicyFileError, match="nope.json: no such file"):
+        read_policy_file(tmp_path / "nope.json")
+    (tmp_path / "x.json").write_text("[1, 2]")
+    with pytest.raises(PolicyFileError, match="x.json: expected a JSON object, got list"):
+        read_policy_file(tmp_path / "x.json")
+    with pytest.raises(PolicyFileError, match="explore"):
+        load_policy({"mode": "explore", "ks": [1]}, k_max=2)
+    with pytest.raises(PolicyFileError, match="no k in \\[2\\] fits"):
+        load_policy(_good(tmp_path), k_max=1)
