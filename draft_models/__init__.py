@@ -1,1 +1,8 @@
-"""Draft-head architectures shared by training (specforge) and serving (serving)."""
+"""Draft-head architectures shared by training (specforge) and serving (serving).
+
+Importing the package registers every built-in head (:mod:`draft_models.registry`).
+"""
+
+from draft_models import eagle3
+
+__all__ = ["eagle3"]

@@ -9,7 +9,8 @@ Contract
    the ``shape`` callable picks for the live batch size (``num_draft_tokens == 0``: plain decoding);
 2. runs ONE target forward over the prefix KV cache plus every sequence's flattened tree, with a
    4-D mask (cache slots the sequence owns + the tree's ancestor mask) and explicit positions;
-3. verifies each tree (:mod:`serving.verify`: greedy, or lossless rejection sampling), emits the
+3. verifies each tree (:mod:`serving.verify`: greedy, or lossless rejection sampling; chains are
+   sampled for the whole batch in one call, by the batched kernel), emits the
    accepted tokens plus one recovered or bonus token, and applies EOS / ``max_new_tokens`` per
    sequence;
 4. compacts the KV cache so that each sequence keeps its prefix, the root and its accepted path
@@ -34,7 +35,7 @@ from draft_models.aux_hooks import AuxHiddenHooks
 from serving.acceptance import conditional_acceptance
 from serving.shape import NO_SPECULATION, TreeShape
 from serving.tree import DraftTree, ancestor_mask
-from serving.verify import target_probs, verify_greedy, verify_sampling
+from serving.verify import is_chain, target_probs, verify_chains_sampling, verify_greedy, verify_sampling
 
 
 class Drafter(Protocol):
@@ -220,9 +221,14 @@ class SpeculativeEngine:
             keep_rows, gather, new_lens = [], [], []
             step_emitted = 0
             accepted: list[int] = []  # [batch]: draft tokens each sequence accepted this step
+            chains = temperature > 0 and q > 1 and all(t.size == q - 1 and is_chain(t) for t in trees)
+            if chains:  # every sequence verifies a chain of q - 1 drafts: one batched call
+                verdicts = verify_chains_sampling(trees, target_probs(logits.cpu(), temperature, top_p), gen)
             for b, t in enumerate(trees):
                 rows = logits[b, : 1 + t.size].cpu()
-                if temperature > 0:
+                if chains:
+                    verdict = verdicts[b]
+                elif temperature > 0:
                     verdict = verify_sampling(t, target_probs(rows, temperature, top_p), gen)
                 else:
                     verdict = verify_greedy(t, rows)

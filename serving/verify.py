@@ -13,6 +13,10 @@ Greedy (:func:`verify_greedy`): a child is accepted when its token is the target
 parent; the longest such path wins (children tried most probable first; at most one child can
 match).
 
+Sampling over a batch of chains (:func:`verify_chains_sampling`): the same test, for every
+sequence's chain at once, in :func:`serving.kernels.rejection.chain_rejection_sample` (Triton where
+it runs, else torch).
+
 Sampling (:func:`verify_sampling`): multi-candidate recursive rejection sampling (SpecInfer). At a
 node with target distribution ``q`` (temperature/top-p already applied), each child ``x`` in turn
 is accepted with probability ``min(1, r(x) / p(x))``, where ``r`` is the current residual (first
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from serving.kernels.rejection import chain_rejection_sample
 from serving.tree import DraftTree
 
 
@@ -106,3 +111,31 @@ def verify_sampling(
         accepted.append(chosen)
         tokens.append(int(tree.tokens[chosen]))
         node = chosen
+
+
+def is_chain(tree: DraftTree) -> bool:
+    """Whether the nodes form one chain below the root, numbered in order (node i's parent is i - 1)."""
+    return bool(torch.equal(tree.parents, torch.arange(-1, tree.size - 1)))
+
+
+def verify_chains_sampling(
+    trees: list[DraftTree], probs: torch.Tensor, generator: torch.Generator | None = None
+) -> list[Verdict]:
+    """Rejection sampling of B chains of K nodes each (:func:`is_chain`) in one batched call.
+
+    probs: [B, K + 1, vocab] target distributions, rows as in :func:`verify_greedy`. The randomness
+    (a uniform per draft token, the exponentials of the race that draws recovered and bonus tokens)
+    comes from ``generator``; the emitted tokens follow the target's distribution, as with
+    :func:`verify_sampling`."""
+    b, k = len(trees), trees[0].size
+    drafts = torch.stack([t.tokens for t in trees])  # [B, K]
+    uniforms = torch.rand(b, k, generator=generator)  # [B, K]
+    exponentials = torch.empty(b, k + 1, probs.shape[-1]).exponential_(
+        generator=generator
+    )  # [B, K + 1, vocab]
+    out = chain_rejection_sample(drafts, probs.float(), uniforms, exponentials).tolist()  # [B, K + 1]
+    verdicts = []
+    for row, draft in zip(out, drafts.tolist()):
+        n = next((i for i in range(k) if row[i] != draft[i]), k)  # accepted draft tokens
+        verdicts.append(Verdict(accepted_nodes=list(range(n)), tokens=row[: n + 1], bonus=n == k))
+    return verdicts

@@ -15,6 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from draft_models.registry import draft_type_names
 from specforge.errors import SpecforgeError
 
 
@@ -31,9 +32,17 @@ class DataConfig(_Strict):
 
 
 class DraftConfig(_Strict):
-    type: str = "eagle3"
+    type: str = "eagle3"  # a name in the draft registry (draft_models.registry)
     draft_vocab_size: int = Field(1024, gt=0)
     aux_layers: list[int] | None = None  # None: EAGLE-3 default (2, L//2, L-3)
+
+    @field_validator("type")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        known = draft_type_names()
+        if v not in known:
+            raise ValueError(f"unknown draft type {v!r}; known: {', '.join(known)}")
+        return v
 
 
 class TTTConfig(_Strict):
@@ -49,7 +58,7 @@ class OptimConfig(_Strict):
     batch_size: int = Field(4, ge=1)  # per process
     grad_accum: int = Field(1, ge=1)
     epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = None  # optimizer steps; overrides epochs
+    max_steps: int | None = Field(None, ge=1)  # optimizer steps; overrides epochs
 
 
 class TrainConfig(_Strict):

@@ -12,12 +12,14 @@ Contract
   fails instead of serving garbage.
 * :func:`export_hf` / :func:`load_draft` write and reload the toolkit's own format:
   ``draft_config.json`` (with the draft ``type``) plus ``model.safetensors``.
+* Both publish through :func:`specforge.files.publish_dir`: a non-empty ``out_dir`` that is not a
+  previous export of the same kind is refused unless ``force``, and nothing specforge did not write
+  is ever deleted.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from draft_models.eagle3 import Eagle3Config
 from draft_models.registry import get_draft_type
 from specforge.errors import SpecforgeError
+from specforge.files import check_out_dir, publish_dir, staging_dir
 
 VLLM_ARCH = "LlamaForCausalLMEagle3"
 
@@ -105,18 +108,20 @@ def vllm_eagle3_config(cfg: Eagle3Config, dtype: str = "float32") -> dict:
     }
 
 
-def _write_dir(out: Path, tensors: dict[str, torch.Tensor], files: dict[str, dict]) -> Path:
-    """Write into ``out.tmp`` and rename, so a failed export never leaves a half-written directory."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
-    for name, payload in files.items():
-        (tmp / name).write_text(json.dumps(payload, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+def _write_dir(
+    out: Path, tensors: dict[str, torch.Tensor], files: dict[str, dict], kind: str, force: bool
+) -> Path:
+    """Build the export in a private folder, then publish it (:func:`specforge.files.publish_dir`): a
+    failed export leaves nothing half-written, and no file specforge did not write is deleted."""
+    check_out_dir(out, kind, force)
+    staged = staging_dir(out)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(staged / "model.safetensors"))
+        for name, payload in files.items():
+            (staged / name).write_text(json.dumps(payload, indent=1))
+        return publish_dir(staged, out, kind, force)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)  # gone already when published
 
 
 def load_draft_weights(run_dir: str | Path) -> tuple[str, Eagle3Config, dict[str, torch.Tensor]]:
@@ -143,7 +148,9 @@ def load_draft_weights(run_dir: str | Path) -> tuple[str, Eagle3Config, dict[str
     return draft_type, cfg, state
 
 
-def export_vllm(run_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
+def export_vllm(
+    run_dir: str | Path, out_dir: str | Path, dtype: str = "float32", force: bool = False
+) -> Path:
     draft_type, cfg, state = load_draft_weights(run_dir)
     if draft_type != "eagle3":
         raise SpecforgeError(f"--format vllm exports EAGLE-3 drafts; {run_dir} holds a {draft_type!r} draft")
@@ -151,13 +158,16 @@ def export_vllm(run_dir: str | Path, out_dir: str | Path, dtype: str = "float32"
     tensors = {k: (v.to(torch_dtype) if v.is_floating_point() else v) for k, v in state.items()}
     tensors = {k: v for k, v in tensors.items() if k not in ("embed_tokens.weight", "t2d")}
     check_vllm_eagle3(tensors, cfg)
-    return _write_dir(Path(out_dir), tensors, {"config.json": vllm_eagle3_config(cfg, dtype)})
+    return _write_dir(
+        Path(out_dir), tensors, {"config.json": vllm_eagle3_config(cfg, dtype)}, "vllm-export", force
+    )
 
 
-def export_hf(run_dir: str | Path, out_dir: str | Path) -> Path:
+def export_hf(run_dir: str | Path, out_dir: str | Path, force: bool = False) -> Path:
     draft_type, cfg, state = load_draft_weights(run_dir)
     tensors = {k: v for k, v in state.items() if k != "embed_tokens.weight"}
-    return _write_dir(Path(out_dir), tensors, {"draft_config.json": {"type": draft_type, **cfg.to_dict()}})
+    files = {"draft_config.json": {"type": draft_type, **cfg.to_dict()}}
+    return _write_dir(Path(out_dir), tensors, files, "hf-draft-export", force)
 
 
 def load_draft(draft_dir: str | Path, target_embedding: torch.Tensor | None = None) -> torch.nn.Module:

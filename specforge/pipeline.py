@@ -97,7 +97,7 @@ def run_demo(
 
     from specforge.export import export_vllm
 
-    draft_dir = export_vllm(workdir / "run", workdir / "draft-vllm")
+    draft_dir = export_vllm(workdir / "run", workdir / "draft-vllm", force=True)  # the demo owns its workdir
     _log(f"exported the vLLM draft to {draft_dir}")
     summary: dict = {
         "target": str(target_dir),

@@ -25,8 +25,10 @@ Contract
   current choices when the engine drains (at most every 5 s) and at exit; with a policy file in
   ``"mode": "explore"`` k cycles through the given values, which is how ``specforge calibrate
   --vllm`` measures vLLM's steps.
-* Anything that goes wrong (a bad policy file, an exception in the policy) logs one warning and
-  falls back to plain decoding (k = 0). It never takes the server down.
+* Anything that goes wrong (a missing or invalid policy file, an exception in the policy) logs one
+  warning, naming the file and the key where the file is at fault, and falls back to the
+  configured static k (vLLM's own ``num_speculative_tokens_per_batch_size`` table). It never takes
+  the server down.
 
 Only this package imports vllm.
 """
@@ -76,6 +78,8 @@ def policy_lookup(
     if not isinstance(f, ServedPolicyFile):
         raise PolicyFileError('a "mode": "explore" file describes no policy to serve')
     policy = load_policy(f, k_max)
+    table = getattr(scheduler, "dynamic_sd_lookup", None)  # vLLM's list, or the plugin's own lookup
+    fallback = table.fallback if isinstance(table, AdaptiveLookup) else (list(table) if table else None)
     running = None
     if f.per_request:  # k from the acceptance of the requests in the batch
 
@@ -92,6 +96,7 @@ def policy_lookup(
         # probing feeds the per-bucket ratios: pointless without them
         probe_every=f.probe_every if f.cell_prior else 0,
         probe_steps=f.probe_steps,
+        fallback=fallback,
     )
 
 
@@ -108,6 +113,7 @@ def _install(scheduler) -> None:
             )
         return
     k_max = int(scheduler.num_spec_tokens)
+    configured = list(scheduler.dynamic_sd_lookup)  # vLLM's dense batch size -> k, as configured
     stale = None
     try:
         f = read_policy_file(path)
@@ -131,8 +137,8 @@ def _install(scheduler) -> None:
                 "specforge adaptive speculation on: k per batch size %s",
                 {b: s.num_draft_tokens for b, s in lookup.policy.table([1, 2, 4, 8, 16, 32, 64]).items()},
             )
-    except Exception as e:
-        lookup = AdaptiveLookup(None, k_max)
+    except Exception as e:  # a bad file never takes the server down: vLLM's configured table serves
+        lookup = AdaptiveLookup(None, k_max, fallback=configured)
         lookup._fail(e)
     scheduler.dynamic_sd_lookup = lookup
     scheduler._specforge_stale = stale

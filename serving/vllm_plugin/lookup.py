@@ -4,7 +4,7 @@ Contract: :class:`AdaptiveLookup` is indexed like vLLM's dense ``dynamic_sd_look
 (``lookup[batch_size] -> k``) and is fed back by the step recorder (``observe*`` methods). It
 serves the policy's choice (per request in the batch, with hysteresis, optionally probing), an
 explore cycle (calibration), or a pinned k or table (paired benchmarks); any exception in the
-policy logs one warning and falls back to k = 0. Installed on vLLM's scheduler by
+policy logs one warning and falls back to the configured static k (vLLM's own table). Installed on vLLM's scheduler by
 :mod:`serving.vllm_plugin.adaptive`; it never imports vllm itself.
 """
 
@@ -66,8 +66,12 @@ class AdaptiveLookup:
         switch_margin: float = 0.0,
         probe_every: int = 0,
         probe_steps: int = PROBE_STEPS,
+        fallback: Sequence[int] | None = None,
     ):
         self.policy, self.k_max = policy, k_max
+        # What is served without a policy (none given, or it failed): vLLM's own dense batch size -> k
+        # table as the user configured it; None: k_max at every batch size.
+        self.fallback = list(fallback) if fallback is not None else None
         self.is_stale = is_stale  # requests that can no longer speculate (draft_skip.StaleDrafts)
         self.explore, self.hold, self.refresh_steps = explore, hold, refresh_steps
         self.running, self.max_batch = running, max_batch
@@ -103,13 +107,24 @@ class AdaptiveLookup:
             return
         self.pinned = int(k) if isinstance(k, int) else [int(x) for x in k]
 
-    def _fail(self, err: Exception) -> int:
+    def _static_k(self, batch: int) -> int:
+        """The configured static k: vLLM's own table at ``batch``, or k_max."""
+        if self.fallback:
+            return min(int(self.fallback[min(batch, len(self.fallback) - 1)]), self.k_max)
+        return self.k_max
+
+    def _fail(self, err: Exception, batch: int = 1) -> int:
+        """Turn the policy off for good (one warning) and serve the configured static k instead."""
         if not self._warned:
-            logger.warning("specforge adaptive speculation disabled, decoding without speculation: %s", err)
+            logger.warning(
+                "specforge adaptive speculation disabled, serving the configured num_speculative_tokens "
+                "per batch size instead: %s",
+                err,
+            )
             self._warned = True
         self.policy = None
         self.explore = None
-        return 0
+        return self._static_k(batch)
 
     @property
     def recording(self) -> bool:
@@ -141,9 +156,9 @@ class AdaptiveLookup:
             self.last_k = min(self.explore[i % len(self.explore)], self.k_max)
             self.skip_draft = self.last_k == 0
             return self.last_k
-        if self.policy is None:
-            self.last_k, self.skip_draft = 0, False  # fallback: vLLM's own k = 0
-            return 0
+        if self.policy is None:  # none given, or it failed: the configured static k
+            self.last_k, self.skip_draft = self._static_k(b), False
+            return self.last_k
         try:
             if self.running is not None:
                 k = self._choose_live(b)
@@ -153,7 +168,7 @@ class AdaptiveLookup:
                     self._age[b] = self.steps
                 k = self.choices[b]
         except Exception as e:  # never take the server down
-            k = self._fail(e)
+            k = self._fail(e, b)
             self.skip_draft = False
         if k != self.last_k:
             self._changed_at = self.steps
@@ -262,7 +277,7 @@ class AdaptiveLookup:
 
     def _teach(self, learn: Callable[[SpeculationPolicy], None]) -> None:
         """Feed the policy (not while pinned: a pinned step teaches it nothing); an exception in the
-        policy falls back to plain decoding (:meth:`_fail`), never reaches vLLM."""
+        policy turns it off for the configured static k (:meth:`_fail`), never reaches vLLM."""
         if self.policy is None or self.pinned is not None:
             return
         try:

@@ -89,7 +89,7 @@ def run_capture(
     from specforge.data.tokenize import load_tokenized
     from specforge.targets.loader import load_target
 
-    target = load_target(target_dir)
+    target = load_target(target_dir, need_chat_template=False)  # plain text needs none; tokenizing checks
     ds, report = load_tokenized(data, target.tokenizer, max_length, skip_bad_rows, limit)
     t0 = time.time()
     manifest = write_shards(
@@ -149,21 +149,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def cmd_train(args: argparse.Namespace) -> int:
     from specforge.train.__main__ import main as train_main
 
-    rc = train_main((["--config", args.config] if args.config else []) + args.overrides)
-    if rc:
-        raise SystemExit(rc)
+    return train_main((["--config", args.config] if args.config else []) + args.overrides)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from specforge.export import export_hf, export_vllm
 
     if args.format == "vllm":
-        out = export_vllm(args.run, args.out, dtype=args.dtype)
+        out = export_vllm(args.run, args.out, dtype=args.dtype, force=args.force)
     else:
-        out = export_hf(args.run, args.out)
+        out = export_hf(args.run, args.out, force=args.force)
     print(json.dumps({"format": args.format, "out": str(out)}))
 
 
@@ -174,7 +172,11 @@ def add_parsers(sub) -> None:
     )
     b = t.add_parser("build-tiny", help="train the embedded tiny Llama target (cached)")
     b.add_argument("--out", help="output directory (default: the cache, keyed by the config)")
-    b.add_argument("--force", action="store_true", help="rebuild even if cached")
+    b.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild even if cached; and write into a non-empty --out that specforge did not write",
+    )
     b.add_argument("overrides", nargs="*", help="TinyTargetConfig key=value overrides, e.g. steps=100")
     b.set_defaults(func=cmd_target_build_tiny)
     i = t.add_parser("info", help="print a target's shape")
@@ -225,6 +227,12 @@ def add_parsers(sub) -> None:
     ex.add_argument("--format", choices=["vllm", "hf"], default="vllm")
     ex.add_argument("--out", required=True)
     ex.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ex.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty --out that is not a previous export of this format (its other files "
+        "are left alone)",
+    )
     ex.set_defaults(func=cmd_export)
 
     dmo = sub.add_parser("demo", help="the main job on the embedded tiny target, end to end")

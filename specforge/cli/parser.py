@@ -27,8 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return int(args.func(args) or 0)  # a command returns its exit status, or None for success
     except SpecforgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0

@@ -103,6 +103,37 @@ def _scan_jsonl(path: Path, skip_bad_rows: bool, report: LoadReport) -> list[dic
     return out
 
 
+def _scan_json_array(path: Path, skip_bad_rows: bool, report: LoadReport) -> list[dict]:
+    """A ``.json`` file holding one array of rows (ShareGPT's usual layout)."""
+    try:
+        parsed = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise SpecforgeError(f"{path}: invalid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if not isinstance(parsed, list):
+        raise SpecforgeError(
+            f"{path}: a .json dataset holds an array of rows, or one row per line (JSON lines)"
+        )
+    out = []
+    for i, item in enumerate(parsed):
+        try:
+            out.append(normalise_row(item))
+        except RowError as e:
+            if not skip_bad_rows:
+                raise SpecforgeError(
+                    f"{path}: row {i} of the array: {e}. Fix the row, or pass skip_bad_rows=true to skip bad rows"
+                ) from None
+            report.skipped += 1
+            if len(report.problems) < 5:
+                report.problems.append(f"row {i}: {e}")
+    return out
+
+
+def _is_json_array(path: Path) -> bool:
+    with path.open(encoding="utf-8") as fh:
+        head = fh.read(4096).lstrip()
+    return head.startswith("[")
+
+
 def load_rows(path: str | Path, skip_bad_rows: bool = False) -> tuple[datasets.Dataset, LoadReport]:
     """Load and validate a dataset file; see the module docstring for the formats."""
     p = Path(path).expanduser()
@@ -115,7 +146,13 @@ def load_rows(path: str | Path, skip_bad_rows: bool = False) -> tuple[datasets.D
     elif p.suffix in (".jsonl", ".json"):
         # Validate line by line first: datasets' JSON reader reports neither the file's row numbers
         # nor what is wrong with a row, and it rejects rows whose shape differs from the first row's.
-        rows = _scan_jsonl(p, skip_bad_rows, report)
+        array = p.suffix == ".json" and _is_json_array(p)
+        rows = (_scan_json_array if array else _scan_jsonl)(p, skip_bad_rows, report)
+        if not rows:
+            raise SpecforgeError(
+                f"{p} has no usable rows ({report.skipped} skipped as malformed)"
+                + (f"; first problems: {'; '.join(report.problems)}" if report.problems else "")
+            )
         features = datasets.Features(
             {
                 "messages": datasets.List(
@@ -127,7 +164,7 @@ def load_rows(path: str | Path, skip_bad_rows: bool = False) -> tuple[datasets.D
         ds = datasets.Dataset.from_list(rows, features=features)
     else:
         raise SpecforgeError(
-            f"{p}: unsupported dataset extension {p.suffix!r}; use .jsonl, .json (JSON lines) or .txt"
+            f"{p}: unsupported dataset extension {p.suffix!r}; use .jsonl, .json (an array, or JSON lines) or .txt"
         )
     report.rows = len(ds)
     if report.rows == 0:

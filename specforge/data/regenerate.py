@@ -5,7 +5,9 @@ OpenAI-messages JSONL in which every assistant turn is replaced by the target's 
 conversation so far (earlier turns already regenerated), decoded greedily (``temperature=0``) or
 sampled. Conversations are processed in batches with left padding and a KV cache. Output is
 appended to ``<out>.partial`` batch by batch and renamed to ``out`` when complete, so a killed run
-resumes after the last finished batch. Plain-text rows are copied unchanged.
+resumes after the last finished batch. ``<out>.meta.json`` records the input's hash, the target and
+the settings; an existing output made from anything else is refused, never silently reused.
+Plain-text rows are copied unchanged.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from tqdm.auto import tqdm
 
 from specforge.data.formats import load_rows
 from specforge.errors import SpecforgeError
+from specforge.files import file_sha256, write_json_atomic
 from specforge.targets.loader import Target, generate_left_padded
 
 
@@ -32,6 +35,40 @@ def _count_complete_lines(path: Path) -> int:
         with path.open("r+b") as fh:
             fh.truncate(keep)
     return data[:keep].count(b"\n")
+
+
+def target_fingerprint(path: Path) -> dict:
+    """What identifies a target without hashing its weights: its config and its weight files' sizes."""
+    p = Path(path)
+    weights = sorted(f for pat in ("*.safetensors", "*.bin") for f in p.glob(pat))
+    return {
+        "path": str(p.resolve()),
+        "config_sha256": file_sha256(p / "config.json") if (p / "config.json").is_file() else None,
+        "weights": {f.name: f.stat().st_size for f in weights},
+    }
+
+
+def _check_meta(meta_path: Path, meta: dict, existing: Path) -> None:
+    """Refuse to reuse ``existing`` unless ``meta_path`` records the same data, target and settings."""
+    try:
+        recorded = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        raise SpecforgeError(
+            f"{existing} exists but records nothing about what produced it (no readable {meta_path.name}): "
+            "choose another --out, or delete it to regenerate"
+        ) from None
+    changed = [key for key in ("data_sha256", "target", "settings") if recorded.get(key) != meta[key]]
+    if changed:
+        what = {"data_sha256": "the input data", "target": "the target", "settings": "the settings"}
+        detail = []
+        if "settings" in changed:
+            old, new = recorded.get("settings") or {}, meta["settings"]
+            detail = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+        raise SpecforgeError(
+            f"{existing} was regenerated from other inputs ({', '.join(what[k] for k in changed)} changed"
+            + (f": {', '.join(detail)}" if detail else "")
+            + "): choose another --out, or delete it (and its .partial) to regenerate"
+        )
 
 
 def generate_responses(
@@ -73,8 +110,29 @@ def regenerate(
     skip_bad_rows: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Rewrite assistant turns; return ``{"rows", "resumed_from", "skipped_bad_rows"}``."""
+    """Rewrite assistant turns; return ``{"rows", "resumed_from", "skipped_bad_rows", "cached"}``.
+
+    What produced the output (the input file's hash, the target, the settings) is recorded in
+    ``OUT.meta.json``; an existing output or partial output is reused only when it matches."""
     out_path = Path(out_path)
+    partial = out_path.with_name(out_path.name + ".partial")
+    meta_path = out_path.with_name(out_path.name + ".meta.json")
+    meta = {
+        "data": str(Path(data_path).resolve()),
+        "data_sha256": file_sha256(data_path) if Path(data_path).is_file() else None,
+        "target": target_fingerprint(target.path),
+        "settings": {
+            "batch_size": batch_size,
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "seed": seed,
+            "limit": limit,
+            "skip_bad_rows": skip_bad_rows,
+        },
+    }
+    if out_path.exists() or partial.exists():
+        _check_meta(meta_path, meta, out_path if out_path.exists() else partial)
     if out_path.exists():
         return {
             "rows": sum(1 for _ in out_path.open()),
@@ -84,8 +142,8 @@ def regenerate(
         }
     ds, report = load_rows(data_path, skip_bad_rows=skip_bad_rows)
     n = len(ds) if limit is None else min(limit, len(ds))
-    partial = out_path.with_name(out_path.name + ".partial")
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(meta_path, meta)
     done = _count_complete_lines(partial)
     if done > n:
         raise SpecforgeError(f"{partial} has {done} rows but the input has {n}; delete it to start over")

@@ -77,9 +77,11 @@ def tokenize_dataset(
     ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int, num_proc: int | None = None
 ) -> datasets.Dataset:
     """Map normalised rows to ``input_ids`` / ``loss_mask``; rows with no loss token are dropped."""
-    if any(r is not None for r in ds["messages"][:1]) and not tokenizer.chat_template:
+    if not tokenizer.chat_template and any(r is not None for r in ds["messages"]):
         raise SpecforgeError(
-            "the target's tokenizer has no chat template, but the dataset holds conversations"
+            "the target's tokenizer has no chat template, but the dataset holds conversations: add a chat "
+            "template to the target (tokenizer_config.json 'chat_template' or chat_template.jinja), or train "
+            'on plain text ({"text": ...} rows or a .txt file)'
         )
 
     def one(row: dict) -> dict:
@@ -106,4 +108,10 @@ def load_tokenized(
     rows, report = load_rows(path, skip_bad_rows=skip_bad_rows)
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
-    return tokenize_dataset(rows, tokenizer, max_length), report
+    tokenized = tokenize_dataset(rows, tokenizer, max_length)
+    if len(tokenized) == 0:
+        raise SpecforgeError(
+            f"{path}: none of its {len(rows)} rows has an assistant token within max_length={max_length} "
+            "tokens: raise data.max_length, or shorten the prompts"
+        )
+    return tokenized, report

@@ -111,9 +111,43 @@ def load_tokenizer(path: str | os.PathLike, need_chat_template: bool = True) -> 
         raise SpecforgeError(
             f"the tokenizer in {p} is a slow tokenizer; specforge needs a fast (tokenizer.json) one"
         )
+    check_tokenizer_fits(tok, json.loads((p / "config.json").read_text()), p)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+ROUND_TRIP_TEXT = "def mean(xs):\n    return sum(xs) / len(xs)  # the average, e.g. 2.5 for [2, 3]\n"
+
+
+def check_tokenizer_fits(tok: PreTrainedTokenizerBase, config: dict, p: Path) -> None:
+    """Raise SpecforgeError when the tokenizer in ``p`` cannot be the target's own: its size against
+    the embedding (a padded vocabulary is at most 5 % larger), its end-of-sequence token against the
+    config's, and a round trip of sample text."""
+    vocab = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
+    if isinstance(vocab, int):
+        if len(tok) > vocab:
+            raise SpecforgeError(
+                f"{p}: the tokenizer has {len(tok)} tokens but the model's vocab_size is {vocab}; "
+                "the tokenizer does not belong to this model"
+            )
+        if len(tok) < 0.95 * vocab:
+            raise SpecforgeError(
+                f"{p}: the tokenizer has {len(tok)} tokens, far fewer than the model's vocab_size {vocab}; "
+                "it is probably another model's tokenizer: copy the target's own tokenizer files there"
+            )
+    eos = config.get("eos_token_id")
+    eos_ids = set(eos) if isinstance(eos, list) else ({eos} if isinstance(eos, int) else set())
+    if eos_ids and tok.eos_token_id is not None and tok.eos_token_id not in eos_ids:
+        raise SpecforgeError(
+            f"{p}: the tokenizer's end-of-sequence token {tok.eos_token!r} (id {tok.eos_token_id}) is not the "
+            f"model's eos_token_id {eos}: fix eos_token_id in config.json, or use the target's own tokenizer"
+        )
+    back = tok.decode(tok(ROUND_TRIP_TEXT, add_special_tokens=False)["input_ids"], skip_special_tokens=True)
+    if back.strip() != ROUND_TRIP_TEXT.strip():
+        raise SpecforgeError(
+            f"{p}: the tokenizer does not reproduce text it encodes ({back[:60]!r}); is it complete?"
+        )
 
 
 def load_target(
@@ -134,11 +168,6 @@ def load_target(
     if not hasattr(model, "model") or not hasattr(model.model, "layers"):
         raise SpecforgeError(
             f"{p}: model class {type(model).__name__} has no model.layers; not a decoder-only LM"
-        )
-    if model.config.vocab_size < len(tok):
-        raise SpecforgeError(
-            f"{p}: tokenizer has {len(tok)} tokens but the model's vocab_size is {model.config.vocab_size}; "
-            "the tokenizer does not belong to this model"
         )
     model.to(device).eval().requires_grad_(False)
     return Target(model=model, tokenizer=tok, path=p)

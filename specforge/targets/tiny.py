@@ -29,10 +29,12 @@ from tqdm.auto import tqdm
 
 from specforge.data.demo import demo_conversations
 from specforge.data.stdlib_corpus import read_source, stdlib_files
+from specforge.files import check_out_dir, publish_dir, staging_dir
 from specforge.metrics import distinct_ngram_ratio
 from specforge.targets.loader import default_cache_root, generate_left_padded
 
 BUILDER_VERSION = 3
+TARGET_KIND = "tiny-target"  # the kind publish_dir records in the directory
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
@@ -265,6 +267,7 @@ def build_tiny_target(
     out_dir = Path(out_dir) if out_dir is not None else tiny_target_dir(cfg)
     if (out_dir / "build_report.json").is_file() and not force:
         return out_dir
+    check_out_dir(out_dir, TARGET_KIND, force)  # before 12 minutes of training, not after
     t0 = time.time()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -355,13 +358,11 @@ def build_tiny_target(
         "config": cfg.model_dump(),
         "python": platform.python_version(),
     }
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "build_report.json").write_text(json.dumps(report, indent=2))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp.replace(out_dir)
-    return out_dir
+    staged = staging_dir(out_dir)
+    try:
+        model.save_pretrained(staged, safe_serialization=True)
+        tokenizer.save_pretrained(staged)
+        (staged / "build_report.json").write_text(json.dumps(report, indent=2))
+        return publish_dir(staged, out_dir, TARGET_KIND, force)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)  # gone already when published

@@ -38,6 +38,7 @@ from specforge.capture import (
 from specforge.config import TrainConfig
 from specforge.data.tokenize import load_tokenized
 from specforge.errors import SpecforgeError
+from specforge.files import write_json_atomic
 from specforge.targets.loader import Target, load_target
 from specforge.train.ttt import acceptance_stats, ttt_forward
 from specforge.vocab import build_draft_vocab
@@ -91,6 +92,59 @@ def _latest(output_dir: Path) -> Path | None:
     return path
 
 
+def _checkpoints(output_dir: Path) -> list[Path]:
+    """The finished checkpoints, oldest first."""
+    root = output_dir / CKPT_DIR
+    return sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def _config_changes(ckpt: Path, cfg: TrainConfig) -> list[str]:
+    """The keys whose values differ between the config saved in ``ckpt`` and ``cfg``."""
+    import yaml
+
+    try:
+        saved = _flat_hparams(yaml.safe_load((ckpt / "config.yaml").read_text()) or {})
+    except (OSError, yaml.YAMLError):
+        return []
+    now = _flat_hparams(cfg.model_dump(mode="json"))
+    return [f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in sorted(now) if saved.get(k) != now.get(k)]
+
+
+def _resume(accelerator, output_dir: Path, latest: Path, cfg: TrainConfig) -> Path:
+    """Load ``latest``; if its files are damaged, fall back to the newest older checkpoint that loads,
+    with a warning. A checkpoint that does not fit the model (the config changed) is one clear error."""
+    candidates = [latest] + [c for c in reversed(_checkpoints(output_dir)) if c != latest]
+    for i, ckpt in enumerate(candidates):
+        if not any(ckpt.glob("random_states_*.pkl")):
+            accelerator.print(
+                f"[train] warning: {ckpt} has no RNG state (random_states_*.pkl); the resumed run will not "
+                "repeat the uninterrupted run exactly"
+            )
+        try:
+            accelerator.load_state(str(ckpt))
+            return ckpt
+        except Exception as e:  # accelerate and torch raise many types for a damaged file
+            problem = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            if "size mismatch" in str(e) or "Missing key" in str(e) or "Unexpected key" in str(e):
+                changes = _config_changes(ckpt, cfg)
+                raise SpecforgeError(
+                    f"checkpoint {ckpt} does not fit the draft this config builds ({problem})"
+                    + (f"; changed since it was saved: {', '.join(changes)}" if changes else "")
+                    + ". Restore those settings to resume, or choose a new output_dir"
+                ) from None
+            older = candidates[i + 1] if i + 1 < len(candidates) else None
+            if older is None:
+                raise SpecforgeError(
+                    f"checkpoint {ckpt} cannot be loaded ({problem}), and no older checkpoint is left; delete "
+                    f"{output_dir / CKPT_DIR} to start over"
+                ) from None
+            accelerator.print(
+                f"[train] warning: checkpoint {ckpt} cannot be loaded ({problem}); resuming from the older "
+                f"checkpoint {older} instead"
+            )
+    raise AssertionError("unreachable")
+
+
 def _flat_hparams(tree: dict, prefix: str = "") -> dict:
     """Nested config -> {"a.b": scalar} (trackers take scalars only; lists and None become strings)."""
     flat = {}
@@ -126,7 +180,7 @@ def train(cfg: TrainConfig) -> dict:
             target_dir = build_tiny_target(progress=accelerator.is_main_process)
     else:
         target_dir = Path(cfg.target)
-    target = load_target(target_dir, device=accelerator.device)
+    target = load_target(target_dir, device=accelerator.device, need_chat_template=False)  # tokenizing checks
     with accelerator.main_process_first():
         train_ds, train_report = _tokenized(cfg.data.train, target, cfg)
         eval_ds = _tokenized(cfg.data.eval, target, cfg, cfg.data.eval_limit)[0] if cfg.data.eval else None
@@ -180,8 +234,22 @@ def train(cfg: TrainConfig) -> dict:
 
     resume_from = _latest(out)
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
+        resume_from = _resume(accelerator, out, resume_from, cfg)
         accelerator.print(f"[train] resumed from {resume_from} at step {state.step}")
+        if state.step >= total_steps:  # nothing to train: leave the run exactly as it is
+            accelerator.print(
+                f"[train] {out} is already complete ({state.step} of {total_steps} steps); nothing changed. "
+                "Raise optim.max_steps or optim.epochs to train further, or choose a new output_dir"
+            )
+            summary = out / "train_summary.json"
+            done = json.loads(summary.read_text()) if summary.is_file() else {}
+            return {
+                "final": done.get("final", {}),
+                "history": [],
+                "coverage": done.get("vocab_coverage", vocab.coverage),
+                "steps": state.step,
+                "already_complete": True,
+            }
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.yaml")
@@ -308,18 +376,14 @@ def train(cfg: TrainConfig) -> dict:
         weights = {k: v.detach().cpu().contiguous() for k, v in final_draft.state_dict().items()}
         save_file(weights, str(out / "draft.safetensors.tmp"))
         os.replace(out / "draft.safetensors.tmp", out / "draft.safetensors")
-        (out / "draft_config.json").write_text(
-            json.dumps({"type": cfg.draft.type, **draft_cfg.to_dict()}, indent=1)
-        )
-        (out / "train_summary.json").write_text(
-            json.dumps(
-                {
-                    "final": final,
-                    "steps": state.step,
-                    "seconds": round(time.time() - t0, 1),
-                    "vocab_coverage": vocab.coverage,
-                },
-                indent=1,
-            )
+        write_json_atomic(out / "draft_config.json", {"type": cfg.draft.type, **draft_cfg.to_dict()})
+        write_json_atomic(
+            out / "train_summary.json",
+            {
+                "final": final,
+                "steps": state.step,
+                "seconds": round(time.time() - t0, 1),
+                "vocab_coverage": vocab.coverage,
+            },
         )
     return {"final": final, "history": history, "coverage": vocab.coverage, "steps": state.step}

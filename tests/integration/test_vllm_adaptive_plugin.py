@@ -92,17 +92,38 @@ def test_skipping_the_draft_at_k0_keeps_output_and_speculation_alone(micro_targe
     assert all(out == alone["outputs"][0] for out in crowd["outputs"])  # one prompt, 8 copies
 
 
-def test_bad_policy_falls_back_to_plain_decoding(micro_target_dir, served):
+def test_a_bad_policy_file_falls_back_to_the_configured_k_with_one_warning(micro_target_dir, served):
+    """A malformed file, a misspelt key and a mistyped path each log one warning naming the file
+    (and the key), and vLLM serves its configured k: the same drafts and output as without the plugin."""
     from serving.vllm_plugin.harness.runner import run_vllm
+    from serving.vllm_plugin.policy_file import write_policy_file
 
     tmp, draft = served
-    (tmp / "broken.json").write_text("{not json")
-    res = run_vllm(
-        _request(micro_target_dir, draft, 1),
-        tmp / "broken",
-        env={"SPECFORGE_ADAPTIVE_SPEC": str(tmp / "broken.json")},
+    static = run_vllm(_request(micro_target_dir, draft, 1), tmp / "static")  # plugin inert: vLLM's k = 3
+    cost = CostModel(Profile([1, 64], [1.0, 1.0]), Profile([1, 64], [0.01, 0.01]))
+    good = json.loads(
+        write_policy_file(tmp / "for-typo.json", cost, alpha=[0.9] * 3, ks=[1, 2, 3]).read_text()
     )
-    assert res["spec"].get("drafts", 0) == 0 and len(res["outputs"][0]) == 24
+    (tmp / "broken.json").write_text("{not json")
+    (tmp / "typo.json").write_text(json.dumps({**good, "swich_margin": 0.1}))
+    for name, why in [
+        ("broken.json", "not readable JSON"),
+        ("typo.json", "swich_margin: Extra inputs are not permitted"),
+        ("missing.json", "no such file"),
+    ]:
+        res = run_vllm(
+            _request(micro_target_dir, draft, 1),
+            tmp / f"bad-{name}",
+            env={"SPECFORGE_ADAPTIVE_SPEC": str(tmp / name)},
+        )
+        warnings = [
+            line for line in res["log"].splitlines() if "specforge adaptive speculation disabled" in line
+        ]
+        assert len(warnings) == 1 and str(tmp / name) in warnings[0] and why in warnings[0], res["log"][
+            -3000:
+        ]
+        assert res["outputs"] == static["outputs"] and len(res["outputs"][0]) == 24
+        assert res["spec"]["drafts"] == static["spec"]["drafts"] > 0  # k = 3 served, as configured
 
 
 def test_bench_serve_sweep_with_calibrated_plugin(micro_target_dir, served):
@@ -141,11 +162,13 @@ def test_bench_serve_sweep_with_calibrated_plugin(micro_target_dir, served):
         # last one is sent, so it holds fewer tokens than the whole run
         requests = max(MIN_REQUESTS, WORKLOADS["closed"] * r["batch_size"])
         assert r["output_tokens"] == 12 * requests and r["tokens_per_s"] > 0 and r["tokens_per_s_all"] > 0
-        assert bool(r["spec"].get("drafts")) == (r["config"] in ("k2", "vllm-table")) or r[
-            "config"
-        ].startswith("specforge")
-        if r["config"] in ("k2", "vllm-table"):  # pinned arms of the paired engine ran their k (2 = cap)
-            assert r["spec"]["draft_tokens"] == 2 * r["spec"]["drafts"]
+        spec = r["spec"]
+        if r["config"] == "none":  # the engine without a draft
+            assert not spec.get("drafts")
+        elif r["config"] in ("k2", "vllm-table"):  # pinned arms of the paired engine ran their k (2 = cap)
+            assert spec["drafts"] > 0 and spec["draft_tokens"] == 2 * spec["drafts"]
+        else:  # the plugin and its variant: whatever k they chose, never above the configured 2
+            assert "drafts" in spec and spec.get("draft_tokens", 0) <= 2 * spec.get("drafts", 0)
     # the plugin timed its own steps and chose a k for both batch sizes
     plugin = res["plugin_steps"][0]
     assert plugin["steps"] and set(plugin["choices"]) >= {"1", "4"} and not plugin["fell_back"]
@@ -222,12 +245,12 @@ def test_held_calibration_times_every_k_held_in_a_closed_loop(micro_target_dir, 
 def test_bench_serve_lockstep_gives_every_configuration_its_own_engine(micro_target_dir, served):
     """The lockstep design: an engine per configuration in one process, taking turns; each row's
     speculative counters come from that engine's own scheduler (vLLM's metrics registry is shared)."""
+    from serving.vllm_plugin.policy_file import write_policy_file
     from specforge.bench.serve_vllm import bench_serve_vllm
 
     tmp, draft = served
-    policy = tmp / "serve" / "calibrate" / "policy.json"
-    if not policy.is_file():
-        pytest.skip("needs the calibrated policy of test_bench_serve_sweep_with_calibrated_plugin")
+    cost = CostModel(Profile([1, 4, 5, 64], [1.0, 1.0, 50.0, 50.0]), Profile([1, 64], [0.01, 0.01]))
+    policy = write_policy_file(tmp / "lockstep-policy.json", cost, alpha=[0.9, 0.9], ks=[1, 2])
     res = bench_serve_vllm(
         micro_target_dir,
         draft,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from specforge.cli import main
 
 
@@ -43,3 +45,33 @@ def test_capture_command(micro_target_dir, tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["sequences"] + res["dropped_truncated_rows"] == 6 and res["sequences"] >= 4
     assert res["shards"] == 2 and res["aux_layers"] == [2, 4, 5] and res["disk_mib"] > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["capture", "--data", "d.jsonl", "--out", "o", "--layers", "2,four,5"],
+            "--layers '2,four,5' is not",
+        ),
+        (["calibrate", "--token-counts", "1,x"], "--token-counts '1,x' is not a comma-separated list"),
+        (
+            ["bench", "acceptance", "--draft", "r", "--data", "d", "--out", "o", "--shapes", "chain:x"],
+            "--shapes",
+        ),
+        (["train", "data.train=x.jsonl", "draft.type=eagle9"], "unknown draft type 'eagle9'; known: eagle3"),
+        (["train", "data.train=x.jsonl", "optim.max_steps=0"], "optim.max_steps: Input should be greater"),
+        (["train", "data.train=x.jsonl", "optim.max_steps=-1"], "optim.max_steps: Input should be greater"),
+    ],
+)
+def test_bad_values_are_one_clear_error_before_any_work(micro_target_dir, argv, message, capsys):
+    argv = [
+        *argv[:1],
+        *(["--target", str(micro_target_dir)] if argv[0] in ("capture", "calibrate") else []),
+        *argv[1:],
+    ]
+    if argv[:2] == ["bench", "acceptance"]:
+        argv += ["--target", str(micro_target_dir)]
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err, err

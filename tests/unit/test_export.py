@@ -37,7 +37,7 @@ def test_vllm_export_layout(run_dir, tmp_path):
     assert "embed_tokens.weight" not in tensors and tensors["d2t"].dtype == torch.int64
     # d2t offsets reproduce the chosen target ids.
     assert (torch.arange(VD) + tensors["d2t"]).tolist() == list(range(0, 2 * VD, 2))
-    assert not (tmp_path / "vllm.tmp").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no staging folder left
 
 
 def _good(run_dir, tmp_path):
@@ -95,3 +95,48 @@ def test_hf_round_trip(run_dir, tmp_path):
             assert torch.equal(v, emb)
         else:
             assert torch.equal(v, ref[k]), k
+
+
+def _files(d):
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+
+
+def test_export_never_deletes_what_it_did_not_write(run_dir, tmp_path, capsys):
+    """--out at the run itself or at a folder holding other work is refused (exit 2, one line) and
+    left as it was; --force writes the export's files beside the others; a re-export into a previous
+    export replaces only what the previous export wrote."""
+    from specforge.cli import main
+
+    before = _files(run_dir)
+    for out in (run_dir, tmp_path):  # the run itself; its parent, with the run and other files in it
+        (tmp_path / "notes.txt").write_text("mine")
+        rc = main(["export", "--run", str(run_dir), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and "not empty" in err and "--force" in err
+        assert _files(run_dir) == before and (tmp_path / "notes.txt").read_text() == "mine"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("keep")
+    assert main(["export", "--run", str(run_dir), "--out", str(other), "--force"]) == 0
+    assert (other / "keep.txt").read_text() == "keep" and (other / "model.safetensors").is_file()
+    out = export_vllm(run_dir, tmp_path / "vllm")
+    (out / "user.txt").write_text("added by the user")
+    export_vllm(run_dir, out)  # a previous export of the same kind: replaced in place
+    assert (out / "user.txt").read_text() == "added by the user"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "specforge.json",
+        "user.txt",
+    ]
+    with pytest.raises(SpecforgeError, match="is a vllm-export directory, not a previous hf-draft-export"):
+        export_hf(run_dir, out)  # an export of another kind is not overwritten either
+
+
+def test_building_the_tiny_target_into_a_foreign_folder_is_refused_before_training(tmp_path):
+    from specforge.targets.tiny import build_tiny_target
+
+    (tmp_path / "paper.tex").write_text("mine")
+    with pytest.raises(SpecforgeError, match="not empty and is not something specforge wrote"):
+        build_tiny_target(out_dir=tmp_path, progress=False)  # would train for minutes if not refused
+    assert _files(tmp_path) == ["paper.tex"]

@@ -112,3 +112,31 @@ def test_missing_and_unsupported_files(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(SpecforgeError, match="unsupported dataset extension"):
         load_rows(tmp_path / "x.csv")
+
+
+def test_an_empty_file_or_one_with_every_row_skipped_is_one_clear_error(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(SpecforgeError, match=r"empty.jsonl has no usable rows \(0 skipped"):
+        load_rows(tmp_path / "empty.jsonl")
+    bad = _write(tmp_path / "bad.jsonl", ["{oops", {"text": ""}])
+    with pytest.raises(
+        SpecforgeError, match=r"no usable rows \(2 skipped as malformed\); first problems: row 1"
+    ):
+        load_rows(bad, skip_bad_rows=True)
+
+
+def test_a_json_array_is_read_as_rows(tmp_path):
+    """ShareGPT's usual layout: one .json array of conversations."""
+    rows = [
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+        {"text": "plain"},
+    ]
+    (tmp_path / "sharegpt.json").write_text(json.dumps(rows, indent=2))
+    ds, rep = load_rows(tmp_path / "sharegpt.json")
+    assert rep.rows == 2 and ds[0]["messages"][1] == {"role": "assistant", "content": "a"}
+    (tmp_path / "bad.json").write_text(json.dumps([rows[0], {"nothing": 1}]))
+    with pytest.raises(SpecforgeError, match=r"bad.json: row 1 of the array: row has none of the keys"):
+        load_rows(tmp_path / "bad.json")
+    (tmp_path / "object.json").write_text('{"a": 1}\n{"b": 2}')  # JSON lines in a .json file still load
+    with pytest.raises(SpecforgeError, match="row 1: row has none of the keys"):
+        load_rows(tmp_path / "object.json")

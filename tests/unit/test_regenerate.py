@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from specforge.data import regenerate as regen_mod
-from specforge.data.regenerate import generate_responses, regenerate
+from specforge.data.regenerate import regenerate
+from specforge.errors import SpecforgeError
 
 
 def _data(tmp_path, n=5):
@@ -37,11 +39,38 @@ def test_greedy_regeneration_matches_target(micro_target, tmp_path):
     first = rows[0]["messages"]
     assert [m["role"] for m in first] == ["user", "assistant", "user", "assistant"]
     assert first[1]["content"] != "old answer" and first[3]["content"] != "old again"
-    # The first reply is the target's own greedy response to the first question.
-    expected = generate_responses(micro_target, [[{"role": "user", "content": "question 0"}]], 12, 0.0)[0]
-    assert first[1]["content"] == expected
-    # A finished output is reused, not regenerated.
-    assert regenerate(micro_target, _data(tmp_path), out, progress=False)["cached"]
+    # The first reply is the target's own greedy response to the first question, by plain HF generate.
+    tok, model = micro_target.tokenizer, micro_target.model
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "question 0"}], add_generation_prompt=True, tokenize=False
+    )
+    ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
+    new = model.generate(
+        ids, max_new_tokens=12, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=0
+    )
+    assert first[1]["content"] == tok.decode(new[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    # A finished output is reused only for the same data, target and settings.
+    assert regenerate(micro_target, _data(tmp_path), out, batch_size=2, max_new_tokens=12, progress=False)[
+        "cached"
+    ]
+
+
+def test_a_stale_output_is_refused_not_reused(micro_target, tmp_path):
+    """An existing output made from other data or settings, or whose provenance is unknown, is one
+    clear error naming what changed; it is never returned as if it were this run's."""
+    data = _data(tmp_path)
+    out = tmp_path / "out.jsonl"
+    regenerate(micro_target, data, out, batch_size=2, max_new_tokens=4, limit=2, progress=False)
+    with pytest.raises(SpecforgeError, match=r"settings changed: max_new_tokens 4 -> 8, limit 2 -> None"):
+        regenerate(micro_target, data, out, batch_size=2, max_new_tokens=8, progress=False)
+    data.write_text(data.read_text() + json.dumps({"text": "one more row"}) + "\n")
+    with pytest.raises(SpecforgeError, match="the input data changed"):
+        regenerate(micro_target, data, out, batch_size=2, max_new_tokens=4, limit=2, progress=False)
+    foreign = tmp_path / "foreign.jsonl"
+    foreign.write_text('{"text": "x"}\n')
+    with pytest.raises(SpecforgeError, match="records nothing about what produced it"):
+        regenerate(micro_target, data, foreign, progress=False)
+    assert foreign.read_text() == '{"text": "x"}\n'
 
 
 def test_resume_after_kill_gives_same_output(micro_target, tmp_path, monkeypatch):

@@ -80,3 +80,29 @@ def test_corrupt_weights(micro_target_dir, tmp_path):
     (d / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(SpecforgeError, match="could not load the target model weights"):
         load_target(d)
+
+
+def test_a_foreign_tokenizer_is_refused(micro_target_dir, tmp_path):
+    """A tokenizer trained for another model (smaller than the target's vocabulary, with the same
+    special tokens, so every id is in range) is caught before training reports "coverage 100 %"."""
+    from specforge.targets.loader import load_tokenizer
+    from specforge.targets.tiny import train_tokenizer
+
+    d = _copy(micro_target_dir, tmp_path / "t")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (d / name).unlink(missing_ok=True)
+    train_tokenizer(["def f(x):\n    return x\n" * 50], 300).save_pretrained(d)
+    with pytest.raises(SpecforgeError, match=r"has \d+ tokens, far fewer than the model.s vocab_size 400"):
+        load_tokenizer(d)
+
+
+def test_a_tokenizer_whose_eos_is_not_the_models_is_refused(micro_target_dir, tmp_path):
+    d = _copy(micro_target_dir, tmp_path / "t")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["eos_token_id"] = 7
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(
+        SpecforgeError,
+        match=r"end-of-sequence token '<\|end\|>' \(id \d+\) is not the model's eos_token_id 7",
+    ):
+        load_target(d)

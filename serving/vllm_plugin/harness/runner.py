@@ -33,7 +33,8 @@ def run_vllm(
     """Run one request (:class:`~.request.VllmRequest`, checked here first: ``ValueError`` naming every
     bad key) in a subprocess; raise RuntimeError with vLLM's last output on failure (or when it runs
     past ``timeout`` seconds).
-    ``env`` adds environment variables (e.g. SPECFORGE_ADAPTIVE_SPEC for the adaptive plugin)."""
+    ``env`` adds environment variables (e.g. SPECFORGE_ADAPTIVE_SPEC for the adaptive plugin). The
+    result carries ``"log"``: the last 20,000 characters vLLM printed."""
     workdir.mkdir(parents=True, exist_ok=True)
     req, res = workdir / "vllm_request.json", workdir / "vllm_result.json"
     checked = request if isinstance(request, VllmRequest) else parse_request(request)
@@ -52,4 +53,4 @@ def run_vllm(
     if proc.returncode != 0 or not res.is_file():
         tail = (proc.stdout + proc.stderr)[-4000:]
         raise RuntimeError(f"vLLM run failed (exit {proc.returncode}):\n{tail}")
-    return json.loads(res.read_text())
+    return {**json.loads(res.read_text()), "log": (proc.stdout + proc.stderr)[-20000:]}

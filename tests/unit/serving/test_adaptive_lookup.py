@@ -250,15 +250,17 @@ def test_step_table_policy_file_round_trip(tmp_path):
     assert policy.choose(1).num_draft_tokens == 2 and policy.choose(64).num_draft_tokens == 0
 
 
-def test_policy_errors_fall_back_to_plain_decoding(tmp_path, caplog):
+def test_policy_errors_fall_back_to_the_configured_static_k(tmp_path, caplog):
     class Broken:
         def choose(self, batch):
             raise RuntimeError("boom")
 
     lookup = AdaptiveLookup(Broken(), k_max=3)
     with caplog.at_level(logging.WARNING, logger="specforge.vllm_plugin"):
-        assert lookup[1] == 0 and lookup[2] == 0
+        assert lookup[1] == 3 and lookup[2] == 3  # the configured static k (k_max without a table)
     assert sum("boom" in r.message for r in caplog.records) == 1  # one warning, then quiet
+    table = AdaptiveLookup(Broken(), k_max=5, fallback=[0, 5, 5, 2, 2])  # vLLM's table as configured
+    assert [table[b] for b in (1, 3, 8)] == [5, 2, 2]
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(PolicyFileError, match="bad.json: .*alpha: Field required"):  # nothing in it
         load_policy(tmp_path / "bad.json", 3)

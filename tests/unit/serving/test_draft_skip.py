@@ -118,7 +118,8 @@ def test_k0_skips_the_draft_only_when_the_load_calls_for_it(tmp_path):
     assert lookup[5] == 0 and lookup.skip_draft  # batch 5: the load says no speculation, draft skipped
     lookup.pin(0)
     assert lookup[2] == 0 and lookup.skip_draft  # a pinned k = 0 skips (paired benchmarks, calibration)
-    assert AdaptiveLookup(None, k_max=3)[2] == 0 and not AdaptiveLookup(None, k_max=3).skip_draft
+    static = AdaptiveLookup(None, k_max=3, fallback=[0, 3, 2, 1])  # no policy: vLLM's table, no skipping
+    assert [static[b] for b in (1, 2, 3, 9)] == [3, 2, 1, 1] and not static.skip_draft
 
     # Without draft skipping their k = 0 is priced by the table; held there, their estimates decay
     # back towards the population's, and they speculate again

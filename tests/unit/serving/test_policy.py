@@ -212,8 +212,11 @@ def test_live_acceptance_overrides_the_tracker_and_stops_speculation_for_bad_seq
     assert (
         pol.choose(2, tau={TreeShape.chain(2): 1.1}) == NO_SPECULATION
     )  # the batch left accepts almost nothing
-    pol.freeze_costs(8)
-    assert pol.choose(2) == TreeShape.chain(2) and pol.choose(64) == pol.choose(64, tau=None)
+    sizes = [1, 2, 4, 8, 64]
+    before = [pol.choose(b) for b in sizes]
+    pol.freeze_costs(8)  # step times precomputed up to batch 8: the same choices, and tau still live
+    assert [pol.choose(b) for b in sizes] == before
+    assert pol.choose(2, tau={TreeShape.chain(2): 1.1}) == NO_SPECULATION
 
 
 def test_alpha_from_histograms_pools_chains_of_every_length():
