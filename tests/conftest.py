@@ -45,3 +45,23 @@ def micro_target(micro_target_dir):
     from specforge.targets.loader import load_target
 
     return load_target(micro_target_dir)
+
+
+@pytest.fixture(scope="session")
+def micro_draft(micro_target_dir, tmp_path_factory):
+    """A trained EAGLE-3 head for the micro target (40 steps, 3 TTT steps), with its data: acceptance
+    is well above zero, so a lossless check through it means something. Returns (workdir, run, vLLM
+    export); the data is under workdir/data (train.jsonl, heldout.jsonl)."""
+    from specforge.data.demo import write_demo_dataset
+    from tests.helpers import train_micro_vllm_draft
+
+    work = tmp_path_factory.mktemp("micro-draft")
+    write_demo_dataset(work / "data", max_train=64, max_heldout=12)
+    vllm_dir = train_micro_vllm_draft(
+        micro_target_dir,
+        work,
+        ttt_steps=3,
+        max_steps=40,
+        overrides=("optim.lr=5e-3", f"data.eval={work / 'data' / 'heldout.jsonl'}"),
+    )
+    return work, work / "run", vllm_dir

@@ -80,27 +80,39 @@ def normalise_row(row: Any) -> dict:
     return {"messages": messages, "text": None}
 
 
-def _scan_jsonl(path: Path, skip_bad_rows: bool, report: LoadReport) -> list[dict]:
+def _validated(items, path: Path, skip_bad_rows: bool, report: LoadReport) -> list[dict]:
+    """Normalise ``(label, parse)`` items (``parse()`` gives the row's JSON, or raises RowError); a bad
+    row stops with its file and label, or is counted when skipping."""
     out = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                try:
-                    parsed = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise RowError(f"invalid JSON ({e.msg} at column {e.colno})") from e
-                out.append(normalise_row(parsed))
-            except RowError as e:
-                if not skip_bad_rows:
-                    raise SpecforgeError(
-                        f"{path}: row {lineno}: {e}. Fix the row, or pass skip_bad_rows=true to skip bad rows"
-                    ) from None
-                report.skipped += 1
-                if len(report.problems) < 5:
-                    report.problems.append(f"row {lineno}: {e}")
+    for label, parse in items:
+        try:
+            out.append(normalise_row(parse()))
+        except RowError as e:
+            if not skip_bad_rows:
+                raise SpecforgeError(
+                    f"{path}: {label}: {e}. Fix the row, or pass skip_bad_rows=true to skip bad rows"
+                ) from None
+            report.skipped += 1
+            if len(report.problems) < 5:
+                report.problems.append(f"{label}: {e}")
     return out
+
+
+def _parse_line(line: str):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise RowError(f"invalid JSON ({e.msg} at column {e.colno})") from e
+
+
+def _scan_jsonl(path: Path, skip_bad_rows: bool, report: LoadReport) -> list[dict]:
+    with path.open(encoding="utf-8") as fh:
+        items = (
+            (f"row {lineno}", lambda line=line: _parse_line(line))
+            for lineno, line in enumerate(fh, start=1)
+            if line.strip()
+        )
+        return _validated(items, path, skip_bad_rows, report)
 
 
 def _scan_json_array(path: Path, skip_bad_rows: bool, report: LoadReport) -> list[dict]:
@@ -113,19 +125,8 @@ def _scan_json_array(path: Path, skip_bad_rows: bool, report: LoadReport) -> lis
         raise SpecforgeError(
             f"{path}: a .json dataset holds an array of rows, or one row per line (JSON lines)"
         )
-    out = []
-    for i, item in enumerate(parsed):
-        try:
-            out.append(normalise_row(item))
-        except RowError as e:
-            if not skip_bad_rows:
-                raise SpecforgeError(
-                    f"{path}: row {i} of the array: {e}. Fix the row, or pass skip_bad_rows=true to skip bad rows"
-                ) from None
-            report.skipped += 1
-            if len(report.problems) < 5:
-                report.problems.append(f"row {i}: {e}")
-    return out
+    items = ((f"row {i} of the array", lambda item=item: item) for i, item in enumerate(parsed))
+    return _validated(items, path, skip_bad_rows, report)
 
 
 def _is_json_array(path: Path) -> bool:

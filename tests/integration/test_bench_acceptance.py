@@ -5,17 +5,10 @@ from __future__ import annotations
 import json
 
 from specforge.cli import main
-from specforge.data.demo import write_demo_dataset
-from specforge.targets.loader import load_target
-from tests.helpers import small_eagle3, small_eagle3_config, write_draft_run
 
 
-def test_bench_acceptance_writes_json_and_plot(micro_target_dir, tmp_path, capsys):
-    target = load_target(micro_target_dir)
-    cfg = small_eagle3_config(64, target.vocab_size, 128, head_dim=32)
-    draft = small_eagle3(cfg, list(range(target.vocab_size)))
-    run = write_draft_run(tmp_path / "run", draft)
-    write_demo_dataset(tmp_path / "data", max_train=2, max_heldout=4)
+def test_bench_acceptance_writes_json_and_plot(micro_target_dir, micro_draft, tmp_path, capsys):
+    work, run, _ = micro_draft  # a trained head: drafts are accepted, so "lossless" is not vacuous
 
     rc = main(
         [
@@ -26,7 +19,7 @@ def test_bench_acceptance_writes_json_and_plot(micro_target_dir, tmp_path, capsy
             "--draft",
             str(run),
             "--data",
-            str(tmp_path / "data" / "heldout.jsonl"),
+            str(work / "data" / "heldout.jsonl"),
             "--out",
             str(tmp_path / "bench"),
             "--shapes",
@@ -47,8 +40,7 @@ def test_bench_acceptance_writes_json_and_plot(micro_target_dir, tmp_path, capsy
     assert res["plain"]["tau"] == 1.0
     for name in ("chain:2", "tree:2:2:3"):
         r = res[name]
-        assert r["lossless"] is True
-        assert r["tau"] >= 1.0 and r["tokens_per_s"] > 0 and r["speedup"] > 0
-        assert 0 <= r["accepted_over_drafted"] <= 1
+        assert r["lossless"] is True and r["tokens_per_s"] > 0 and r["speedup"] > 0
+        assert r["tau"] > 1.2 and 0 < r["accepted_over_drafted"] <= 1  # drafts were accepted
     assert (tmp_path / "bench" / "acceptance.png").stat().st_size > 1000
     assert result["args"]["batch_size"] == 2

@@ -10,8 +10,6 @@ import nbformat
 from nbclient import NotebookClient
 
 from specforge.cli import main
-from specforge.data.demo import write_demo_dataset
-from tests.helpers import small_eagle3, small_eagle3_config, write_draft_run
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
@@ -22,13 +20,10 @@ def _last_stdout(nb) -> str:
 
 
 def test_acceptance_notebook_measures_every_shape_and_reads_a_serve_sweep(
-    micro_target_dir, micro_target, tmp_path, monkeypatch, capsys
+    micro_target_dir, micro_draft, tmp_path, monkeypatch, capsys
 ):
-    cfg = small_eagle3_config(micro_target.hidden_size, micro_target.vocab_size, 64, 32)
-    run = write_draft_run(tmp_path / "run", small_eagle3(cfg, list(range(64))))
-    (run / "train_summary.json").write_text(json.dumps({"final": {"eval/alpha_0": 0.6, "eval/alpha_1": 0.5}}))
-    write_demo_dataset(tmp_path / "data", max_train=4, max_heldout=12)
-    data = tmp_path / "data" / "heldout.jsonl"
+    work, run, _ = micro_draft  # a trained head: drafts are accepted, so "lossless" is not vacuous
+    data = work / "data" / "heldout.jsonl"
     serve_args = ["bench", "serve", "--engine", "reference", "--target", str(micro_target_dir), "--run"]
     serve_args += [str(run), "--data", str(data), "--out", str(tmp_path / "serve"), "--batch-sizes", "1,2"]
     assert main([*serve_args, "--shapes", "chain:2", "--max-tokens", "6", "--rounds", "1"]) == 0
@@ -60,7 +55,7 @@ def test_acceptance_notebook_measures_every_shape_and_reads_a_serve_sweep(
         assert per_shape["plain"]["tau"] == 1.0
         for name in ("chain:2", "tree:2:2:3"):
             r = per_shape[name]
-            assert r["lossless"] is True and r["tau"] >= 1.0 and r["speedup"] > 0
+            assert r["lossless"] is True and r["tau"] > 1.2 and r["speedup"] > 0
             # tau = 1 + the accepted tokens per sequence step, one per depth (less where
             # max_new_tokens cut a step short)
             acc = r["acceptance_per_position"]
