@@ -99,3 +99,28 @@ def train_micro_vllm_draft(
     )
     train(cfg)
     return export_vllm(workdir / "run", workdir / out)
+
+
+def micro_train_config(target, data, out, *extra: str):
+    """The tests' small training run: 8 steps on the demo rows in ``data`` (override with ``extra``)."""
+    from specforge.config import load_train_config
+
+    return load_train_config(
+        None,
+        [
+            f"target={target}",
+            f"output_dir={out}",
+            f"data.train={data / 'train.jsonl'}",
+            f"data.eval={data / 'heldout.jsonl'}",
+            "data.max_length=256",
+            "draft.draft_vocab_size=200",
+            "ttt.steps=3",
+            "optim.batch_size=4",
+            "optim.max_steps=8",
+            "eval_every=4",
+            "save_every=4",
+            "log_with=[]",
+            "progress=false",
+            *extra,
+        ],
+    )

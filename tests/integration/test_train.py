@@ -9,10 +9,10 @@ import torch
 
 from serving.acceptance import chain_tau
 from specforge import capture as capture_mod
-from specforge.config import load_train_config
 from specforge.data.demo import write_demo_dataset
 from specforge.train import loop as loop_mod
 from specforge.train.loop import train
+from tests.helpers import micro_train_config
 
 
 @pytest.fixture(scope="module")
@@ -23,25 +23,8 @@ def demo_data(tmp_path_factory):
 
 
 def _cfg(micro_target_dir, demo_data, out, *extra):
-    return load_train_config(
-        None,
-        [
-            f"target={micro_target_dir}",
-            f"output_dir={out}",
-            f"data.train={demo_data / 'train.jsonl'}",
-            f"data.eval={demo_data / 'heldout.jsonl'}",
-            "data.max_length=256",
-            "draft.draft_vocab_size=200",
-            "ttt.steps=3",
-            "optim.batch_size=4",
-            "optim.lr=3e-3",
-            "optim.max_steps=8",
-            "eval_every=4",
-            "save_every=4",
-            "log_with=[tensorboard]",
-            "progress=false",
-            *extra,
-        ],
+    return micro_train_config(
+        micro_target_dir, demo_data, out, "optim.lr=3e-3", "log_with=[tensorboard]", *extra
     )
 
 

@@ -12,6 +12,7 @@ from specforge.config import load_train_config
 from specforge.data.demo import write_demo_dataset
 from specforge.errors import SpecforgeError
 from specforge.train.loop import train
+from tests.helpers import micro_train_config
 
 
 @pytest.fixture(scope="module")
@@ -22,25 +23,7 @@ def demo_data(tmp_path_factory):
 
 
 def _cfg(target, data, out, *extra):
-    return load_train_config(
-        None,
-        [
-            f"target={target}",
-            f"output_dir={out}",
-            f"data.train={data / 'train.jsonl'}",
-            f"data.eval={data / 'heldout.jsonl'}",
-            "data.max_length=256",
-            "draft.draft_vocab_size=200",
-            "ttt.steps=2",
-            "optim.batch_size=4",
-            "optim.max_steps=8",
-            "eval_every=4",
-            "save_every=4",
-            "log_with=[]",
-            "progress=false",
-            *extra,
-        ],
-    )
+    return micro_train_config(target, data, out, "ttt.steps=2", *extra)
 
 
 def _snapshot(run):
