@@ -1,13 +1,14 @@
 """``specforge bench acceptance``: tau, acceptance per position and speed of draft trees in the
 reference engine (and chains in the real vLLM), on the same prompts and the same draft.
 
-Contract: :func:`bench_acceptance` runs the reference engine on held-out chat prompts, first with no
-speculation, then with every requested shape, all at the same batch size, and reports per shape:
-tau (tokens per target forward per sequence, bonus included), alpha per position (conditional
-acceptance), acceptance per position, accepted/drafted, tokens/s, and the speed-up over plain
-decoding measured in the same run (runs are interleaved over ``repeats``; the best time of each
-counts). It checks that greedy outputs equal plain decoding's. Results go to ``result.json`` and
-``acceptance.png`` in ``out_dir``, beside the resolved arguments.
+Contract: :func:`bench_acceptance` runs the reference engine on held-out prompts (a file, or a
+prompt-set name such as ``humaneval``; read by :func:`chat_prompts`), first with no speculation,
+then with every requested shape, all at the same batch size, and reports per shape: tau (tokens
+per target forward per sequence, bonus included), alpha per position (conditional acceptance),
+acceptance per position, accepted/drafted, tokens/s, and the speed-up over plain decoding measured
+in the same run (runs are interleaved over ``repeats``; the best time of each counts). It checks
+that greedy outputs equal plain decoding's. Results go to ``result.json`` and ``acceptance.png`` in
+``out_dir``, beside the resolved arguments.
 """
 
 from __future__ import annotations
@@ -40,14 +41,14 @@ def bench_acceptance(
     temperature: float = 0.0,
     repeats: int = 1,
 ) -> dict:
-    target = load_target(target_dir)
+    toks = chat_prompts(target_dir, data, prompts)  # first: checks the data, and the chat template it needs
+    target = load_target(target_dir, need_chat_template=False)
     draft = load_draft(draft_dir, target.model.get_input_embeddings().weight.detach())
     if draft.config.vocab_size != target.vocab_size or draft.config.target_hidden_size != target.hidden_size:
         raise SpecforgeError(
             f"the draft in {draft_dir} was trained for a target with vocabulary {draft.config.vocab_size} and hidden "
             f"size {draft.config.target_hidden_size}, but {target_dir} has {target.vocab_size} and {target.hidden_size}"
         )
-    toks = chat_prompts(target_dir, data, prompts)
     eos = target.tokenizer.eos_token_id
     engines = {"plain": SpeculativeEngine(target.model, None, eos)}
     drafted = SpeculativeEngine(target.model, Eagle3Drafter(draft), eos)

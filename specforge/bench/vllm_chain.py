@@ -1,8 +1,10 @@
 """Acceptance of a draft served by the real vLLM (chains), against plain decoding in the same vLLM.
 
-Contract: :func:`bench_vllm_chain` takes held-out conversations, renders their first user turn with
-the target's chat template, and runs vLLM twice on the same token prompts: plain, and with the
-EAGLE-3 draft at ``k`` speculative tokens. It reports
+Contract: :func:`bench_vllm_chain` takes held-out prompts (a file, or a prompt-set name such as
+``humaneval``: see :func:`chat_prompts`), renders a conversation's turns before its first answer with
+the target's chat template and tokenises a plain-text row as it is (a raw completion prompt), and
+runs vLLM twice on the same token prompts: plain, and with the EAGLE-3 draft at ``k`` speculative
+tokens. It reports
 
 * ``tau``: vLLM's mean acceptance length, ``1 + accepted / drafts`` (bonus token included);
 * ``acceptance_per_position``: accepted_per_pos[i] / drafts (P(position i accepted));
@@ -20,26 +22,35 @@ from pathlib import Path
 from serving.acceptance import conditional_acceptance
 from serving.vllm_plugin.harness.runner import run_vllm
 from specforge.data.formats import load_rows
+from specforge.data.humaneval import resolve_prompt_source
+from specforge.errors import SpecforgeError
 from specforge.metrics import distinct_ngram_ratio
 from specforge.targets.loader import load_tokenizer
 
 
 def chat_prompts(target_dir: Path, data: Path, limit: int, max_prompt_tokens: int = 768) -> list[list[int]]:
-    tok = load_tokenizer(target_dir)
-    rows, _ = load_rows(data)
+    """Up to ``limit`` token prompts of at most ``max_prompt_tokens`` from ``data``: a dataset file, or
+    the name of a built-in prompt set (see :func:`resolve_prompt_source`). A conversation gives its
+    turns before the first assistant turn, rendered with the chat template (generation prompt added);
+    a plain-text row gives its text as a raw completion prompt (tokenised as in training, no template)."""
+    rows, _ = load_rows(resolve_prompt_source(data))
+    tok = load_tokenizer(target_dir, need_chat_template=any(m is not None for m in rows["messages"]))
     prompts = []
     for r in rows:
         msgs = r["messages"]
-        if not msgs:
-            continue
-        first_assistant = next(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-        ids = tok.apply_chat_template(msgs[:first_assistant], add_generation_prompt=True)
-        if hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
+        if msgs:
+            first_assistant = next(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+            ids = tok.apply_chat_template(msgs[:first_assistant], add_generation_prompt=True)
+            if hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+        else:
+            ids = tok(r["text"], add_special_tokens=True)["input_ids"]
         if len(ids) <= max_prompt_tokens:
             prompts.append(list(ids))
         if len(prompts) == limit:
             break
+    if not prompts:
+        raise SpecforgeError(f"{data}: no prompt of at most {max_prompt_tokens} tokens to benchmark on")
     return prompts
 
 

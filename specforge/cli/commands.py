@@ -60,6 +60,13 @@ def cmd_data_demo(args: argparse.Namespace) -> None:
     print(json.dumps({"out": args.out, **counts}))
 
 
+def cmd_data_prompts(args: argparse.Namespace) -> None:
+    from specforge.data.prompts import build_prompts
+
+    report = build_prompts(Path(args.out), args.n_train, args.n_heldout, args.seed)
+    print(json.dumps({"out": args.out, **report}, indent=1))
+
+
 def cmd_data_regenerate(args: argparse.Namespace) -> None:
     from specforge.data.regenerate import regenerate
     from specforge.targets.loader import load_target
@@ -205,6 +212,12 @@ def add_parsers(sub) -> None:
     dm.add_argument("--max-heldout", type=int, default=200)
     dm.add_argument("--seed", type=int, default=0)
     dm.set_defaults(func=cmd_data_demo)
+    dp = d.add_parser("prompts", help="write user-only prompts from the stdlib (train/heldout JSONL)")
+    dp.add_argument("--out", required=True)
+    dp.add_argument("--n-train", type=int, default=6000)
+    dp.add_argument("--n-heldout", type=int, default=300)
+    dp.add_argument("--seed", type=int, default=0)
+    dp.set_defaults(func=cmd_data_prompts)
     r = d.add_parser("regenerate", help="rewrite assistant turns with the target's own responses")
     add_target(r)
     r.add_argument("--data", required=True)

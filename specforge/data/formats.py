@@ -49,8 +49,9 @@ class RowError(ValueError):
     """A row-level validation problem (internal; surfaced as SpecforgeError with file and row)."""
 
 
-def normalise_row(row: Any) -> dict:
-    """Normalise one parsed JSON row, or raise RowError saying what is wrong with it."""
+def normalise_row(row: Any, allow_prompt_only: bool = False) -> dict:
+    """Normalise one parsed JSON row, or raise RowError saying what is wrong with it; with
+    ``allow_prompt_only``, a conversation without an assistant turn (a prompt to answer) is accepted."""
     if not isinstance(row, dict):
         raise RowError(f"expected a JSON object, got {type(row).__name__}")
     if row.get("conversations") is not None:
@@ -75,18 +76,20 @@ def normalise_row(row: Any) -> dict:
         if not isinstance(turn[text_key], str):
             raise RowError(f"turn {i} '{text_key}' must be a string, got {type(turn[text_key]).__name__}")
         messages.append({"role": role, "content": turn[text_key]})
-    if not any(m["role"] == "assistant" for m in messages):
+    if not allow_prompt_only and not any(m["role"] == "assistant" for m in messages):
         raise RowError("conversation has no assistant turn, so nothing to train on")
     return {"messages": messages, "text": None}
 
 
-def _validated(items, path: Path, skip_bad_rows: bool, report: LoadReport) -> list[dict]:
+def _validated(
+    items, path: Path, skip_bad_rows: bool, report: LoadReport, allow_prompt_only: bool = False
+) -> list[dict]:
     """Normalise ``(label, parse)`` items (``parse()`` gives the row's JSON, or raises RowError); a bad
     row stops with its file and label, or is counted when skipping."""
     out = []
     for label, parse in items:
         try:
-            out.append(normalise_row(parse()))
+            out.append(normalise_row(parse(), allow_prompt_only))
         except RowError as e:
             if not skip_bad_rows:
                 raise SpecforgeError(
@@ -105,17 +108,19 @@ def _parse_line(line: str):
         raise RowError(f"invalid JSON ({e.msg} at column {e.colno})") from e
 
 
-def _scan_jsonl(path: Path, skip_bad_rows: bool, report: LoadReport) -> list[dict]:
+def _scan_jsonl(path: Path, skip_bad_rows: bool, report: LoadReport, allow_prompt_only: bool) -> list[dict]:
     with path.open(encoding="utf-8") as fh:
         items = (
             (f"row {lineno}", lambda line=line: _parse_line(line))
             for lineno, line in enumerate(fh, start=1)
             if line.strip()
         )
-        return _validated(items, path, skip_bad_rows, report)
+        return _validated(items, path, skip_bad_rows, report, allow_prompt_only)
 
 
-def _scan_json_array(path: Path, skip_bad_rows: bool, report: LoadReport) -> list[dict]:
+def _scan_json_array(
+    path: Path, skip_bad_rows: bool, report: LoadReport, allow_prompt_only: bool
+) -> list[dict]:
     """A ``.json`` file holding one array of rows (ShareGPT's usual layout)."""
     try:
         parsed = json.loads(path.read_text(encoding="utf-8"))
@@ -126,7 +131,7 @@ def _scan_json_array(path: Path, skip_bad_rows: bool, report: LoadReport) -> lis
             f"{path}: a .json dataset holds an array of rows, or one row per line (JSON lines)"
         )
     items = ((f"row {i} of the array", lambda item=item: item) for i, item in enumerate(parsed))
-    return _validated(items, path, skip_bad_rows, report)
+    return _validated(items, path, skip_bad_rows, report, allow_prompt_only)
 
 
 def _is_json_array(path: Path) -> bool:
@@ -135,8 +140,11 @@ def _is_json_array(path: Path) -> bool:
     return head.startswith("[")
 
 
-def load_rows(path: str | Path, skip_bad_rows: bool = False) -> tuple[datasets.Dataset, LoadReport]:
-    """Load and validate a dataset file; see the module docstring for the formats."""
+def load_rows(
+    path: str | Path, skip_bad_rows: bool = False, allow_prompt_only: bool = False
+) -> tuple[datasets.Dataset, LoadReport]:
+    """Load and validate a dataset file; see the module docstring for the formats. ``allow_prompt_only``
+    accepts conversations with no assistant turn (prompts for regeneration), refused by default."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise SpecforgeError(f"dataset file {p} does not exist")
@@ -148,7 +156,7 @@ def load_rows(path: str | Path, skip_bad_rows: bool = False) -> tuple[datasets.D
         # Validate line by line first: datasets' JSON reader reports neither the file's row numbers
         # nor what is wrong with a row, and it rejects rows whose shape differs from the first row's.
         array = p.suffix == ".json" and _is_json_array(p)
-        rows = (_scan_json_array if array else _scan_jsonl)(p, skip_bad_rows, report)
+        rows = (_scan_json_array if array else _scan_jsonl)(p, skip_bad_rows, report, allow_prompt_only)
         if not rows:
             raise SpecforgeError(
                 f"{p} has no usable rows ({report.skipped} skipped as malformed)"

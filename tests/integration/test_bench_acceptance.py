@@ -44,3 +44,17 @@ def test_bench_acceptance_writes_json_and_plot(micro_target_dir, micro_draft, tm
         assert r["tau"] > 1.2 and 0 < r["accepted_over_drafted"] <= 1  # drafts were accepted
     assert (tmp_path / "bench" / "acceptance.png").stat().st_size > 1000
     assert result["args"]["batch_size"] == 2
+
+
+def test_bench_acceptance_on_humaneval_by_name(micro_target_dir, micro_draft, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SPECFORGE_HOME", str(tmp_path / "home"))  # where the named set is written
+    _, run, _ = micro_draft
+    argv = ["bench", "acceptance", "--target", str(micro_target_dir), "--draft", str(run)]
+    argv += ["--data", "humaneval", "--out", str(tmp_path / "bench"), "--shapes", "chain:2"]
+    rc = main([*argv, "--prompts", "2", "--max-new-tokens", "8"])
+    assert rc == 0
+    capsys.readouterr()
+    result = json.loads((tmp_path / "bench" / "result.json").read_text())
+    assert result["args"]["data"] == "humaneval" and result["args"]["prompts"] == 2
+    assert result["results"]["chain:2"]["tau"] >= 1 and result["results"]["chain:2"]["lossless"] is True
+    assert (tmp_path / "home" / "prompts" / "humaneval.jsonl").is_file()
