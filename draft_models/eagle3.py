@@ -73,7 +73,7 @@ class Eagle3Config:
 
 @dataclass
 class DraftStep:
-    logits: torch.Tensor  # [batch, seq, draft_vocab]
+    logits: torch.Tensor  # [batch, seq, draft_vocab]; [n, draft_vocab] at the n True of logit_mask
     hidden: torch.Tensor  # [batch, seq, hidden] pre-norm residual stream: the next step's feature
     key: torch.Tensor  # [batch, kv_heads, seq, head_dim] this step's keys (rotated)
     value: torch.Tensor  # [batch, kv_heads, seq, head_dim]
@@ -120,16 +120,23 @@ class Eagle3Draft(nn.Module):
         return self.fc(aux_hidden_states.to(self.fc.weight.dtype))
 
     def step(
-        self, input_ids: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, attn_fn: AttnFn
+        self,
+        input_ids: torch.Tensor,
+        hidden: torch.Tensor,
+        positions: torch.Tensor,
+        attn_fn: AttnFn,
+        logit_mask: torch.Tensor | None = None,
     ) -> DraftStep:
-        """One draft step. input_ids [batch, seq], hidden [batch, seq, H], positions [batch, seq]."""
+        """One draft step. input_ids [batch, seq], hidden [batch, seq, H], positions [batch, seq];
+        ``logit_mask`` [batch, seq] bool: compute logits only where it is True (training)."""
         layer = self.midlayer
         emb = self.embed_tokens(input_ids).to(hidden.dtype)
         x = torch.cat([layer.input_layernorm(emb), layer.hidden_norm(hidden)], dim=-1)
         q, k, v = layer.self_attn.project(x, positions)
         h = hidden + layer.self_attn.output(attn_fn(q, k, v))
         h = h + layer.mlp(layer.post_attention_layernorm(h))
-        return DraftStep(logits=self.lm_head(self.norm(h)), hidden=h, key=k, value=v)
+        out = h if logit_mask is None else h[logit_mask]
+        return DraftStep(logits=self.lm_head(self.norm(out)), hidden=h, key=k, value=v)
 
     def draft_to_target(self, draft_ids: torch.Tensor) -> torch.Tensor:
         return draft_ids + self.d2t[draft_ids]

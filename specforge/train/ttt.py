@@ -71,14 +71,18 @@ def _ttt_attention(
     return out
 
 
-def target_logits(batch: CapturedBatch, lm_head: torch.nn.Module | None) -> torch.Tensor:
-    """The target's logits [batch, seq, vocab]: stored, or recomputed from the last hidden state."""
+def target_logits(
+    batch: CapturedBatch, lm_head: torch.nn.Module | None, where: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The target's logits: stored, or recomputed from the last hidden state; [batch, seq, vocab],
+    or [n, vocab] at the n True positions of ``where`` [batch, seq]."""
     if batch.logits is not None:
-        return batch.logits.float()
+        return (batch.logits if where is None else batch.logits[where]).float()
     if lm_head is None:
         raise ValueError("the batch holds no logits and no target lm_head was given")
+    hidden = batch.last_hidden_state if where is None else batch.last_hidden_state[where]
     with torch.no_grad():
-        return lm_head(batch.last_hidden_state.to(lm_head.weight.dtype)).float()
+        return lm_head(hidden.to(lm_head.weight.dtype)).float()
 
 
 def ttt_forward(
@@ -88,14 +92,21 @@ def ttt_forward(
     steps: int = 7,
     decay: float = 0.8,
 ) -> TTTOutput:
-    logits_t = target_logits(batch, lm_head)  # [b, s, V]
-    with torch.no_grad():
-        argmax_t = logits_t.argmax(-1)  # [b, s] target ids
-        in_vocab = draft.t2d[argmax_t]  # [b, s]
-        probs_t = logits_t[..., draft.t2d].softmax(-1)  # [b, s, Vd], draft ids ascend with target ids
-        lengths = batch.attention_mask.sum(1)  # [b]
+    """Logits (the target's and the draft's) are computed only where a loss can fall: the target's
+    at positions ``j`` whose next token is an assistant token, the draft's at each step's counted
+    positions, so the cost follows the answer tokens, not the padded batch."""
     b, s = batch.input_ids.shape
     pos0 = torch.arange(s, device=batch.input_ids.device).expand(b, s)
+    with torch.no_grad():
+        lengths = batch.attention_mask.sum(1)  # [b]
+        need = _shift(batch.loss_mask, 1).bool() & (pos0 + 1 < lengths[:, None])  # [b, s]
+        logits_t = target_logits(batch, lm_head, need)  # [n, V] at the True of need
+        row = torch.full((b, s), -1, dtype=torch.long, device=need.device)
+        row[need] = torch.arange(logits_t.shape[0], device=need.device)  # [b, s] -> row of logits_t
+        argmax_t = torch.zeros(b, s, dtype=torch.long, device=need.device)
+        argmax_t[need] = logits_t.argmax(-1)  # [b, s] target ids where needed
+        in_vocab = draft.t2d[argmax_t] & need  # [b, s]
+        probs_t = logits_t[:, draft.t2d].softmax(-1)  # [n, Vd], draft ids ascend with target ids
     hidden = draft.combine(batch.aux_hidden_states)
     k0 = v0 = None
     extra: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -110,22 +121,22 @@ def ttt_forward(
                 return _ttt_attention(q, k, v, [])
             return _ttt_attention(q, k0, v0, [*extra, (k, v)])
 
-        out = draft.step(ids_i, hidden, pos0 + i, attn_fn)
+        with torch.no_grad():
+            # position t counts at step i when token t+2+i is an assistant token in the sequence
+            # and the target's argmax at t+1+i is in the draft vocabulary
+            mask_i = _shift(in_vocab, 1 + i, False) & (pos0 + 2 + i < lengths[:, None])  # [b, s]
+            rows_i = _shift(row, 1 + i, -1)[mask_i]  # [n_i] rows of logits_t / probs_t
+            target_i = _shift(argmax_t, 1 + i)  # [b, s]
+        out = draft.step(ids_i, hidden, pos0 + i, attn_fn, logit_mask=mask_i)
         if i > 0:
             extra.append((out.key, out.value))
+        logp = F.log_softmax(out.logits.float(), dim=-1)  # [n_i, Vd]
+        ce = -(probs_t[rows_i] * logp).sum(-1)  # [n_i]
+        losses.append(ce.sum() / mask_i.sum().clamp(min=1))
         with torch.no_grad():
-            mask_i = (
-                _shift(batch.loss_mask, 2 + i).bool()
-                & _shift(in_vocab, 1 + i, False)
-                & (pos0 + 2 + i < lengths[:, None])
-            )
-            target_i = _shift(argmax_t, 1 + i)
-        logp = F.log_softmax(out.logits.float(), dim=-1)
-        ce = -(_shift(probs_t, 1 + i) * logp).sum(-1)  # [b, s]
-        denom = mask_i.sum().clamp(min=1)
-        losses.append((ce * mask_i).sum() / denom)
-        with torch.no_grad():
-            correct.append(draft.draft_to_target(out.logits.argmax(-1)) == target_i)
+            hit = torch.zeros(b, s, dtype=torch.bool, device=mask_i.device)
+            hit[mask_i] = draft.draft_to_target(out.logits.argmax(-1)) == target_i[mask_i]
+            correct.append(hit)
             valid.append(mask_i)
         hidden = out.hidden
     weights = torch.tensor([decay**i for i in range(steps)], device=hidden.device)

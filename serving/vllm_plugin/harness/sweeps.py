@@ -15,7 +15,8 @@ the speculative counters of that measurement, and a digest of its output token i
 outputs must not depend on the configuration). Its result holds ``"sweep": [ {...}, ... ]``.
 
 Paired sweep (``"arms": {name: k | table | null | "plain" | {"policy": overrides}}`` in ``"sweep"``,
-with the adaptive plugin on and the engine core in this process): one engine serves every
+with the adaptive plugin on and the engine core in this process; without the plugin, only ``null``
+(the engine as configured) and ``"plain"``): one engine serves every
 speculative configuration, and a second engine without a draft, in the same process, serves the arm
 ``"plain"`` (no speculation), so it is paired like the others. Before each measurement the plugin's
 lookup is pinned (:meth:`~serving.vllm_plugin.lookup.AdaptiveLookup.pin`) to a fixed ``k`` (an
@@ -75,6 +76,9 @@ def _arm_lookups(llm, arms: dict[str, PairedArm | LockstepArm]) -> tuple[object,
 
     sched = scheduler(llm)
     lookup = getattr(sched, "dynamic_sd_lookup", None)
+    if not isinstance(lookup, AdaptiveLookup) and all(a is None or a == PLAIN for a in arms.values()):
+        keep_samples(sched)  # arms served as configured, beside the plain engine: nothing to pin
+        return sched, {name: None for name, arm in arms.items() if arm != PLAIN}
     # a policy, or an explore file (calibrate --vllm --workload held pins every arm)
     if not isinstance(lookup, AdaptiveLookup) or (lookup.policy is None and not lookup.explore):
         raise RuntimeError(
@@ -134,7 +138,7 @@ def run_sweep(llm, params, prompts: list[dict], sweep: SweepSpec, plain=None) ->
     served = sched.dynamic_sd_lookup if sched is not None else None  # the plugin's own lookup
 
     def pin(arm) -> None:
-        if sched is not None and arm in pins:
+        if sched is not None and arm in pins and isinstance(served, AdaptiveLookup):
             if isinstance(pins[arm], AdaptiveLookup):  # a variant of the plugin: its own lookup
                 sched.dynamic_sd_lookup = pins[arm]
             else:
@@ -155,18 +159,21 @@ def run_sweep(llm, params, prompts: list[dict], sweep: SweepSpec, plain=None) ->
             for arm in order:
                 pin(arm)
                 engine, arm_sched = engines[arm]
-                row = _measured(engine, lambda b, e=engine: measure(b, e), b, rep, arm, arm_sched)
+                row = _measured(
+                    engine, lambda b, e=engine: measure(b, e), b, rep, arm, arm_sched, sweep.keep_outputs
+                )
                 if engine is plain:  # vLLM's registry holds the other engine's counters (see main)
                     row["spec"], row["prefix_cache"] = {}, None
                 rows.append(row)
-    if sched is not None:
+    if sched is not None and isinstance(served, AdaptiveLookup):
         sched.dynamic_sd_lookup = served
         served.pin(None)
     return rows
 
 
-def _measured(llm, measure, b: int, rep: int, arm: str | None, sched) -> dict:
-    """One measurement at batch size ``b``: throughput, latency, counters, output digest."""
+def _measured(llm, measure, b: int, rep: int, arm: str | None, sched, keep_outputs: bool = False) -> dict:
+    """One measurement at batch size ``b``: throughput, latency, counters, output digest (and the
+    outputs' token ids with ``keep_outputs``)."""
     before, steps_before = spec_counters(llm), recorded_steps(sched)
     prefix_before = spec_counters(llm, PREFIX_METRICS)
     t0 = time.perf_counter()
@@ -189,6 +196,7 @@ def _measured(llm, measure, b: int, rep: int, arm: str | None, sched) -> dict:
         "spec": diff(spec_counters(llm), before),
         "prefix_cache": diff(spec_counters(llm, PREFIX_METRICS), prefix_before),
         "outputs_sha": digest([list(r.outputs[0].token_ids) for r in result]),
+        **({"outputs": [list(r.outputs[0].token_ids) for r in result]} if keep_outputs else {}),
         "clock": [t0, t0 + elapsed],  # perf_counter at start and end: matches SPECFORGE_STEP_TRACE
     }
 
