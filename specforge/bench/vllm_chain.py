@@ -30,6 +30,7 @@ from serving.acceptance import conditional_acceptance
 from serving.vllm_plugin.harness.runner import run_vllm
 from specforge.data.formats import load_rows
 from specforge.data.humaneval import resolve_prompt_source
+from specforge.data.tokenize import chat_prompt_ids
 from specforge.errors import SpecforgeError
 from specforge.metrics import distinct_ngram_ratio
 from specforge.targets.loader import load_tokenizer
@@ -47,9 +48,7 @@ def chat_prompts(target_dir: Path, data: Path, limit: int, max_prompt_tokens: in
         msgs = r["messages"]
         if msgs:
             first_assistant = next(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-            ids = tok.apply_chat_template(msgs[:first_assistant], add_generation_prompt=True)
-            if hasattr(ids, "input_ids"):
-                ids = ids["input_ids"]
+            ids = chat_prompt_ids(tok, msgs[:first_assistant])
         else:
             ids = tok(r["text"], add_special_tokens=True)["input_ids"]
         if len(ids) <= max_prompt_tokens:

@@ -69,8 +69,14 @@ def cmd_data_prompts(args: argparse.Namespace) -> None:
 
 
 def cmd_data_regenerate(args: argparse.Namespace) -> None:
-    if args.batch_size is None:
-        args.batch_size = 64 if args.engine == "vllm" else 16
+    common = dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        limit=args.limit,
+        skip_bad_rows=args.skip_bad_rows,
+    )
     if args.engine == "vllm":
         from specforge.data.regenerate_vllm import regenerate_vllm
         from specforge.targets.dtype import choose_dtype
@@ -84,33 +90,16 @@ def cmd_data_regenerate(args: argparse.Namespace) -> None:
             target_path(args.target),
             args.data,
             args.out,
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            seed=args.seed,
-            limit=args.limit,
-            skip_bad_rows=args.skip_bad_rows,
             dtype=dtype,
-            max_num_seqs=args.batch_size,
+            max_num_seqs=args.batch_size or 64,
+            **common,
         )
-        print(json.dumps({"out": args.out, **res}))
-        return
-    from specforge.data.regenerate import regenerate
-    from specforge.targets.loader import load_target
+    else:
+        from specforge.data.regenerate import regenerate
+        from specforge.targets.loader import load_target
 
-    target = load_target(target_path(args.target))
-    res = regenerate(
-        target,
-        args.data,
-        args.out,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        limit=args.limit,
-        skip_bad_rows=args.skip_bad_rows,
-    )
+        target = load_target(target_path(args.target))
+        res = regenerate(target, args.data, args.out, batch_size=args.batch_size or 16, **common)
     print(json.dumps({"out": args.out, **res}))
 
 

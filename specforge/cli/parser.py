@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from specforge.cli import bench, commands
+from specforge.cli.bench import add_parsers as add_bench_parsers
+from specforge.cli.commands import add_parsers as add_command_parsers
 from specforge.errors import SpecforgeError
 
 
@@ -19,8 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="specforge", description="Train, serve and measure speculative-decoding draft heads."
     )
     sub = p.add_subparsers(dest="command", required=True)
-    commands.add_parsers(sub)
-    bench.add_parsers(sub)
+    add_command_parsers(sub)
+    add_bench_parsers(sub)
     return p
 
 

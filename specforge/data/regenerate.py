@@ -48,6 +48,24 @@ def target_fingerprint(path: Path) -> dict:
     }
 
 
+def regeneration_meta(data_path: str | Path, target_dir: str | Path, settings: dict) -> dict:
+    """What a regenerated output records about what produced it: the input, the target, the settings."""
+    return {
+        "data": str(Path(data_path).resolve()),
+        "data_sha256": file_sha256(data_path) if Path(data_path).is_file() else None,
+        "target": target_fingerprint(Path(target_dir)),
+        "settings": settings,
+    }
+
+
+def check_reuse(meta_path: Path, meta: dict, out_path: Path, partial: Path) -> bool:
+    """Whether ``out_path`` is finished and may be reused; an output or partial output (``partial``)
+    made from other inputs raises :class:`SpecforgeError` (see :func:`_check_meta`)."""
+    if out_path.exists() or partial.exists():
+        _check_meta(meta_path, meta, out_path if out_path.exists() else partial)
+    return out_path.exists()
+
+
 def _check_meta(meta_path: Path, meta: dict, existing: Path) -> None:
     """Refuse to reuse ``existing`` unless ``meta_path`` records the same data, target and settings."""
     try:
@@ -117,23 +135,17 @@ def regenerate(
     out_path = Path(out_path)
     partial = out_path.with_name(out_path.name + ".partial")
     meta_path = out_path.with_name(out_path.name + ".meta.json")
-    meta = {
-        "data": str(Path(data_path).resolve()),
-        "data_sha256": file_sha256(data_path) if Path(data_path).is_file() else None,
-        "target": target_fingerprint(target.path),
-        "settings": {
-            "batch_size": batch_size,
-            "max_new_tokens": max_new_tokens,
-            "temperature": temperature,
-            "top_p": top_p,
-            "seed": seed,
-            "limit": limit,
-            "skip_bad_rows": skip_bad_rows,
-        },
+    settings = {
+        "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+        "limit": limit,
+        "skip_bad_rows": skip_bad_rows,
     }
-    if out_path.exists() or partial.exists():
-        _check_meta(meta_path, meta, out_path if out_path.exists() else partial)
-    if out_path.exists():
+    meta = regeneration_meta(data_path, target.path, settings)
+    if check_reuse(meta_path, meta, out_path, partial):
         return {
             "rows": sum(1 for _ in out_path.open()),
             "resumed_from": None,

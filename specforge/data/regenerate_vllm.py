@@ -25,9 +25,10 @@ from tqdm.auto import tqdm
 
 from serving.vllm_plugin.harness.runner import run_vllm
 from specforge.data.formats import load_rows
-from specforge.data.regenerate import _check_meta, _count_complete_lines, target_fingerprint
+from specforge.data.regenerate import _count_complete_lines, check_reuse, regeneration_meta
+from specforge.data.tokenize import chat_prompt_ids
 from specforge.errors import SpecforgeError
-from specforge.files import file_sha256, write_json_atomic
+from specforge.files import write_json_atomic
 from specforge.targets.loader import load_tokenizer
 
 
@@ -40,11 +41,6 @@ def _read_stream(path: Path) -> dict[int, list[int]]:
         row = json.loads(line)
         done[int(row["index"])] = row["token_ids"]
     return done
-
-
-def _prompt_ids(tok, messages: list[dict]) -> list[int]:
-    ids = tok.apply_chat_template(messages, add_generation_prompt=True)
-    return list(ids["input_ids"] if hasattr(ids, "input_ids") or isinstance(ids, dict) else ids)
 
 
 def regenerate_vllm(
@@ -69,25 +65,19 @@ def regenerate_vllm(
     target_dir, out_path = Path(target_dir), Path(out_path)
     parts = out_path.with_name(out_path.name + ".parts")
     meta_path = out_path.with_name(out_path.name + ".meta.json")
-    meta = {
-        "data": str(Path(data_path).resolve()),
-        "data_sha256": file_sha256(data_path) if Path(data_path).is_file() else None,
-        "target": target_fingerprint(target_dir),
-        "settings": {
-            "engine": "vllm",
-            "dtype": dtype,
-            "max_new_tokens": max_new_tokens,
-            "max_model_len": max_model_len,
-            "temperature": temperature,
-            "top_p": top_p,
-            "seed": seed,
-            "limit": limit,
-            "skip_bad_rows": skip_bad_rows,
-        },
+    settings = {
+        "engine": "vllm",
+        "dtype": dtype,
+        "max_new_tokens": max_new_tokens,
+        "max_model_len": max_model_len,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+        "limit": limit,
+        "skip_bad_rows": skip_bad_rows,
     }
-    if out_path.exists() or parts.exists():
-        _check_meta(meta_path, meta, out_path if out_path.exists() else parts)
-    if out_path.exists():
+    meta = regeneration_meta(data_path, target_dir, settings)
+    if check_reuse(meta_path, meta, out_path, parts):
         return {"rows": sum(1 for _ in out_path.open()), "cached": True}
     ds, report = load_rows(data_path, skip_bad_rows=skip_bad_rows, allow_prompt_only=True)
     n = len(ds) if limit is None else min(limit, len(ds))
@@ -111,7 +101,7 @@ def regenerate_vllm(
         for ci, conv in enumerate(convs):
             if conv is None or len(turns[ci]) <= t or ci in done:
                 continue
-            ids = _prompt_ids(tok, conv[: turns[ci][t]])
+            ids = chat_prompt_ids(tok, conv[: turns[ci][t]])
             if len(ids) + max_new_tokens > max_model_len:
                 del conv[turns[ci][t] :]  # keep the turns before this one
                 turns[ci] = turns[ci][:t]

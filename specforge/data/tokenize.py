@@ -24,6 +24,13 @@ def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict], add_genera
     )
 
 
+def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> list[int]:
+    """The token ids of ``messages`` rendered with the chat template, the generation prompt added
+    (a prompt for the target's next assistant turn)."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    return list(ids["input_ids"] if hasattr(ids, "input_ids") or isinstance(ids, dict) else ids)
+
+
 def assistant_char_spans(
     tokenizer: PreTrainedTokenizerBase, messages: list[dict]
 ) -> tuple[str, list[tuple[int, int]]]:

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import torch
 
-BF16_CPU_FLAGS = ("amx_bf16",)  # where bf16 beats fp32 on CPU (see the module docstring)
-
 
 @dataclass(frozen=True)
 class DtypeChoice:
