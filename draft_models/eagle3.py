@@ -16,7 +16,7 @@ Contract
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -114,6 +114,28 @@ class Eagle3Draft(nn.Module):
 
     def load_target_embedding(self, weight: torch.Tensor) -> None:
         self.embed_tokens.weight.data.copy_(weight)
+
+    @torch.no_grad()
+    def load_target_head(self, lm_head_weight: torch.Tensor, norm_weight: torch.Tensor) -> None:
+        """Start ``lm_head`` from the target's output rows of the draft vocabulary (call after
+        :meth:`set_vocab`) and ``norm`` from the target's final norm. lm_head_weight [vocab, H]."""
+        ids = self.draft_to_target(torch.arange(self.config.draft_vocab_size, device=self.d2t.device))
+        self.lm_head.weight.copy_(lm_head_weight[ids.to(lm_head_weight.device)].to(self.lm_head.weight))
+        self.norm.weight.copy_(norm_weight.to(self.norm.weight))
+
+    @torch.no_grad()
+    def load_target_layer(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Start ``midlayer`` from a target decoder layer (its ``state_dict``, HF Llama names).
+        The feature half of the 2H-wide q/k/v projections takes the target's weights; the
+        embedding half keeps its random start."""
+        layer, h = self.midlayer, self.config.hidden_size
+        for name in ("q_proj", "k_proj", "v_proj"):
+            getattr(layer.self_attn, name).weight[:, h:].copy_(weights[f"self_attn.{name}.weight"])
+        layer.self_attn.o_proj.weight.copy_(weights["self_attn.o_proj.weight"])
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            getattr(layer.mlp, name).weight.copy_(weights[f"mlp.{name}.weight"])
+        layer.hidden_norm.weight.copy_(weights["input_layernorm.weight"])
+        layer.post_attention_layernorm.weight.copy_(weights["post_attention_layernorm.weight"])
 
     def combine(self, aux_hidden_states: torch.Tensor) -> torch.Tensor:
         """[batch, seq, 3 * target_hidden] target features -> [batch, seq, hidden]."""

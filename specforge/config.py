@@ -36,6 +36,10 @@ class DraftConfig(_Strict):
     type: str = "eagle3"  # a name in the draft registry (draft_models.registry)
     draft_vocab_size: int = Field(1024, gt=0)
     aux_layers: list[int] | None = None  # None: EAGLE-3 default (2, L//2, L-3)
+    # How the head starts. "random": as EAGLE does. "target_head": lm_head rows and final norm
+    # from the target. "target_head_layer": also the decoder layer from the target's last layer.
+    # On SmolLM2 (120 steps) neither beat random: benchmarks/init-pilot-smollm2.json.
+    init: Literal["random", "target_head", "target_head_layer"] = "random"
 
     @field_validator("type")
     @classmethod

@@ -74,6 +74,21 @@ class TTTModule(nn.Module):
         return ttt_forward(self.draft, batch, lm_head, self.steps, self.decay)
 
 
+def _init_from_target(draft: nn.Module, target: Target, how: str) -> None:
+    if how == "random":
+        return
+    if not hasattr(draft, "load_target_head"):
+        raise SpecforgeError(
+            f"draft.init={how!r} is not supported by draft type {type(draft).__name__}; use random"
+        )
+    base = target.model.get_decoder() if hasattr(target.model, "get_decoder") else target.model.model
+    draft.load_target_head(
+        target.model.get_output_embeddings().weight.detach().cpu(), base.norm.weight.detach().cpu()
+    )
+    if how == "target_head_layer":
+        draft.load_target_layer({k: v.detach().cpu() for k, v in base.layers[-1].state_dict().items()})
+
+
 def _tokenized(path: str, target: Target, cfg: TrainConfig, limit: int | None = None):
     return load_tokenized(path, target.tokenizer, cfg.data.max_length, cfg.data.skip_bad_rows, limit)
 
@@ -196,6 +211,7 @@ def train(cfg: TrainConfig) -> dict:
     draft = dtype.model_cls(draft_cfg)
     draft.set_vocab(vocab.d2t, vocab.t2d)
     draft.load_target_embedding(target.model.get_input_embeddings().weight.detach().cpu())
+    _init_from_target(draft, target, cfg.draft.init)
     module = TTTModule(draft, cfg.ttt.steps, cfg.ttt.decay)
 
     pad_id = target.tokenizer.pad_token_id
