@@ -410,6 +410,13 @@ def train(cfg: TrainConfig) -> dict:
                 "steps": state.step,
                 "seconds": round(time.time() - t0, 1),
                 "vocab_coverage": vocab.coverage,
+                # the held-out learning curve: every evaluation this process ran (after a resume,
+                # those since the resume; tensorboard/wandb hold the whole run)
+                "eval_history": [
+                    {"step": h["step"], **{k: v for k, v in h.items() if k.startswith("eval/")}}
+                    for h in history
+                    if "eval/tau" in h
+                ],
             },
         )
     return {"final": final, "history": history, "coverage": vocab.coverage, "steps": state.step}

@@ -44,6 +44,8 @@ def test_training_reduces_loss_and_reports_acceptance(micro_target_dir, demo_dat
     latest = json.loads((run / "checkpoints" / "latest.json").read_text())
     assert latest["step"] == 20 and (run / "checkpoints" / latest["dir"] / "config.yaml").is_file()
     assert list((run / "logs").rglob("events.out.tfevents*"))
+    curve = json.loads((run / "train_summary.json").read_text())["eval_history"]
+    assert [e["step"] for e in curve] == [10, 20] and curve[-1]["eval/tau"] == final["eval/tau"]
 
 
 def test_resume_is_exact(micro_target_dir, demo_data, tmp_path, monkeypatch):
