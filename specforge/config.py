@@ -66,6 +66,25 @@ class OptimConfig(_Strict):
     max_steps: int | None = Field(None, ge=1)  # optimizer steps; overrides epochs
 
 
+class ServedEvalConfig(_Strict):
+    """The served estimate: the head drafting in the reference engine, closed loop, on the held-out
+    prompts, as the user will serve it (k drafts in a chain, these temperatures)."""
+
+    k: int = Field(4, ge=1, le=16)  # drafts per step; also the k of the teacher-forced walk (eval/walk_*)
+    temperatures: list[float] = [0.0, 1.0]
+    prompts: int = Field(16, ge=0)  # held-out prompts served (0: no served estimate)
+    max_new_tokens: int = Field(96, ge=1)
+    every: int = Field(0, ge=0)  # also every N optimizer steps (0: at the end of training only)
+    seed: int = 0
+
+    @field_validator("temperatures")
+    @classmethod
+    def _non_negative(cls, v: list[float]) -> list[float]:
+        if any(t < 0 for t in v):
+            raise ValueError("temperatures must be >= 0")
+        return v
+
+
 class TrainConfig(_Strict):
     target: str | None = None  # HF model directory; None: the embedded tiny target
     output_dir: str = "runs/draft"
@@ -77,6 +96,7 @@ class TrainConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     eval_every: int = Field(100, ge=1)
+    served_eval: ServedEvalConfig = ServedEvalConfig()
     save_every: int = Field(100, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     log_with: list[Literal["tensorboard", "wandb"]] = ["tensorboard"]

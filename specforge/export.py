@@ -12,6 +12,11 @@ Contract
   fails instead of serving garbage.
 * :func:`export_hf` / :func:`load_draft` write and reload the toolkit's own format:
   ``draft_config.json`` (with the draft ``type``) plus ``model.safetensors``.
+* Both write ``specforge_draft.json`` (:class:`serving.draft_check.DraftMeta`): the method the head
+  needs, its aux layer ids, a hash of ``d2t``, its target's fingerprint and the acceptance training
+  estimated, which ``specforge check`` and the vLLM plugin compare with how the head is served.
+* :func:`load_vllm_export` rebuilds a draft module from a vLLM EAGLE-3 checkpoint (ours or another
+  tool's), so the reference engine can serve exactly what vLLM serves.
 * Both publish through :func:`specforge.files.publish_dir`: a non-empty ``out_dir`` that is not a
   previous export of the same kind is refused unless ``force``, and nothing specforge did not write
   is ever deleted.
@@ -26,12 +31,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from draft_models.eagle3 import Eagle3Config
+from draft_models.eagle3 import Eagle3Config, Eagle3Draft
 from draft_models.registry import get_draft_type
+from serving.draft_check import META_FILE, DraftMeta, Estimates, d2t_sha256, default_aux_layer_ids
 from specforge.errors import SpecforgeError
 from specforge.files import check_out_dir, publish_dir, staging_dir
 
 VLLM_ARCH = "LlamaForCausalLMEagle3"
+# the vLLM speculative method each head type is served with
+VLLM_METHOD = {"eagle3": "eagle3"}
 
 
 def vllm_eagle3_spec(cfg: Eagle3Config) -> dict[str, tuple[tuple[int, ...], torch.dtype | None]]:
@@ -148,6 +156,42 @@ def load_draft_weights(run_dir: str | Path) -> tuple[str, Eagle3Config, dict[str
     return draft_type, cfg, state
 
 
+def draft_meta(run_dir: str | Path, draft_type: str, cfg: Eagle3Config, d2t: torch.Tensor) -> dict | None:
+    """The metadata of a training run's draft (None when the run predates fingerprints)."""
+    summary_path = Path(run_dir) / "train_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if "target" not in summary:
+        return None
+    final = summary.get("final", {})
+    alpha = [final[f"eval/alpha_{i}"] for i in range(64) if f"eval/alpha_{i}" in final]
+    walk_k = sum(1 for i in range(64) if f"eval/walk_acc_{i}" in final) or None
+    meta = DraftMeta(
+        draft_type=draft_type,
+        method=VLLM_METHOD.get(draft_type, draft_type),
+        aux_layer_ids=list(cfg.aux_layer_ids),
+        draft_vocab_size=cfg.draft_vocab_size,
+        d2t_sha256=d2t_sha256(d2t.tolist()),
+        target=summary["target"],
+        estimates=Estimates(
+            teacher_forced_tau=final.get("eval/tau"),
+            teacher_forced_alpha=alpha,
+            walk_k=walk_k,
+            walk_tau=final.get("eval/walk_tau"),
+            served=summary.get("served", {}),
+        ),
+        steps=summary.get("steps"),
+    )
+    return meta.model_dump(mode="json")
+
+
+def _with_meta(files: dict[str, dict], run_dir, draft_type: str, cfg: Eagle3Config, state: dict) -> dict:
+    if draft_type == "eagle3" and "d2t" in state:
+        meta = draft_meta(run_dir, draft_type, cfg, state["d2t"])
+        if meta is not None:
+            return {**files, META_FILE: meta}
+    return files
+
+
 def export_vllm(
     run_dir: str | Path, out_dir: str | Path, dtype: str = "float32", force: bool = False
 ) -> Path:
@@ -158,15 +202,16 @@ def export_vllm(
     tensors = {k: (v.to(torch_dtype) if v.is_floating_point() else v) for k, v in state.items()}
     tensors = {k: v for k, v in tensors.items() if k not in ("embed_tokens.weight", "t2d")}
     check_vllm_eagle3(tensors, cfg)
-    return _write_dir(
-        Path(out_dir), tensors, {"config.json": vllm_eagle3_config(cfg, dtype)}, "vllm-export", force
-    )
+    files = _with_meta({"config.json": vllm_eagle3_config(cfg, dtype)}, run_dir, draft_type, cfg, state)
+    return _write_dir(Path(out_dir), tensors, files, "vllm-export", force)
 
 
 def export_hf(run_dir: str | Path, out_dir: str | Path, force: bool = False) -> Path:
     draft_type, cfg, state = load_draft_weights(run_dir)
     tensors = {k: v for k, v in state.items() if k != "embed_tokens.weight"}
-    files = {"draft_config.json": {"type": draft_type, **cfg.to_dict()}}
+    files = _with_meta(
+        {"draft_config.json": {"type": draft_type, **cfg.to_dict()}}, run_dir, draft_type, cfg, state
+    )
     return _write_dir(Path(out_dir), tensors, files, "hf-draft-export", force)
 
 
@@ -182,4 +227,57 @@ def load_draft(draft_dir: str | Path, target_embedding: torch.Tensor | None = No
         )
     if target_embedding is not None:
         model.load_target_embedding(target_embedding)
+    return model.eval()
+
+
+def load_vllm_export(
+    draft_dir: str | Path, target_embedding: torch.Tensor, num_target_layers: int
+) -> Eagle3Draft:
+    """An EAGLE-3 draft module from a vLLM checkpoint (``config.json`` + ``*.safetensors``), with the
+    target's token embedding; the aux layer ids are the config's, else vLLM's defaults."""
+    d = Path(draft_dir)
+    try:
+        raw = json.loads((d / "config.json").read_text())
+        state: dict[str, torch.Tensor] = {}
+        for f in sorted(d.glob("*.safetensors")):
+            state.update(load_file(str(f)))
+    except (OSError, json.JSONDecodeError) as e:
+        raise SpecforgeError(f"{d} is not a readable vLLM draft checkpoint ({e})") from None
+    if VLLM_ARCH not in raw.get("architectures", []):
+        raise SpecforgeError(
+            f"{d}/config.json is not an EAGLE-3 checkpoint (architectures {raw.get('architectures')})"
+        )
+    aux = (raw.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids") or default_aux_layer_ids(
+        num_target_layers
+    )
+    heads = int(raw["num_attention_heads"])
+    rope = raw.get("rope_parameters") or {}
+    cfg = Eagle3Config(
+        hidden_size=int(raw["hidden_size"]),
+        intermediate_size=int(raw["intermediate_size"]),
+        num_attention_heads=heads,
+        num_key_value_heads=int(raw.get("num_key_value_heads") or heads),
+        head_dim=int(raw.get("head_dim") or int(raw["hidden_size"]) // heads),
+        vocab_size=int(target_embedding.shape[0]),
+        draft_vocab_size=int(raw.get("draft_vocab_size") or raw["vocab_size"]),
+        target_hidden_size=int(raw.get("target_hidden_size") or raw["hidden_size"]),
+        num_target_layers=num_target_layers,
+        aux_layer_ids=list(aux),
+        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+        rope_theta=float(rope.get("rope_theta", raw.get("rope_theta", 10000.0))),
+        max_position_embeddings=int(raw.get("max_position_embeddings", 4096)),
+    )
+    check_vllm_eagle3(state, cfg)
+    model = Eagle3Draft(cfg)
+    d2t = state.pop("d2t")
+    t2d = torch.zeros(cfg.vocab_size, dtype=torch.bool)
+    t2d[torch.arange(cfg.draft_vocab_size) + d2t] = True
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    missing = [k for k in missing if k not in ("embed_tokens.weight", "d2t", "t2d")]
+    if missing or unexpected:
+        raise SpecforgeError(
+            f"{d}: weights do not fit an EAGLE-3 draft (missing {missing}, unexpected {unexpected})"
+        )
+    model.set_vocab(d2t, t2d)
+    model.load_target_embedding(target_embedding)
     return model.eval()

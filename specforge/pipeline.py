@@ -218,6 +218,13 @@ def run_demo(
     _log(
         f"trained EAGLE-3 head: simulated tau {final.get('eval/tau', float('nan')):.2f} ({cfg.ttt.steps}-step chain), alphas {alphas}"
     )
+    served = trained.get("served") or (
+        json.loads(summary_path.read_text()).get("served", {}) if summary_path.is_file() else {}
+    )
+    for est in served.values():
+        _log(
+            f"served estimate (reference engine, k={est['k']}, temperature {est['temperature']:g}): tau {est['tau']:.2f}"
+        )
     stages["train"] = time.time() - t
 
     from specforge.export import export_vllm
@@ -231,6 +238,7 @@ def run_demo(
         "cpu": cpu_name(),
         "k": k,
         "train": final,
+        "served_estimate": served,
         "draft": str(draft_dir),
     }
     if serve:
@@ -259,7 +267,13 @@ def run_demo(
             _log(
                 f"vLLM k={k} temperature {temp:g}: tau {res['tau']:.2f}, acceptance per position "
                 f"{[round(a, 3) for a in res['acceptance_per_position']]}, speed-up {speed}, "
-                f"distinct-4 {res['distinct4']:.3f}" + (f", lossless {res['lossless']}" if temp == 0 else "")
+                f"distinct-4 {res['distinct4']:.3f}"
+                + (f", lossless {res['lossless']}" if temp == 0 else "")
+                + (
+                    f"; training's served estimate {served[f't{temp:g}']['tau']:.2f}"
+                    if f"t{temp:g}" in served
+                    else ""
+                )
             )
         stages["vllm"] = time.time() - t
     summary["stage_seconds"] = {k2: round(v, 1) for k2, v in stages.items()}

@@ -9,34 +9,37 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# An 8-layer, 64-wide Llama (head_dim 32, as vLLM's CPU attention needs) with its own BPE tokenizer.
+MICRO_TARGET = dict(
+    vocab_size=400,
+    hidden_size=64,
+    num_layers=8,
+    num_heads=2,
+    num_kv_heads=1,
+    intermediate_size=128,
+    seq_len=64,
+    batch_size=8,
+    steps=40,
+    lr=1e-2,
+    warmup_steps=2,
+    max_chat_rows=60,
+    max_corpus_files=40,
+    eval_windows=2,
+    sample_prompts=2,
+    sample_tokens=16,
+    unlikelihood_steps=3,
+    unlikelihood_batch=4,
+    unlikelihood_prompt_tokens=16,
+    unlikelihood_new_tokens=16,
+)
+
 
 @pytest.fixture(scope="session")
 def micro_target_dir(tmp_path_factory):
     """An 8-layer, 64-wide Llama (head_dim 32, as vLLM's CPU attention needs) with its own BPE tokenizer."""
     from specforge.targets.tiny import TinyTargetConfig, build_tiny_target
 
-    cfg = TinyTargetConfig(
-        vocab_size=400,
-        hidden_size=64,
-        num_layers=8,
-        num_heads=2,
-        num_kv_heads=1,
-        intermediate_size=128,
-        seq_len=64,
-        batch_size=8,
-        steps=40,
-        lr=1e-2,
-        warmup_steps=2,
-        max_chat_rows=60,
-        max_corpus_files=40,
-        eval_windows=2,
-        sample_prompts=2,
-        sample_tokens=16,
-        unlikelihood_steps=3,
-        unlikelihood_batch=4,
-        unlikelihood_prompt_tokens=16,
-        unlikelihood_new_tokens=16,
-    )
+    cfg = TinyTargetConfig(**MICRO_TARGET)
     return build_tiny_target(cfg, out_dir=tmp_path_factory.mktemp("targets") / "micro", progress=False)
 
 

@@ -30,7 +30,7 @@ from serving.acceptance import conditional_acceptance
 from serving.vllm_plugin.harness.runner import run_vllm
 from specforge.data.formats import load_rows
 from specforge.data.humaneval import resolve_prompt_source
-from specforge.data.tokenize import chat_prompt_ids
+from specforge.data.tokenize import served_prompt_ids
 from specforge.errors import SpecforgeError
 from specforge.metrics import distinct_ngram_ratio
 from specforge.targets.loader import load_tokenizer
@@ -38,23 +38,11 @@ from specforge.targets.loader import load_tokenizer
 
 def chat_prompts(target_dir: Path, data: Path, limit: int, max_prompt_tokens: int = 768) -> list[list[int]]:
     """Up to ``limit`` token prompts of at most ``max_prompt_tokens`` from ``data``: a dataset file, or
-    the name of a built-in prompt set (see :func:`resolve_prompt_source`). A conversation gives its
-    turns before the first assistant turn, rendered with the chat template (generation prompt added);
-    a plain-text row gives its text as a raw completion prompt (tokenised as in training, no template)."""
+    the name of a built-in prompt set (see :func:`resolve_prompt_source`), read by
+    :func:`specforge.data.tokenize.served_prompt_ids`."""
     rows, _ = load_rows(resolve_prompt_source(data))
     tok = load_tokenizer(target_dir, need_chat_template=any(m is not None for m in rows["messages"]))
-    prompts = []
-    for r in rows:
-        msgs = r["messages"]
-        if msgs:
-            first_assistant = next(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-            ids = chat_prompt_ids(tok, msgs[:first_assistant])
-        else:
-            ids = tok(r["text"], add_special_tokens=True)["input_ids"]
-        if len(ids) <= max_prompt_tokens:
-            prompts.append(list(ids))
-        if len(prompts) == limit:
-            break
+    prompts = served_prompt_ids(tok, rows, limit, max_prompt_tokens)
     if not prompts:
         raise SpecforgeError(f"{data}: no prompt of at most {max_prompt_tokens} tokens to benchmark on")
     return prompts

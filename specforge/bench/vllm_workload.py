@@ -66,13 +66,18 @@ def long_answer_prompts(target_dir: Path, regen_data: Path, min_answer_tokens: i
 
 
 def draft_alpha(run_dir: Path, k: int) -> list[float]:
-    """The head's offline conditional acceptance alpha_1..alpha_k from its training summary."""
+    """The head's conditional acceptance alpha_1..alpha_k as training estimated it: the served
+    estimate at temperature 0 when the run has one (the reference engine, closed loop), else the
+    teacher-forced alphas of its last evaluation."""
     path = Path(run_dir) / "train_summary.json"
     if not path.is_file():
         raise SpecforgeError(f"{path} not found: pass the training run directory of the draft (--run)")
     summary = json.loads(path.read_text())
-    summary = summary.get("final", summary)  # a training run keeps its last evaluation under "final"
-    alpha = [summary[f"eval/alpha_{i}"] for i in range(k) if f"eval/alpha_{i}" in summary]
+    served = (summary.get("served") or {}).get("t0") or {}
+    if served.get("alpha") and served.get("k", 0) >= k:
+        return list(served["alpha"][:k])
+    final = summary.get("final", summary)  # a training run keeps its last evaluation under "final"
+    alpha = [final[f"eval/alpha_{i}"] for i in range(k) if f"eval/alpha_{i}" in final]
     if not alpha:
         raise SpecforgeError(f"{path} has no eval/alpha_* entries: train with evaluation switched on")
     return alpha

@@ -91,6 +91,24 @@ def cmd_bench_acceptance(args: argparse.Namespace) -> None:
     print(json.dumps(res["results"], indent=1))
 
 
+def cmd_bench_fidelity(args: argparse.Namespace) -> None:
+    from specforge.bench.fidelity import bench_fidelity
+
+    res = bench_fidelity(
+        target_path(args.target),
+        Path(args.run),
+        Path(args.draft),
+        Path(args.data),
+        Path(args.out),
+        k=args.k,
+        prompts=args.prompts,
+        max_new_tokens=args.max_new_tokens,
+        bf16=not args.no_bf16,
+        aux_shift=not args.no_aux_shift,
+    )
+    print(json.dumps({k: res[k] for k in ("teacher_forced", "served_estimate_vs_vllm", "causes")}, indent=1))
+
+
 def cmd_calibrate(args: argparse.Namespace) -> None:
     if args.vllm:
         cmd_calibrate_vllm(args)
@@ -269,6 +287,22 @@ def add_parsers(sub) -> None:
         "--dtype", choices=["float32", "bfloat16"], default="float32", help="float32 for the lossless check"
     )
     bv.set_defaults(func=cmd_bench_vllm)
+
+    bf = be.add_parser(
+        "fidelity",
+        help="training's estimates (teacher-forced, walked, served) against vLLM's tau, and each cause of a gap",
+    )
+    add_target(bf)
+    bf.add_argument("--run", required=True, help="the training run directory")
+    bf.add_argument("--draft", required=True, help="its vLLM export")
+    bf.add_argument("--data", required=True, help="held-out conversations with the target's own answers")
+    bf.add_argument("--out", required=True, help="work directory; fidelity.json is written there")
+    bf.add_argument("--k", type=int, default=4)
+    bf.add_argument("--prompts", type=int, default=16)
+    bf.add_argument("--max-new-tokens", type=int, default=96)
+    bf.add_argument("--no-bf16", action="store_true", help="skip the bf16 vLLM run")
+    bf.add_argument("--no-aux-shift", action="store_true", help="skip the aux-layer-id shift runs")
+    bf.set_defaults(func=cmd_bench_fidelity)
 
     ba = be.add_parser(
         "acceptance", help="tau / acceptance / speed of chains and trees in the reference engine"

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from specforge.cli.bench import add_parsers as add_bench_parsers
+from specforge.cli.check import add_parsers as add_check_parsers
 from specforge.cli.commands import add_parsers as add_command_parsers
 from specforge.errors import SpecforgeError
 
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     add_command_parsers(sub)
     add_bench_parsers(sub)
+    add_check_parsers(sub)
     return p
 
 

@@ -31,6 +31,28 @@ def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) ->
     return list(ids["input_ids"] if hasattr(ids, "input_ids") or isinstance(ids, dict) else ids)
 
 
+def served_prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, rows, limit: int, max_prompt_tokens: int = 768
+) -> list[list[int]]:
+    """The prompts a server would see for normalised dataset ``rows`` (see :mod:`formats`): a
+    conversation gives its turns before the first assistant turn, rendered with the chat template
+    (generation prompt added); a plain-text row gives its text as a raw completion prompt (tokenised
+    as in training, no template). Up to ``limit`` prompts of at most ``max_prompt_tokens`` tokens."""
+    prompts: list[list[int]] = []
+    for r in rows:
+        msgs = r["messages"]
+        if msgs:
+            first_assistant = next((i for i, m in enumerate(msgs) if m["role"] == "assistant"), len(msgs))
+            ids = chat_prompt_ids(tokenizer, msgs[:first_assistant])
+        else:
+            ids = tokenizer(r["text"], add_special_tokens=True)["input_ids"]
+        if len(ids) <= max_prompt_tokens:
+            prompts.append(list(ids))
+        if len(prompts) == limit:
+            break
+    return prompts
+
+
 def assistant_char_spans(
     tokenizer: PreTrainedTokenizerBase, messages: list[dict]
 ) -> tuple[str, list[tuple[int, int]]]:

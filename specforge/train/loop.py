@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from draft_models.registry import get_draft_type
+from specforge.bench.served import ServedEstimate, served_estimate, served_key
 from specforge.capture import (
     CaptureConfig,
     CapturedBatch,
@@ -36,12 +37,15 @@ from specforge.capture import (
     write_shards,
 )
 from specforge.config import TrainConfig
-from specforge.data.tokenize import load_tokenized
+from specforge.data.formats import load_rows
+from specforge.data.tokenize import load_tokenized, served_prompt_ids
 from specforge.errors import SpecforgeError
 from specforge.files import write_json_atomic
+from specforge.targets.fingerprint import target_fingerprint
 from specforge.targets.loader import Target, load_target
 from specforge.train.batching import LengthGroupedBatches
-from specforge.train.ttt import acceptance_stats, ttt_forward
+from specforge.train.estimates import estimate_logs, teacher_forced
+from specforge.train.ttt import ttt_forward
 from specforge.vocab import build_draft_vocab
 
 CKPT_DIR = "checkpoints"
@@ -288,31 +292,50 @@ def train(cfg: TrainConfig) -> dict:
             return online(**batch)
         return batch.to(accelerator.device)
 
+    walk_k = min(cfg.served_eval.k, cfg.ttt.steps)
+
     def evaluate() -> dict:
+        """Teacher-forced estimates on the held-out split (see specforge.train.estimates)."""
         if eval_ds is None:
             return {}
         module.eval()
-        corrects, valids, losses = [], [], []
-        cap = online or OnlineCapture(target, capture_cfg)
-        with torch.no_grad():
-            for lo in range(0, len(eval_ds), cfg.optim.batch_size):
-                chunk = eval_ds[lo : lo + cfg.optim.batch_size]
-                rows = [
-                    {"input_ids": a, "loss_mask": b} for a, b in zip(chunk["input_ids"], chunk["loss_mask"])
-                ]
-                res = accelerator.unwrap_model(module)(cap(**pad_batch(rows, pad_id)), target.model.lm_head)
-                corrects.append(res.correct.flatten(1))  # [steps, batch * seq]
-                valids.append(res.valid.flatten(1))
-                losses.append(res.loss.item())
-        if cap is not online:
-            cap.close()
+        tf = teacher_forced(
+            accelerator.unwrap_model(module),
+            target,
+            eval_ds[:],
+            online or capture_cfg,
+            cfg.optim.batch_size,
+        )
         module.train()
-        st = acceptance_stats(torch.cat(corrects, 1)[:, None], torch.cat(valids, 1)[:, None])
-        return {
-            "eval/loss": sum(losses) / len(losses),
-            "eval/tau": st.tau,
-            **{f"eval/alpha_{k}": a for k, a in enumerate(st.alpha)},
+        return estimate_logs(tf, walk_k, cfg.served_eval.max_new_tokens)
+
+    served_prompts = (
+        served_prompt_ids(target.tokenizer, load_rows(cfg.data.eval)[0], cfg.served_eval.prompts)
+        if cfg.data.eval and cfg.served_eval.prompts and cfg.served_eval.temperatures
+        else []
+    )
+
+    def served() -> dict[str, ServedEstimate]:
+        """The head served closed loop by the reference engine on the held-out prompts (main process)."""
+        if not served_prompts or not accelerator.is_main_process:
+            return {}
+        se = cfg.served_eval
+        draft_now = accelerator.unwrap_model(module).draft
+        out = {
+            served_key(t): served_estimate(
+                target.model,
+                draft_now,
+                served_prompts,
+                se.k,
+                t,
+                se.max_new_tokens,
+                target.tokenizer.eos_token_id,
+                seed=se.seed,
+            )
+            for t in se.temperatures
         }
+        module.train()
+        return out
 
     def save_checkpoint() -> None:
         accelerator.wait_for_everyone()
@@ -346,6 +369,7 @@ def train(cfg: TrainConfig) -> dict:
         disable=not (cfg.progress and accelerator.is_main_process),
     )
     history: list[dict] = []
+    last_served: dict[str, ServedEstimate] = {}
     last_tau = float("nan")
     t0 = time.time()
     while state.step < total_steps:
@@ -378,6 +402,11 @@ def train(cfg: TrainConfig) -> dict:
             }
             if state.step % cfg.eval_every == 0 or state.step == total_steps:
                 logs.update(evaluate())
+            every = cfg.served_eval.every
+            if state.step == total_steps or (every and state.step % every == 0):
+                last_served = served()
+                for key, est in last_served.items():
+                    logs.update(est.log_items(f"served/{key}/"))
             accelerator.log(logs, step=state.step)
             history.append({"step": state.step, **logs})
             bar.update(1)
@@ -410,6 +439,8 @@ def train(cfg: TrainConfig) -> dict:
                 "steps": state.step,
                 "seconds": round(time.time() - t0, 1),
                 "vocab_coverage": vocab.coverage,
+                "target": target_fingerprint(target.model, target.tokenizer),
+                "served": {key: est.to_json() for key, est in last_served.items()},
                 # the held-out learning curve: every evaluation this process ran (after a resume,
                 # those since the resume; tensorboard/wandb hold the whole run)
                 "eval_history": [

@@ -13,8 +13,17 @@ Contract: :func:`ttt_forward` unrolls an EAGLE-3 draft for ``steps`` steps over 
   vocabulary, averaged over positions whose predicted token is an assistant token and whose target
   argmax lies in the draft vocabulary; step losses are weighted ``decay ** i``.
 
-It also returns, per step, whether the draft's argmax equals the target's argmax, from which
-:func:`acceptance_stats` derives alpha_k and the simulated tau of a greedy chain.
+It also returns, per step, whether the draft's argmax equals the target's argmax at every position
+whose predicted token is an assistant token (``valid``; a target argmax outside the draft
+vocabulary is a miss, as at serving time), and two estimates derived from it:
+
+* :func:`acceptance_stats`: alpha_k over every anchor (teacher-forced), and the tau of a greedy
+  chain built from those alphas;
+* :func:`walked_acceptance`: the greedy chain replayed closed loop over each answer, as a server
+  walks it (a step at anchor ``t`` that accepts ``a`` drafts moves to anchor ``t + a + 1``). Served
+  anchors are not a uniform sample of positions: runs the draft gets right are crossed in few steps,
+  stretches it gets wrong are visited token by token, so the all-anchor average overstates tau.
+  On greedily regenerated data the walk is what a greedy server sees.
 """
 
 from __future__ import annotations
@@ -36,7 +45,8 @@ class TTTOutput:
     loss: torch.Tensor  # [] weighted sum of step losses
     step_losses: torch.Tensor  # [steps] (detached)
     correct: torch.Tensor  # [steps, batch, seq] bool: draft argmax == target argmax
-    valid: torch.Tensor  # [steps, batch, seq] bool: position counted at that step
+    valid: torch.Tensor  # [steps, batch, seq] bool: the step's predicted token is an assistant token
+    in_vocab: torch.Tensor  # [steps, batch, seq] bool: valid, and the target argmax is in the draft vocab
 
 
 def _shift(x: torch.Tensor, by: int, fill: float | int | bool = 0) -> torch.Tensor:
@@ -110,7 +120,7 @@ def ttt_forward(
     hidden = draft.combine(batch.aux_hidden_states)
     k0 = v0 = None
     extra: list[tuple[torch.Tensor, torch.Tensor]] = []
-    losses, correct, valid = [], [], []
+    losses, correct, valid, counted = [], [], [], []
     for i in range(steps):
         ids_i = _shift(batch.input_ids, 1 + i)
 
@@ -125,6 +135,7 @@ def ttt_forward(
             # position t counts at step i when token t+2+i is an assistant token in the sequence
             # and the target's argmax at t+1+i is in the draft vocabulary
             mask_i = _shift(in_vocab, 1 + i, False) & (pos0 + 2 + i < lengths[:, None])  # [b, s]
+            valid_i = _shift(need, 1 + i, False) & (pos0 + 2 + i < lengths[:, None])  # [b, s]
             rows_i = _shift(row, 1 + i, -1)[mask_i]  # [n_i] rows of logits_t / probs_t
             target_i = _shift(argmax_t, 1 + i)  # [b, s]
         out = draft.step(ids_i, hidden, pos0 + i, attn_fn, logit_mask=mask_i)
@@ -137,7 +148,8 @@ def ttt_forward(
             hit = torch.zeros(b, s, dtype=torch.bool, device=mask_i.device)
             hit[mask_i] = draft.draft_to_target(out.logits.argmax(-1)) == target_i[mask_i]
             correct.append(hit)
-            valid.append(mask_i)
+            valid.append(valid_i)
+            counted.append(mask_i)
         hidden = out.hidden
     weights = torch.tensor([decay**i for i in range(steps)], device=hidden.device)
     step_losses = torch.stack(losses)
@@ -146,6 +158,7 @@ def ttt_forward(
         step_losses=step_losses.detach(),
         correct=torch.stack(correct),
         valid=torch.stack(valid),
+        in_vocab=torch.stack(counted),
     )
 
 
@@ -169,3 +182,55 @@ def acceptance_stats(correct: torch.Tensor, valid: torch.Tensor) -> AcceptanceSt
         acc.append(int((valid[k] & correct[k]).sum()) / max(1, int(valid[k].sum())))
         alive = hit
     return AcceptanceStats(alpha=alpha, tau=chain_tau(alpha, steps), acc=acc)
+
+
+@dataclass
+class WalkStats:
+    tau: float  # tokens emitted per step, bonus included
+    acceptance_per_position: list[float]  # [k]: P(a step accepts >= i + 1 drafts)
+    steps: int  # verification steps walked
+    tokens: int  # tokens they emitted
+
+
+def walked_acceptance(
+    correct: torch.Tensor, valid: torch.Tensor, k: int, max_new_tokens: int | None = None
+) -> WalkStats:
+    """Replay a greedy ``k``-draft chain over every answer in [steps, batch, seq] ``correct`` /
+    ``valid`` masks (``steps >= k``; anchor ``t``'s step ``i`` predicts token ``t + 2 + i``).
+
+    An answer is a run of anchors valid at step 0. Its first token comes from the prefill, so the
+    first verification step drafts from the anchor after the run's first; a step at anchor ``t``
+    accepts the leading correct drafts ``a`` (at most ``k``, and only while the answer lasts), emits
+    ``a + 1`` tokens (capped at the tokens left) and moves to ``t + a + 1``. ``max_new_tokens``
+    truncates each answer as a server's length limit does."""
+    if correct.shape[0] < k:
+        raise ValueError(f"a {k}-draft walk needs masks of at least {k} steps, got {correct.shape[0]}")
+    ok = (correct[:k] & valid[:k]).cpu().tolist()  # [k][batch][seq]
+    hist = [0] * (k + 1)  # steps that accepted exactly j drafts
+    tokens = 0
+    for b in range(len(ok[0])):
+        starts = valid[0, b].cpu().tolist()
+        t, n = 0, len(starts)
+        while t < n:
+            if not starts[t] or (t > 0 and starts[t - 1]):
+                t += 1
+                continue
+            end = t
+            while end < n and starts[end]:
+                end += 1
+            # anchors t..end-1 predict answer tokens t+2..end+1; the first comes from the prefill
+            last = end + 1 if max_new_tokens is None else min(end + 1, t + 2 + max_new_tokens - 1)
+            anchor = t + 1
+            while anchor + 1 < last:  # the root (token anchor + 1) is not the answer's last token
+                left = last - (anchor + 1)  # tokens still to emit
+                a = 0
+                while a < min(k, left) and ok[a][b][anchor]:
+                    a += 1
+                hist[a] += 1
+                emitted = min(a + 1, left)
+                tokens += emitted
+                anchor += emitted
+            t = end
+    steps = sum(hist)
+    per_pos = [sum(hist[i + 1 :]) / max(1, steps) for i in range(k)]
+    return WalkStats(tau=tokens / max(1, steps), acceptance_per_position=per_pos, steps=steps, tokens=tokens)

@@ -63,3 +63,25 @@ def test_acceptance_notebook_measures_every_shape_and_reads_a_serve_sweep(
             assert r["tau"] <= 1.0 + sum(acc) + 1e-9
     assert summary["serve_batch_sizes"] == [1, 2]
     assert (out / "acceptance.png").stat().st_size > 1000 and (out / "serve.png").stat().st_size > 1000
+
+
+def test_fidelity_notebook_plots_the_committed_comparison(tmp_path, monkeypatch):
+    results = NOTEBOOKS.parent / "benchmarks" / "fidelity.json"
+    record = json.loads(results.read_text())
+    monkeypatch.setenv("SPECFORGE_NB_FIDELITY", str(results))
+    monkeypatch.setenv("SPECFORGE_NB_OUT", str(tmp_path))
+    nb = nbformat.read(NOTEBOOKS / "fidelity.ipynb", as_version=4)
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    ).execute()
+    summary = json.loads(_last_stdout(nb))
+    expected = {f"{name}/{key}" for name, r in record["targets"].items() for key in r["vllm"]}
+    assert set(summary) == expected
+    for key, s in summary.items():
+        name, temp = key.split("/")
+        r = record["targets"][name]
+        assert (
+            s["vllm"] == r["vllm"][temp]["tau"] and s["served_estimate"] == r["served_estimate"][temp]["tau"]
+        )
+        assert s["error"] == s["served_estimate"] / s["vllm"] - 1
+    assert (tmp_path / "fidelity.png").stat().st_size > 5000

@@ -140,3 +140,46 @@ def test_building_the_tiny_target_into_a_foreign_folder_is_refused_before_traini
     with pytest.raises(SpecforgeError, match="not empty and is not something specforge wrote"):
         build_tiny_target(out_dir=tmp_path, progress=False)  # would train for minutes if not refused
     assert _files(tmp_path) == ["paper.tex"]
+
+
+def test_vllm_export_reloads_as_the_same_draft(run_dir, tmp_path):
+    from specforge.export import load_vllm_export
+
+    out = export_vllm(run_dir, tmp_path / "vllm")
+    emb = torch.randn(V, H)
+    ours = load_draft(run_dir, emb)
+    back = load_vllm_export(out, emb, num_target_layers=8)
+    assert back.config == ours.config
+    for k, v in ours.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+
+
+def test_export_records_what_serving_checks(run_dir, tmp_path):
+    from serving.draft_check import META_FILE, d2t_sha256, read_meta
+
+    fp = {"vocab_size": V, "hidden_size": H, "num_layers": 8, "tokenizer_sha256": "x", "embedding_probe": []}
+    final = {"eval/tau": 2.5, "eval/alpha_0": 0.7, "eval/alpha_1": 0.6, "eval/walk_tau": 2.1}
+    final.update({f"eval/walk_acc_{i}": 0.5 for i in range(4)})
+    served = {
+        "t0": {
+            "k": 4,
+            "temperature": 0.0,
+            "prompts": 3,
+            "max_new_tokens": 8,
+            "tau": 2.0,
+            "acceptance_per_position": [0.6, 0.3, 0.1, 0.0],
+            "alpha": [0.6, 0.5, 0.33, 0.0],
+            "output_tokens": 24,
+            "seconds": 1.0,
+        }
+    }
+    (run_dir / "train_summary.json").write_text(
+        json.dumps({"final": final, "steps": 7, "target": fp, "served": served})
+    )
+    for out in (export_vllm(run_dir, tmp_path / "vllm"), export_hf(run_dir, tmp_path / "hf")):
+        meta = read_meta(out)
+        assert meta is not None and (out / META_FILE).is_file()
+        assert meta.method == "eagle3" and meta.aux_layer_ids == [2, 4, 5] and meta.steps == 7
+        assert meta.d2t_sha256 == d2t_sha256(load_file(run_dir / "draft.safetensors")["d2t"].tolist())
+        assert meta.estimates.teacher_forced_alpha == [0.7, 0.6] and meta.estimates.walk_k == 4
+        assert meta.estimates.served["t0"].tau == 2.0

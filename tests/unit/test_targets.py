@@ -106,3 +106,15 @@ def test_a_tokenizer_whose_eos_is_not_the_models_is_refused(micro_target_dir, tm
         match=r"end-of-sequence token '<\|end\|>' \(id \d+\) is not the model's eos_token_id 7",
     ):
         load_target(d)
+
+
+def test_fingerprint_of_the_loaded_target_equals_the_one_read_from_its_directory(
+    micro_target, micro_target_dir
+):
+    from serving.draft_check import fingerprint_target_dir
+    from specforge.targets.fingerprint import target_fingerprint
+
+    live = fingerprint_target_dir(micro_target_dir)
+    recorded = target_fingerprint(micro_target.model, micro_target.tokenizer)
+    assert live.model_dump() == recorded
+    assert live.tokenizer_sha256 and len(live.embedding_probe) == 32

@@ -105,7 +105,8 @@ def test_ttt_overfits_a_handful_of_samples():
         opt.step()
     final = ttt_forward(d, batch, steps=3)
     assert (final.step_losses < 0.5 * first).all(), (first, final.step_losses)
-    stats = acceptance_stats(final.correct, final.valid)
+    # where the target's token is in the draft vocabulary (the rest are misses it cannot learn)
+    stats = acceptance_stats(final.correct, final.in_vocab)
     assert stats.alpha[0] > 0.8 and stats.tau > 2.0
 
 
@@ -154,3 +155,36 @@ def test_draft_starts_from_the_targets_head_and_last_layer(micro_target):
     torch.testing.assert_close(draft.midlayer.mlp.down_proj.weight, last.mlp.down_proj.weight)
     torch.testing.assert_close(draft.norm.weight, model.model.norm.weight)
     assert torch.equal(draft.midlayer.self_attn.q_proj.weight[:, : cfg.hidden_size], before)
+
+
+def test_walk_hand_checked():
+    from specforge.train.ttt import walked_acceptance
+
+    # One answer: anchors 0..7 valid at step 0 (tokens 2..9 are the answer), k = 2.
+    # The walk starts at anchor 1 (token 2 comes from the prefill, root token 2).
+    valid = torch.zeros(2, 1, 10, dtype=torch.bool)
+    valid[0, 0, :8] = True
+    valid[1, 0, :7] = True  # step 1 at anchor t predicts t + 3 <= 9
+    correct = torch.zeros(2, 1, 10, dtype=torch.bool)
+    correct[0, 0, [1, 3, 4, 6]] = True
+    correct[1, 0, [1, 4]] = True
+    w = walked_acceptance(correct, valid, k=2)
+    # anchor 1: both drafts right -> 3 tokens (3, 4, 5), anchor 4: both -> 3 tokens (6, 7, 8);
+    # anchor 7: draft wrong -> 1 token (9), the answer's last. 7 tokens in 3 steps.
+    assert (w.steps, w.tokens) == (3, 7)
+    assert w.tau == pytest.approx(7 / 3)
+    assert w.acceptance_per_position == [pytest.approx(2 / 3), pytest.approx(2 / 3)]
+    # The all-anchor estimate weights every position alike; the walk skips anchors 2, 3, 5, 6.
+    assert acceptance_stats(correct, valid).alpha[0] == pytest.approx(4 / 8)
+    # A server's length limit: 4 new tokens (2..5): steps at anchors 1 (3 tokens), done.
+    short = walked_acceptance(correct, valid, k=2, max_new_tokens=4)
+    assert (short.steps, short.tokens) == (1, 3)
+
+
+def test_ttt_counts_out_of_vocabulary_targets_as_misses():
+    # A draft vocabulary of 5 of the 50 ids: most target argmaxes are outside it.
+    d = small_eagle3(small_eagle3_config(H, V, 5, head_dim=8), list(range(5)))
+    out = ttt_forward(d, _batch(), steps=2)
+    assert out.in_vocab.sum() < out.valid.sum()
+    assert not (out.correct & ~out.in_vocab).any()  # a miss wherever the target's token is out of vocab
+    assert (out.in_vocab <= out.valid).all()
