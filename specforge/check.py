@@ -160,7 +160,7 @@ def check_draft(
         findings.append(
             Finding(
                 "serve",
-                f"vLLM could not serve the draft with method {method!r}: {str(e).strip().splitlines()[-1][:400]}",
+                f"vLLM could not serve the draft with method {method!r}: {_vllm_error(str(e))}",
             )
         )
     ref_tau, ref_pos = None, []
@@ -234,3 +234,16 @@ def _diagnose(
         f"Check the dtype (served in {dtype}; training ran in float32), the vLLM version, and the "
         "speculative config's other settings",
     )
+
+
+def _vllm_error(text: str) -> str:
+    """The line of vLLM's output that says what failed (pydantic's and Python's, not their footers)."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if (
+            ("Error" in ln or "error" in ln)
+            and "errors.pydantic.dev" not in ln
+            and not ln.startswith("File ")
+        ):
+            return ln[:400]
+    return lines[-1][:400] if lines else "no output"
