@@ -33,6 +33,7 @@ from transformers import DynamicCache
 
 from draft_models.aux_hooks import AuxHiddenHooks
 from serving.acceptance import conditional_acceptance
+from serving.controller import SpeculationController
 from serving.shape import NO_SPECULATION, TreeShape
 from serving.tree import DraftTree, ancestor_mask
 from serving.verify import is_chain, target_probs, verify_chains_sampling, verify_greedy, verify_sampling
@@ -113,6 +114,17 @@ _EMPTY_TREE = DraftTree(
 )
 
 
+def _then(first: Callable[..., None], second: Callable[..., None] | None) -> Callable[..., None]:
+    """A step callback that calls ``first``, then ``second`` (if any), with the same arguments."""
+
+    def both(*step) -> None:
+        first(*step)
+        if second is not None:
+            second(*step)
+
+    return both
+
+
 class SpeculativeEngine:
     def __init__(
         self, target: torch.nn.Module, drafter: Drafter | None = None, eos_token_id: int | None = None
@@ -146,19 +158,21 @@ class SpeculativeEngine:
         self,
         prompts: list[list[int]],
         max_new_tokens: int,
-        shape: TreeShape | Callable[[int], TreeShape] = NO_SPECULATION,
+        shape: TreeShape | Callable[[int], TreeShape] | SpeculationController = NO_SPECULATION,
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int = 0,
         on_step: Callable[[TreeShape, int, float, float, list[int]], None] | None = None,
     ) -> GenerationOutput:
-        """``shape`` is fixed or a function of the live batch size (e.g. ``SpeculationPolicy.choose``);
-        ``on_step(shape, batch_size, mean tokens emitted per sequence, step seconds, each sequence's
-        accepted draft tokens)`` is called after every step (``SpeculationPolicy.observe`` takes
-        exactly these)."""
+        """``shape`` is fixed, a function of the live batch size, or a
+        :class:`~serving.controller.SpeculationController`, which then decides every step and learns
+        from it; ``on_step(shape, batch_size, mean tokens emitted per sequence, step seconds, each
+        sequence's accepted draft tokens)`` is called after every step as well."""
         if any(len(p) < 2 for p in prompts):
             raise ValueError("every prompt needs at least 2 tokens")
         pick = shape if callable(shape) else (lambda _b, s=shape: s)
+        if isinstance(shape, SpeculationController):  # the controller learns from every step it decides
+            on_step = _then(shape.observe_step, on_step)
         gen = torch.Generator().manual_seed(seed)
         stats = GenerationStats()
         t0 = time.perf_counter()

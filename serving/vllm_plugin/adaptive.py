@@ -13,13 +13,13 @@ Contract
 * Acceptance is tracked online per chain position (EMA of each position's conditional acceptance,
   from every request's accepted count at every step that verified drafts), seeded from the
   calibration's measured alpha_k, so running one k teaches the policy about the others; and per request in flight
-  (:class:`serving.policy.RequestAcceptance`), so k follows the requests actually in the batch.
+  (:class:`serving.acceptance.RequestAcceptance`), so k follows the requests actually in the batch.
   Step times come from the policy file's prior (best: whole vLLM steps measured by ``specforge
   calibrate --vllm``), scaled online by one live/prior factor from the steps this scheduler times
   itself (:class:`StepRecorder`, :class:`serving.step_cost.OnlineStepCost`; a factor per shape only
   with ``"cost_min_steps"`` in the policy file), and corrected per (k, batch bucket) by a learnt
   measured ratio where the prior ranked k wrongly. To measure the k it does not choose, the plugin now
-  and then runs the runner-up k for a few steps (:meth:`AdaptiveLookup._probe`). Timing assumes
+  and then runs the runner-up k for a few steps (:meth:`serving.controller.SpeculationController._probe`). Timing assumes
   vLLM's synchronous scheduling (the CPU default).
 * ``SPECFORGE_STEP_LOG=/path/steps.json`` writes the timed steps (per batch size and k) and the
   current choices when the engine drains (at most every 5 s) and at exit; with a policy file in
@@ -39,6 +39,8 @@ import logging
 import os
 import time
 
+from serving.controller import SpeculationController
+from serving.schedules import ExploreSchedule
 from serving.vllm_plugin.draft_skip import (
     LAST_SKIP_ATTR,
     SKIP_ATTR,
@@ -86,16 +88,19 @@ def policy_lookup(
         def running(batch: int) -> list[str]:
             return [r.request_id for r in scheduler.running[:batch]]
 
-    return AdaptiveLookup(
+    controller = SpeculationController(
         policy,
-        k_max,
-        running=running,
-        max_batch=int(getattr(scheduler, "max_num_running_reqs", 256)),
-        is_stale=stale.is_stale if stale is not None else None,
         switch_margin=f.switch_margin,
         # probing feeds the per-bucket ratios: pointless without them
         probe_every=f.probe_every if f.cell_prior else 0,
         probe_steps=f.probe_steps,
+        max_batch=int(getattr(scheduler, "max_num_running_reqs", 256)),
+    )
+    return AdaptiveLookup(
+        controller,
+        k_max,
+        running=running,
+        is_stale=stale.is_stale if stale is not None else None,
         fallback=fallback,
     )
 
@@ -120,17 +125,16 @@ def _install(scheduler) -> None:
         if f.skip_draft_at_k0:
             stale = StaleDrafts(scheduler, evict=f.evict_skipped_blocks)
         if isinstance(f, ExplorePolicyFile):
-            lookup = AdaptiveLookup(
-                None,
-                k_max,
-                explore=list(f.ks),
+            explore = ExploreSchedule(
+                tuple(f.ks),
                 hold=f.hold,
                 drains_per_k=f.drains_per_k,
                 skip_drains=f.skip_drains,
                 skip_steps=f.skip_steps,
                 time_mixed=f.time_mixed,
             )
-            logger.info("specforge step-time exploration: k cycles through %s", lookup.explore)
+            lookup = AdaptiveLookup(None, k_max, explore=explore)
+            logger.info("specforge step-time exploration: k cycles through %s", list(explore.ks))
         else:
             lookup = policy_lookup(scheduler, f, k_max, stale)
             logger.info(

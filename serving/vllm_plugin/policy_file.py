@@ -27,10 +27,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from serving.acceptance import AcceptanceTracker
+from serving.controller import PROBE_EVERY, PROBE_STEPS, SWITCH_MARGIN
 from serving.policy import SpeculationPolicy
 from serving.shape import TreeShape
 from serving.step_cost import CostModel, OnlineStepCost, Profile, StartCost, StepTable
-from serving.vllm_plugin.lookup import PROBE_EVERY, PROBE_STEPS, SWITCH_MARGIN
 
 # A step of n requests weighs like n / ALPHA_REFERENCE_BATCH steps in the acceptance EMA.
 ALPHA_REFERENCE_BATCH = 256

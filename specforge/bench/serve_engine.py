@@ -5,7 +5,7 @@ Contract: the workload is :func:`specforge.bench.vllm_workload.long_answer_promp
 tokens and the batch size stays fixed). A measurement at batch ``B`` runs ``max(1, 8 // B)`` batches
 of distinct prompts back to back (as the vLLM sweep's ``MIN_REQUESTS``), so that batch 1 is not one
 prompt's acceptance. Configurations: ``none``, each fixed shape in ``shapes``
-(chains and EAGLE-2 trees), and ``policy`` — :class:`serving.policy.SpeculationPolicy` choosing among
+(chains and EAGLE-2 trees), and ``policy`` — :class:`serving.controller.SpeculationController` choosing among
 all of those shapes at every step, priced by whole engine steps timed per shape and batch size
 before the sweep (:func:`serving.calibrate.calibrate_engine_steps`; forward-only profiles miss the
 engine's per-sequence Python work), corrected online by one factor from the engine's own step
@@ -29,6 +29,7 @@ import torch
 
 from serving.acceptance import AcceptanceTracker
 from serving.calibrate import calibrate_engine_steps
+from serving.controller import SpeculationController
 from serving.drafters.eagle3 import Eagle3Drafter
 from serving.engine import GenerationStats, SpeculativeEngine
 from serving.policy import SpeculationPolicy
@@ -80,19 +81,18 @@ def bench_serve_engine(
         # batch 64 first ran mostly chain:1 at batch 1-2, where chain:4 was best).
         tracker = AcceptanceTracker.from_alpha(alpha, fixed, per_position=True, reference_batch=16)
         policy = SpeculationPolicy(OnlineStepCost(steps, min_count=10**9), tracker, fixed)
+        controller = SpeculationController(policy, max_batch=max(sizes))
         for b in sizes if rnd % 2 == 0 else sizes[::-1]:
             order = list(configs)
             rng.shuffle(order)
             for name in order:
                 picks: dict[str, int] = {}
 
-                def choose(batch: int, picks=picks, policy=policy) -> TreeShape:
-                    s = policy.choose(batch)
+                def count(s: TreeShape, *_step, picks=picks) -> None:
                     picks[s.name] = picks.get(s.name, 0) + 1
-                    return s
 
-                shape = choose if name == "policy" else by_name[name]
-                on_step = policy.observe if name == "policy" else None
+                shape = controller if name == "policy" else by_name[name]
+                on_step = count if name == "policy" else None
                 tokens_out: list[list[int]] = []
                 st = GenerationStats()
                 t0 = time.perf_counter()

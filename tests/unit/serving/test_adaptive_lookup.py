@@ -8,12 +8,25 @@ from types import SimpleNamespace
 
 import pytest
 
+from serving.controller import SpeculationController
+from serving.schedules import ExploreSchedule
 from serving.shape import NO_SPECULATION, TreeShape
 from serving.step_cost import CostModel, Profile, StartCost, StepTable
 from serving.vllm_plugin.draft_skip import SKIP_ATTR
 from serving.vllm_plugin.lookup import AdaptiveLookup
 from serving.vllm_plugin.policy_file import PolicyFileError, load_policy, write_policy_file
 from serving.vllm_plugin.recorder import StepRecorder
+
+
+def _lookup(policy, k_max, running=None, is_stale=None, fallback=None, **controller):
+    """The plugin's lookup over a controller of ``policy`` (``controller``: its keyword arguments)."""
+    return AdaptiveLookup(
+        SpeculationController(policy, **controller),
+        k_max,
+        running=running,
+        is_stale=is_stale,
+        fallback=fallback,
+    )
 
 
 def _policy(tmp_path):
@@ -29,7 +42,7 @@ def _reject_everything(lookup, steps=1000, batch=64):
 
 
 def test_lookup_follows_the_policy_and_learns(tmp_path):
-    lookup = AdaptiveLookup(_policy(tmp_path), k_max=3, refresh_steps=1)
+    lookup = _lookup(_policy(tmp_path), k_max=3, refresh_steps=1)
     assert lookup[1] == 3 and lookup[8] == 0
     lookup[1]
     _reject_everything(lookup)
@@ -39,7 +52,7 @@ def test_lookup_follows_the_policy_and_learns(tmp_path):
 def test_population_acceptance_is_learnt_from_every_step_and_slowly(tmp_path):
     """Every step that verified drafts teaches the population's acceptance per position (not only
     steady decode steps), a request-step at a time: a drain's few poor requests move it little."""
-    lookup = AdaptiveLookup(_policy(tmp_path), k_max=3)
+    lookup = _lookup(_policy(tmp_path), k_max=3)
     alpha = lookup.policy.acceptance.alpha
     # 64 requests verify k = 2 and accept 1: position 1 always, position 2 never
     ids = [f"r{i}" for i in range(64)]
@@ -57,7 +70,7 @@ def test_population_acceptance_is_learnt_from_every_step_and_slowly(tmp_path):
 
 
 def test_lookup_caches_choices_between_refreshes(tmp_path):
-    lookup = AdaptiveLookup(_policy(tmp_path), k_max=3, refresh_steps=50)
+    lookup = _lookup(_policy(tmp_path), k_max=3, refresh_steps=50)
     assert lookup[1] == 3
     _reject_everything(lookup)
     assert lookup[1] == 3  # cached: the policy is consulted again only after 50 lookups
@@ -69,7 +82,7 @@ def test_lookup_caches_choices_between_refreshes(tmp_path):
 def test_pinned_lookup_serves_the_arm_and_the_policy_learns_nothing(tmp_path):
     """A paired benchmark pins the plugin's lookup to each configuration in turn: a fixed k or vLLM's
     dense table, capped at k_max; the policy sees none of those steps and resumes where it was."""
-    lookup = AdaptiveLookup(_policy(tmp_path), k_max=3, refresh_steps=1)
+    lookup = _lookup(_policy(tmp_path), k_max=3, refresh_steps=1)
     assert lookup[1] == 3 and lookup[8] == 0
     alpha = list(lookup.policy.acceptance.alpha)
     lookup.pin(2)
@@ -82,14 +95,16 @@ def test_pinned_lookup_serves_the_arm_and_the_policy_learns_nothing(tmp_path):
     for _ in range(300):  # would teach the policy that k = 3 never gets a token accepted
         lookup.observe(16, 3, 1.0, 0.01)
         lookup.observe_requests(dict.fromkeys(ids, 3), dict.fromkeys(ids, 0), [])
-    assert lookup.policy.acceptance.alpha == alpha and not lookup.live.hits
+    assert lookup.policy.acceptance.alpha == alpha and not lookup.controller.live.hits
     lookup.pin(None)
-    assert lookup._policy_k == 0  # the policy's own last choice (batch 8), not the arm's k
+    assert (
+        lookup.controller._kept == NO_SPECULATION
+    )  # the policy's own last choice (batch 8), not the arm's k
     assert lookup[1] == 3 and lookup[8] == 0
 
 
 def test_explore_mode_cycles_k_and_ignores_batch_size():
-    lookup = AdaptiveLookup(None, k_max=4, explore=[0, 2, 5], hold=2, skip_steps=1)
+    lookup = AdaptiveLookup(None, 4, explore=ExploreSchedule((0, 2, 5), hold=2, skip_steps=1))
     seen = [(lookup[b], lookup.recording) for b in [1, 64, 3, 3, 2, 9, 1, 1]]
     # steps 1..8 -> index ((step - 1) // 2) % 3 -> 0, 0, 1, 1, 2, 2, 0, 0; k = 5 is capped at k_max = 4;
     # the first step of each hold is not timed
@@ -98,7 +113,7 @@ def test_explore_mode_cycles_k_and_ignores_batch_size():
 
 
 def test_explore_mode_holds_k_until_the_engine_drains():
-    lookup = AdaptiveLookup(None, k_max=5, explore=[0, 3, 5], hold=0)
+    lookup = AdaptiveLookup(None, 5, explore=ExploreSchedule((0, 3, 5), hold=0))
     assert [lookup[b] for b in [4, 4, 3, 1]] == [0, 0, 0, 0]  # one submitted batch: one k
     lookup.drained()
     assert [lookup[b] for b in [4, 2]] == [3, 3]
@@ -108,7 +123,7 @@ def test_explore_mode_holds_k_until_the_engine_drains():
 
 
 def test_explore_mode_runs_each_k_for_several_batches_and_times_the_later_ones():
-    lookup = AdaptiveLookup(None, k_max=5, explore=[1, 4], hold=0, drains_per_k=3, skip_drains=1)
+    lookup = AdaptiveLookup(None, 5, explore=ExploreSchedule((1, 4), hold=0, drains_per_k=3, skip_drains=1))
     seen = []
     for _ in range(6):  # six submitted batches
         seen.append((lookup[8], lookup.recording))
@@ -121,7 +136,7 @@ def test_live_lookup_chooses_from_the_requests_in_the_batch(tmp_path):
     table = StepTable.chains({0: Profile([1, 64], [1.0, 1.0]), 3: Profile([1, 64], [2.0, 2.0])})
     policy = load_policy(write_policy_file(tmp_path / "t.json", table, [0.9, 0.9, 0.9], [3]), k_max=3)
     batch: list[str] = []
-    lookup = AdaptiveLookup(policy, k_max=3, running=lambda b: batch[:b], max_batch=8)
+    lookup = _lookup(policy, k_max=3, running=lambda b: batch[:b], max_batch=8)
     batch[:] = ["a", "b"]
     assert lookup[2] == 3  # unseen requests count at the head's offline alpha: tau 3.44 for 2x the time
     for _ in range(10):  # "a" and "b" reject every draft
@@ -130,7 +145,7 @@ def test_live_lookup_chooses_from_the_requests_in_the_batch(tmp_path):
     batch[:] = ["a", "c"]
     assert lookup[2] == 3  # with a fresh request in the batch, speculation pays again
     lookup.observe_requests({}, {}, finished=["a"])
-    assert "a" not in lookup.live.hits and "b" in lookup.live.hits
+    assert "a" not in lookup.controller.live.hits and "b" in lookup.controller.live.hits
 
 
 def test_live_lookup_keeps_k_through_near_ties(tmp_path):
@@ -140,14 +155,14 @@ def test_live_lookup_keeps_k_through_near_ties(tmp_path):
     flat = {0: 1.0, 1: 1.0, 3: 1.8}  # seconds per step; alpha 0.9: tau 1.9 (k = 1), 3.439 (k = 3)
     table = StepTable.chains({k: Profile([1, 64], [t, t]) for k, t in flat.items()})
     policy = load_policy(write_policy_file(tmp_path / "h.json", table, [0.9] * 3, [1, 3]), k_max=3)
-    lookup = AdaptiveLookup(policy, k_max=3, running=lambda b: ["a"] * b, refresh_steps=1, switch_margin=0.05)
+    lookup = _lookup(policy, k_max=3, running=lambda b: ["a"] * b, refresh_steps=1, switch_margin=0.05)
     assert lookup[4] == 3  # 3.439 / 1.8 = 1.91 tokens per second against 1.9 for k = 1
     steps = policy.cost.prior.seconds
     steps[TreeShape.chain(3)] = Profile([1, 64], [1.85, 1.85])  # k = 1 now 2 % better: within the margin
     assert lookup[4] == 3
     steps[TreeShape.chain(3)] = Profile([1, 64], [2.2, 2.2])  # k = 1 now 22 % better
     assert lookup[4] == 1
-    lookup.switch_margin = 0.0
+    lookup.controller.switch_margin = 0.0
     steps[TreeShape.chain(3)] = Profile([1, 64], [1.78, 1.78])  # without hysteresis any gain switches
     assert lookup[4] == 3
 
@@ -157,7 +172,7 @@ def test_hysteresis_respects_the_monotone_cap(tmp_path):
     flat past 5 query tokens, k = 3 looks cheap at batch 8, but batch 2 already stops speculating."""
     cost = CostModel(Profile([1, 4, 5, 64], [1.0, 1.0, 50.0, 50.0]), Profile([1, 64], [0.01, 0.01]))
     policy = load_policy(write_policy_file(tmp_path / "c.json", cost, [0.9] * 3, [1, 2, 3]), k_max=3)
-    lookup = AdaptiveLookup(policy, k_max=3, running=lambda b: ["a"] * b, refresh_steps=1, switch_margin=0.05)
+    lookup = _lookup(policy, k_max=3, running=lambda b: ["a"] * b, refresh_steps=1, switch_margin=0.05)
     assert lookup[1] == 3
     assert lookup[8] == 0
 
@@ -189,7 +204,7 @@ def _step(
 
 def test_step_recorder_times_steady_decode_steps(tmp_path):
     rec = StepRecorder(str(tmp_path / "steps.json"), max_gap=0.005)
-    lookup = AdaptiveLookup(_policy(tmp_path), k_max=3)
+    lookup = _lookup(_policy(tmp_path), k_max=3)
     t = 100.0
     # step 1: two requests verify 2 drafts each and propose 2 -> steady, timed at the next schedule
     rec.on_schedule(t, lookup)
@@ -222,7 +237,7 @@ def test_calibration_times_steps_that_start_new_requests(tmp_path):
     batch counts the new requests, and the tokens emitted are those of the decoding requests."""
     for mixed, expected in [(True, [(3, 2, 2.0)]), (False, [])]:
         rec = StepRecorder(str(tmp_path / "steps.json"))
-        lookup = AdaptiveLookup(None, k_max=3, explore=[2], hold=8, time_mixed=mixed)
+        lookup = AdaptiveLookup(None, 3, explore=ExploreSchedule((2,), hold=8, time_mixed=mixed))
         rec.on_schedule(1.0, lookup)
         lookup[3]
         rec.on_output(1.01, *_step({"a": 2, "b": 2}, 2, {"a": 3, "b": 1}, prefill={"c": 40}), lookup)
@@ -234,12 +249,12 @@ def test_calibration_times_steps_that_start_new_requests(tmp_path):
 
 def test_step_recorder_feeds_every_requests_acceptance_to_the_lookup(tmp_path):
     rec = StepRecorder(None)
-    lookup = AdaptiveLookup(_policy(tmp_path), k_max=3)
+    lookup = _lookup(_policy(tmp_path), k_max=3)
     rec.on_schedule(1.0, lookup)
     # "a" verifies 2 drafts and accepts 2 (3 sampled), "b" accepts none; a non-steady step counts too
     rec.on_output(1.01, *_step({"a": 2, "b": 2}, 0, {"a": 3, "b": 1}), lookup)
-    assert lookup.live.hits == {"a": [1.0, 1.0], "b": [0.0, 0.0]}
-    assert lookup.live.trials == {"a": [1.0, 1.0], "b": [1.0, 0.0]}
+    assert lookup.controller.live.hits == {"a": [1.0, 1.0], "b": [0.0, 0.0]}
+    assert lookup.controller.live.trials == {"a": [1.0, 1.0], "b": [1.0, 0.0]}
 
 
 def test_step_table_policy_file_round_trip(tmp_path):
@@ -252,14 +267,14 @@ def test_step_table_policy_file_round_trip(tmp_path):
 
 def test_policy_errors_fall_back_to_the_configured_static_k(tmp_path, caplog):
     class Broken:
-        def choose(self, batch):
+        def freeze_costs(self, max_batch):
             raise RuntimeError("boom")
 
-    lookup = AdaptiveLookup(Broken(), k_max=3)
+    lookup = _lookup(Broken(), k_max=3)
     with caplog.at_level(logging.WARNING, logger="specforge.vllm_plugin"):
         assert lookup[1] == 3 and lookup[2] == 3  # the configured static k (k_max without a table)
     assert sum("boom" in r.message for r in caplog.records) == 1  # one warning, then quiet
-    table = AdaptiveLookup(Broken(), k_max=5, fallback=[0, 5, 5, 2, 2])  # vLLM's table as configured
+    table = _lookup(Broken(), k_max=5, fallback=[0, 5, 5, 2, 2])  # vLLM's table as configured
     assert [table[b] for b in (1, 3, 8)] == [5, 2, 2]
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(PolicyFileError, match="bad.json: .*alpha: Field required"):  # nothing in it
@@ -281,7 +296,7 @@ def test_step_recorder_times_start_steps_and_counts_answer_tokens(tmp_path):
         ),
         k_max=2,
     )
-    lookup = AdaptiveLookup(policy, k_max=2)
+    lookup = _lookup(policy, k_max=2)
     t = 1.0
 
     def step(sched, runner, seconds=0.02):
@@ -333,7 +348,7 @@ def test_live_lookup_probes_the_runner_up_and_learns_where_the_prior_was_wrong(t
     for probe_every in (0, 32):
         path = write_policy_file(tmp_path / f"p{probe_every}.json", table, [0.7, 0.7], [1, 2])
         path.write_text(json.dumps({**json.loads(path.read_text()), "cell_prior": 5}))  # opt-in
-        lookup = AdaptiveLookup(
+        lookup = _lookup(
             load_policy(path, k_max=2),
             k_max=2,
             running=lambda b: ["a"] * b,
@@ -367,7 +382,7 @@ def test_steps_right_after_a_change_of_k_are_not_timed(tmp_path):
     flat = {0: 1.0, 1: 1.0, 3: 1.8}
     table = StepTable.chains({k: Profile([1, 64], [t, t]) for k, t in flat.items()})
     policy = load_policy(write_policy_file(tmp_path / "s.json", table, [0.9] * 3, [1, 3]), k_max=3)
-    lookup = AdaptiveLookup(policy, k_max=3, running=lambda b: ["a"] * b, refresh_steps=1)
+    lookup = _lookup(policy, k_max=3, running=lambda b: ["a"] * b, refresh_steps=1)
     seen = []
     for _ in range(4):
         seen.append((lookup[4], lookup.recording))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from serving.controller import SpeculationController
 from serving.step_cost import Profile, StepTable
 from serving.vllm_plugin.draft_skip import SKIP_ATTR, StaleDrafts
 from serving.vllm_plugin.lookup import AdaptiveLookup
@@ -19,6 +20,17 @@ class _Scheduler:
         self.evicted: set[int] = set()
         pool = SimpleNamespace(evict_blocks=self.evicted.update)
         self.kv_cache_manager = SimpleNamespace(get_block_ids=lambda rid: (blocks[rid],), block_pool=pool)
+
+
+def _lookup(policy, k_max, running=None, is_stale=None, fallback=None, **controller):
+    """The plugin's lookup over a controller of ``policy`` (``controller``: its keyword arguments)."""
+    return AdaptiveLookup(
+        SpeculationController(policy, **controller),
+        k_max,
+        running=running,
+        is_stale=is_stale,
+        fallback=fallback,
+    )
 
 
 def _request(rid: str, computed: int, prompt: int, drafts: list[int] | None = None) -> SimpleNamespace:
@@ -76,9 +88,7 @@ def test_stale_requests_ride_along_without_changing_the_choice_of_k(tmp_path):
     policy = load_policy(write_policy_file(tmp_path / "t.json", table, [0.9, 0.9, 0.9], [3]), k_max=3)
     batch = ["a", "b", "c", "d"]
     stale: set[str] = set()
-    lookup = AdaptiveLookup(
-        policy, k_max=3, running=lambda b: batch[:b], max_batch=8, is_stale=stale.__contains__
-    )
+    lookup = _lookup(policy, k_max=3, running=lambda b: batch[:b], max_batch=8, is_stale=stale.__contains__)
     assert lookup[4] == 3  # fresh requests: tau 3.44 at twice the step time pays
     # Stale requests do not pull k down (that fed back: each k = 0 step makes more requests stale),
     # so the fresh ones keep speculating.
@@ -104,7 +114,7 @@ def test_k0_skips_the_draft_only_when_the_load_calls_for_it(tmp_path):
     path = write_policy_file(tmp_path / "t.json", table, [0.9, 0.9, 0.9], [1, 3])
     batch = ["a", "b", "c", "d", "e"]
     stale: set[str] = set()
-    lookup = AdaptiveLookup(
+    lookup = _lookup(
         load_policy(path, k_max=3),
         k_max=3,
         running=lambda b: batch[:b],
@@ -123,7 +133,7 @@ def test_k0_skips_the_draft_only_when_the_load_calls_for_it(tmp_path):
 
     # Without draft skipping their k = 0 is priced by the table; held there, their estimates decay
     # back towards the population's, and they speculate again
-    plain = AdaptiveLookup(load_policy(path, k_max=3), k_max=3, running=lambda b: batch[:b], max_batch=8)
+    plain = _lookup(load_policy(path, k_max=3), k_max=3, running=lambda b: batch[:b], max_batch=8)
     for _ in range(10):
         plain.observe_requests({"a": 3, "b": 3}, {"a": 0, "b": 0}, finished=())
     assert plain[2] == 0
@@ -139,10 +149,8 @@ def test_the_loads_verdict_is_cached_until_the_next_refresh(tmp_path):
     table = StepTable.chains({0: Profile([1, 64], [1.0, 1.0]), 3: Profile([1, 64], [2.0, 2.0])})
     policy = load_policy(write_policy_file(tmp_path / "t.json", table, [0.3, 0.3, 0.3], [3]), k_max=3)
     batch = [f"r{i}" for i in range(8)]
-    lookup = AdaptiveLookup(
-        policy, k_max=3, running=lambda b: batch[:b], max_batch=8, is_stale=set().__contains__
-    )
-    lookup.refresh_steps = 4
+    lookup = _lookup(policy, k_max=3, running=lambda b: batch[:b], max_batch=8, is_stale=set().__contains__)
+    lookup.controller.refresh_steps = 4
     assert lookup[8] == 0 and lookup.skip_draft  # tau 1.43 at twice the step time: no speculation
     policy.acceptance.alpha[:] = [0.95, 0.95, 0.95]  # the population now accepts almost everything
     assert [lookup[8] for _ in range(3)] == [0, 0, 0]  # the cached verdict, until the refresh

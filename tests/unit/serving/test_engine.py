@@ -144,8 +144,11 @@ def test_kv_compaction_keeps_listed_slots():
     )
 
 
-def test_engine_consults_the_policy_every_step(target64, prompts):
+def test_engine_consults_the_controller_every_step(target64, prompts):
+    """The engine's adapter to the controller: passed as the shape, it decides every step and
+    learns from every step (no on_step needed; a caller's on_step still sees each step)."""
     from serving.acceptance import AcceptanceTracker
+    from serving.controller import SpeculationController
     from serving.policy import SpeculationPolicy
     from serving.step_cost import CostModel, Profile
 
@@ -155,26 +158,25 @@ def test_engine_consults_the_policy_every_step(target64, prompts):
         target=Profile([1, 8, 9, 64], [1.0, 1.0, 100.0, 100.0]), draft=Profile([1, 64], [0.01, 0.01])
     )
     policy = SpeculationPolicy(cost, AcceptanceTracker.from_alpha([0.8] * 4, shapes), shapes)
+    controller = SpeculationController(policy, switch_margin=0.05)
     seen: list[tuple[TreeShape, int]] = []
 
-    def choose(batch):
-        shape = policy.choose(batch)
+    def record(shape, batch, *_step):
         seen.append((shape, batch))
-        return shape
 
     lengths = [8, 16, 24]
     refs = reference(target64, prompts[:3], max(lengths))
     full = [p + r for p, r in zip(prompts[:3], refs)]
     engine = SpeculativeEngine(target64, OracleDrafter(full))
     outs = [
-        engine.generate([p], n, choose, on_step=policy.observe).tokens[0]
-        for p, n in zip(prompts[:3], lengths)
+        engine.generate([p], n, controller, on_step=record).tokens[0] for p, n in zip(prompts[:3], lengths)
     ]
     assert outs == [r[:n] for r, n in zip(refs, lengths)]
-    batch3 = engine.generate(prompts[:3], 12, choose, on_step=policy.observe)
+    batch3 = engine.generate(prompts[:3], 12, controller, on_step=record)
     assert batch3.tokens == [r[:12] for r in refs]
     assert all(s.is_none for s, b in seen if b >= 3)
     assert any(not s.is_none for s, b in seen if b == 1)
+    assert controller.steps == len(seen)  # one decision per step
     assert policy.acceptance.ema  # online statistics were recorded
 
 
