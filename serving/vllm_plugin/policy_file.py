@@ -12,7 +12,8 @@ Contract
   fallback. :func:`write_policy_file` and :func:`write_explore_file` write through the same schema,
   atomically.
 * :func:`load_policy` builds the :class:`~serving.policy.SpeculationPolicy` a served file describes,
-  keeping only the chain lengths the engine was configured for (``k <= k_max``).
+  keeping only the chain lengths the engine was configured for (``k <= k_max``);
+  :func:`native_schedule` turns it into vLLM's own ``num_speculative_tokens_per_batch_size`` table.
 
 Why the defaults are what they are: docs/adaptive-speculation.md. No vllm import here.
 """
@@ -238,3 +239,21 @@ def load_policy(source: str | Path | dict | ServedPolicyFile, k_max: int) -> Spe
     cost = OnlineStepCost(prior, beta=f.cost_beta, min_count=f.cost_min_steps, cell_prior=f.cell_prior)
     starts = StartCost.from_json(f.starts.model_dump()) if f.starts is not None else None
     return SpeculationPolicy(cost, tracker, shapes, start=starts)
+
+
+def native_schedule(policy: SpeculationPolicy, max_batch: int, k_max: int) -> list[list[int]]:
+    """The ``num_speculative_tokens_per_batch_size`` table the policy implies, for vLLM without the
+    plugin: inclusive ``[first batch, last batch, k]`` ranges covering 1..``max_batch``, from the
+    policy's choice on its seeded acceptance (no per-request acceptance, no online learning). vLLM
+    carries the last range's k past ``max_batch``."""
+    policy.freeze_costs(max_batch)
+    ranges: list[list[int]] = []
+    cap = policy.candidates[-1]
+    for b in range(1, max_batch + 1):
+        cap = policy.choose(b) if cap.num_draft_tokens > 0 else cap  # monotone: once off, off
+        k = min(cap.num_draft_tokens, k_max)
+        if ranges and ranges[-1][2] == k:
+            ranges[-1][1] = b
+        else:
+            ranges.append([b, b, k])
+    return ranges

@@ -23,7 +23,12 @@ from serving.acceptance import alpha_from_histograms
 from serving.step_cost import StepTable
 from serving.vllm_plugin.adaptive import ENV, STEP_LOG_ENV
 from serving.vllm_plugin.harness.runner import run_vllm
-from serving.vllm_plugin.policy_file import write_explore_file, write_policy_file
+from serving.vllm_plugin.policy_file import (
+    load_policy,
+    native_schedule,
+    write_explore_file,
+    write_policy_file,
+)
 from specforge.bench.step_fit import start_cost, step_table
 from specforge.bench.vllm_workload import (
     BATCH_SIZES,
@@ -172,4 +177,22 @@ def calibrate_vllm(
         },
         skip_draft_at_k0=skip_draft_at_k0,
     )
+    write_native_schedule(workdir / "vllm_schedule.json", policy, k_max, max(sizes))
     return policy, table
+
+
+def write_native_schedule(path: Path, policy_file: Path, k_max: int, max_batch: int) -> list[list[int]]:
+    """The policy's batch-size table in vLLM's own format (``num_speculative_tokens_per_batch_size``),
+    for a server without the plugin, written atomically beside the policy file."""
+    schedule = native_schedule(load_policy(policy_file, k_max), max_batch, k_max)
+    doc = {
+        "num_speculative_tokens": k_max,
+        "num_speculative_tokens_per_batch_size": schedule,
+        "policy": str(policy_file),
+        "note": "vLLM's static table from the policy's seeded acceptance; the plugin also follows the "
+        "requests in the batch and learns online. vLLM drops this table when data parallelism > 1.",
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)
+    return schedule

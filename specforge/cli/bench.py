@@ -257,7 +257,18 @@ def cmd_calibrate_vllm(args: argparse.Namespace) -> None:
         skip_draft_at_k0=args.skip_draft_at_k0,
         **({"repeats": args.repeats} if args.repeats else {}),
     )
-    print(json.dumps({"policy": str(policy), "step_seconds": table.to_json()}, indent=1))
+    native = json.loads((out / "vllm_schedule.json").read_text())
+    print(
+        json.dumps(
+            {
+                "policy": str(policy),
+                "step_seconds": table.to_json(),
+                "vllm_schedule": str(out / "vllm_schedule.json"),
+                "num_speculative_tokens_per_batch_size": native["num_speculative_tokens_per_batch_size"],
+            },
+            indent=1,
+        )
+    )
 
 
 def add_parsers(sub) -> None:

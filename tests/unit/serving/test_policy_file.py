@@ -70,3 +70,30 @@ def test_missing_and_malformed_files_are_one_clear_error(tmp_path):
         load_policy({"mode": "explore", "ks": [1]}, k_max=2)
     with pytest.raises(PolicyFileError, match="no k in \\[2\\] fits"):
         load_policy(_good(tmp_path), k_max=1)
+
+
+def test_native_schedule_is_the_policys_table_in_vllms_own_format(tmp_path):
+    """``calibrate --vllm`` also writes the table for a server without the plugin: vLLM's own
+    validator accepts it and its dense expansion serves the policy's choice at every batch size."""
+    from vllm.v1.spec_decode.dynamic.utils import build_dynamic_sd_schedule_lookup
+
+    from serving.vllm_plugin.policy_file import native_schedule
+
+    # k = 1..3 cost 1.2-2x a plain step at batch 1, rising to 4x at batch 16: speculation shortens,
+    # then stops
+    table = StepTable.chains(
+        {
+            0: Profile([1, 64], [1.0, 1.0]),
+            1: Profile([1, 16, 64], [1.2, 2.0, 4.0]),
+            2: Profile([1, 16, 64], [1.5, 3.0, 6.0]),
+            3: Profile([1, 16, 64], [2.0, 4.0, 8.0]),
+        }
+    )
+    policy = load_policy(write_policy_file(tmp_path / "p.json", table, [0.8] * 3, [1, 2, 3]), k_max=3)
+    schedule = native_schedule(policy, max_batch=64, k_max=3)
+    assert schedule[0][0] == 1 and schedule[-1][1] == 64 and len(schedule) > 2
+    ks = [k for _, _, k in schedule]
+    assert ks == sorted(ks, reverse=True) and ks[0] > 0 and ks[-1] == 0  # deep at batch 1, off at 64
+    dense = build_dynamic_sd_schedule_lookup(schedule, vllm_max_batch_size=128, vllm_num_speculative_tokens=3)
+    assert dense[1:65] == [policy.choose(b).num_draft_tokens for b in range(1, 65)]
+    assert dense[128] == 0  # vLLM carries the last range past the table
