@@ -181,6 +181,28 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
             variants=[v for v in (args.variants or "").split(",") if v],
         )
         title = "vLLM: throughput vs no speculation"
+    elif args.engine == "http":
+        from specforge.bench.serve_http import bench_serve_http
+        from specforge.bench.serve_vllm import VLLM_DOCS_TABLE
+        from specforge.bench.vllm_workload import long_answer_prompts
+
+        draft = need_dir(
+            args.draft, "the vLLM export of the draft (specforge export --format vllm)", "--draft"
+        )
+        res = bench_serve_http(
+            target,
+            draft,
+            long_answer_prompts(target, data, args.max_tokens),
+            out,
+            concurrencies=sizes,
+            ks=int_list(args.ks, "--ks"),
+            table=VLLM_DOCS_TABLE,
+            policy=need_file(args.policy, "a plugin policy file", "--policy") if args.policy else None,
+            max_tokens=args.max_tokens,
+            rounds=args.rounds,
+            seed=args.seed,
+        )
+        title = "vLLM's OpenAI server: throughput vs no speculation"
     else:
         from specforge.bench.serve_engine import DEFAULT_SHAPES, bench_serve_engine
 
@@ -341,7 +363,14 @@ def add_parsers(sub) -> None:
         "serve",
         help="throughput per batch size: no speculation vs static k vs vLLM's table vs the adaptive plugin",
     )
-    bs.add_argument("--engine", choices=["vllm", "reference"], default="vllm")
+    bs.add_argument(
+        "--engine",
+        choices=["vllm", "http", "reference"],
+        default="vllm",
+        help="vllm: paired arms in one engine; http: one OpenAI server per arm, driven over HTTP "
+        "(concurrency = --batch-sizes; reports time to first token and per output token too); "
+        "reference: the reference engine, trees included",
+    )
     add_target(bs)
     bs.add_argument("--run", required=True, help="the draft's training run directory (weights, alpha_k)")
     bs.add_argument("--draft", help="vLLM-format export of the draft (--engine vllm)")

@@ -282,3 +282,52 @@ def test_bench_serve_lockstep_gives_every_configuration_its_own_engine(micro_tar
     assert res["design"] == "lockstep" and all(row["lossless"] for row in res["summary"]["per_batch_size"])
     # only the plugin's engine wrote the step log, with its choices
     assert set(res["plugin_steps"][0]["choices"]) >= {"1", "4"}
+
+
+def test_openai_server_with_the_plugin_answers_correctly_and_k_follows_the_load(micro_target_dir, served):
+    """The OpenAI-compatible server as users start it (``python -m vllm.entrypoints.openai.api_server
+    --speculative-config ...``), the plugin switched on by its environment variable, driven over HTTP
+    by the ``openai`` client: greedy answers equal the plain server's at concurrency 1 and 32, and
+    vLLM's own counters (``/metrics``) show k following the load: drafts alone, none in the crowd."""
+    from serving.vllm_plugin.harness.server import OpenAIServer
+    from serving.vllm_plugin.policy_file import write_policy_file
+    from specforge.bench.serve_http import MODEL_NAME, drive
+    from specforge.bench.vllm_chain import chat_prompts
+
+    tmp, draft = served
+    # Verifying up to 4 query tokens costs one unit, more costs 50: k = 3 alone, nothing at batch >= 3.
+    cost = CostModel(Profile([1, 4, 5, 64], [1.0, 1.0, 50.0, 50.0]), Profile([1, 64], [0.01, 0.01]))
+    policy = write_policy_file(tmp / "server-policy.json", cost, alpha=[0.9, 0.9, 0.9], ks=[1, 2, 3])
+    prompts = chat_prompts(micro_target_dir, tmp / "data" / "heldout.jsonl", limit=8, max_prompt_tokens=300)
+    crowd = (prompts * 8)[:64]
+    spec = {
+        "method": "eagle3",
+        "model": str(draft),
+        "num_speculative_tokens": 3,
+        "num_speculative_tokens_per_batch_size": [[1, 64, 3]],
+    }
+    runs = {}
+    for name, config, env in [
+        ("plain", None, {}),
+        ("plugin", spec, {"SPECFORGE_ADAPTIVE_SPEC": str(policy)}),
+    ]:
+        with OpenAIServer(
+            micro_target_dir, tmp / f"{name}-server.log", config, env, max_num_seqs=32, max_model_len=512
+        ) as server:
+            assert MODEL_NAME == server.model_name
+            runs[name] = (drive(server.url, prompts, 1, 24), drive(server.url, crowd, 32, 24))
+    (plain_alone, plain_crowd), (alone, crowd_run) = runs["plain"], runs["plugin"]
+
+    def answers(run):
+        return [r["token_ids"] for r in run["requests"]]
+
+    assert all(len(a) == 24 for a in answers(alone))
+    assert answers(alone) == answers(plain_alone) and answers(crowd_run) == answers(plain_crowd)
+    assert plain_alone["spec"]["drafts"] == 0
+    # alone: speculation, at most k = 3 per draft
+    assert alone["spec"]["drafts"] > 0 and alone["spec"]["draft_tokens"] <= 3 * alone["spec"]["drafts"]
+    # in the crowd: drafts only where vLLM ran a step with fewer than 3 requests (ramp-up, drain)
+    per_token_alone = alone["spec"]["drafts"] / alone["spec"]["generation_tokens"]
+    per_token_crowd = crowd_run["spec"]["drafts"] / crowd_run["spec"]["generation_tokens"]
+    assert per_token_crowd < 0.1 * per_token_alone, (per_token_alone, per_token_crowd)
+    assert crowd_run["ttft_median"] > 0 and crowd_run["tpot_median"] > 0
