@@ -4,7 +4,8 @@ Contract: :class:`AuxHiddenHooks` registers a forward pre-hook on each named dec
 state entering layer ``k`` = the stream after ``k`` layers = HF ``hidden_states[k]`` = vLLM's aux
 layer id ``k``) and a forward hook on the final norm. After any forward of the model,
 :meth:`aux` returns the recorded aux states concatenated in layer order
-(``[..., len(layer_ids) * hidden]``) and :attr:`last` the final norm's output. Training-time capture
+(``[..., len(layer_ids) * hidden]``) and :attr:`last` the final norm's output. Layer id
+:data:`LAST_HIDDEN` (``-1``) names the final norm's output (EAGLE-1's feature). Training-time capture
 (specforge) and the reference serving engine (serving) share it; neither copies model code.
 """
 
@@ -20,6 +21,9 @@ def decoder_parts(model: nn.Module) -> tuple[nn.ModuleList, nn.Module]:
     return base.layers, base.norm
 
 
+LAST_HIDDEN = -1
+
+
 class AuxHiddenHooks:
     def __init__(self, model: nn.Module, layer_ids: list[int]):
         layers, norm = decoder_parts(model)
@@ -27,7 +31,9 @@ class AuxHiddenHooks:
         self._seen: dict[int, torch.Tensor] = {}
         self.last: torch.Tensor | None = None
         self._handles = [
-            layers[k].register_forward_pre_hook(self._pre(k), with_kwargs=True) for k in self.layer_ids
+            layers[k].register_forward_pre_hook(self._pre(k), with_kwargs=True)
+            for k in self.layer_ids
+            if k != LAST_HIDDEN
         ]
         self._handles.append(norm.register_forward_hook(self._post))
 
@@ -42,10 +48,11 @@ class AuxHiddenHooks:
 
     def aux(self) -> torch.Tensor:
         """[..., len(layer_ids) * hidden] from the latest forward."""
-        missing = [k for k in self.layer_ids if k not in self._seen]
+        seen = {**self._seen, **({LAST_HIDDEN: self.last} if self.last is not None else {})}
+        missing = [k for k in self.layer_ids if k not in seen]
         if missing:
             raise RuntimeError(f"no forward has passed layers {missing} since the hooks were set")
-        return torch.cat([self._seen[k] for k in self.layer_ids], dim=-1)
+        return torch.cat([seen[k] for k in self.layer_ids], dim=-1)
 
     def clear(self) -> None:
         self._seen.clear()

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from draft_models.layers import MLP, Attention, RMSNorm
-from draft_models.registry import register_draft_type
+from draft_models.registry import VllmLayout, register_draft_type
 
 AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -43,6 +43,11 @@ class Eagle3Config:
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     max_position_embeddings: int = 4096
+
+    @staticmethod
+    def default_feature_layers(num_layers: int) -> list[int]:
+        """EAGLE-3's low, middle and high layers: ``(2, L // 2, L - 3)``."""
+        return [2, num_layers // 2, num_layers - 3]
 
     @classmethod
     def from_target(cls, target_config, draft_vocab_size: int, aux_layer_ids: list[int]) -> Eagle3Config:
@@ -164,4 +169,64 @@ class Eagle3Draft(nn.Module):
         return draft_ids + self.d2t[draft_ids]
 
 
-register_draft_type("eagle3", Eagle3Config, Eagle3Draft)
+def vllm_spec(cfg: Eagle3Config) -> dict[str, tuple[tuple[int, ...], torch.dtype | None]]:
+    """The tensors vLLM's ``LlamaForCausalLMEagle3`` loads: name -> (shape, dtype; None = any float)."""
+    h, hd = cfg.hidden_size, cfg.head_dim
+    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+    return {
+        "fc.weight": ((h, 3 * cfg.target_hidden_size), None),
+        "midlayer.input_layernorm.weight": ((h,), None),
+        "midlayer.hidden_norm.weight": ((h,), None),
+        "midlayer.post_attention_layernorm.weight": ((h,), None),
+        "midlayer.self_attn.q_proj.weight": ((q, 2 * h), None),
+        "midlayer.self_attn.k_proj.weight": ((kv, 2 * h), None),
+        "midlayer.self_attn.v_proj.weight": ((kv, 2 * h), None),
+        "midlayer.self_attn.o_proj.weight": ((h, q), None),
+        "midlayer.mlp.gate_proj.weight": ((cfg.intermediate_size, h), None),
+        "midlayer.mlp.up_proj.weight": ((cfg.intermediate_size, h), None),
+        "midlayer.mlp.down_proj.weight": ((h, cfg.intermediate_size), None),
+        "norm.weight": ((h,), None),
+        "lm_head.weight": ((cfg.draft_vocab_size, h), None),
+        "d2t": ((cfg.draft_vocab_size,), torch.int64),
+    }
+
+
+def vllm_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict in vLLM's names (the same names; the target's embedding and t2d left out)."""
+    return {k: v for k, v in state.items() if k not in ("embed_tokens.weight", "t2d")}
+
+
+def from_vllm_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return dict(tensors)
+
+
+def vllm_config(cfg: Eagle3Config, dtype: str = "float32") -> dict:
+    return {
+        "architectures": ["LlamaForCausalLMEagle3"],
+        "model_type": "llama",
+        "num_hidden_layers": 1,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "vocab_size": cfg.vocab_size,
+        "draft_vocab_size": cfg.draft_vocab_size,
+        "target_hidden_size": cfg.target_hidden_size,
+        "tie_word_embeddings": False,
+        "torch_dtype": dtype,
+        "eagle_config": {"eagle_aux_hidden_state_layer_ids": list(cfg.aux_layer_ids)},
+    }
+
+
+register_draft_type(
+    "eagle3",
+    Eagle3Config,
+    Eagle3Draft,
+    VllmLayout("eagle3", "LlamaForCausalLMEagle3", vllm_spec, vllm_tensors, from_vllm_tensors, vllm_config),
+)

@@ -1,14 +1,31 @@
 """One registry of draft-head types, keyed by name.
 
-Contract: each head module registers ``(config class, model class)`` under its name at import;
-trainer, exporter and serving look heads up with :func:`get_draft_type` and never branch on names.
+Contract: each head module registers ``(config class, model class, vLLM layout)`` under its name at
+import; trainer, exporter and serving look heads up with :func:`get_draft_type` and never branch on
+names. A :class:`VllmLayout` says how vLLM serves the head: its speculative ``method``, the
+``architectures`` entry of its ``config.json``, every tensor it loads (name -> shape, dtype), and
+the renaming between the head's state dict and vLLM's names.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
+
+TensorSpec = dict[str, tuple[tuple[int, ...], torch.dtype | None]]  # name -> (shape, dtype; None: any float)
+
+
+@dataclass(frozen=True)
+class VllmLayout:
+    method: str  # vLLM's speculative_config "method"
+    architecture: str  # config.json "architectures"[0]
+    spec: Callable[[object], TensorSpec]  # config -> every tensor vLLM loads
+    to_vllm: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]  # state dict -> vLLM names
+    from_vllm: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]  # vLLM names -> state dict
+    config: Callable[[object, str], dict]  # (config, dtype) -> config.json
 
 
 @dataclass(frozen=True)
@@ -16,16 +33,19 @@ class DraftType:
     name: str
     config_cls: type
     model_cls: type[nn.Module]
+    vllm: VllmLayout | None = None  # None: vLLM cannot serve this head
 
 
 _REGISTRY: dict[str, DraftType] = {}
 
 
-def register_draft_type(name: str, config_cls: type, model_cls: type[nn.Module]) -> None:
+def register_draft_type(
+    name: str, config_cls: type, model_cls: type[nn.Module], vllm: VllmLayout | None = None
+) -> None:
     existing = _REGISTRY.get(name)
     if existing is not None and existing.model_cls is not model_cls:
         raise ValueError(f"draft type {name!r} is already registered to {existing.model_cls.__name__}")
-    _REGISTRY[name] = DraftType(name, config_cls, model_cls)
+    _REGISTRY[name] = DraftType(name, config_cls, model_cls, vllm)
 
 
 def get_draft_type(name: str) -> DraftType:

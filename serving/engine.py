@@ -40,7 +40,7 @@ from serving.verify import is_chain, target_probs, verify_chains_sampling, verif
 
 
 class Drafter(Protocol):
-    """What the engine needs from a proposer (see serving.drafters.eagle3 for EAGLE-3)."""
+    """What the engine needs from a proposer (see serving.drafters.eagle for EAGLE-3)."""
 
     feature_layers: list[int]  # target aux layer ids whose hidden states extend() consumes
 

@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from draft_models.aux_hooks import AuxHiddenHooks
+from draft_models.aux_hooks import LAST_HIDDEN, AuxHiddenHooks
 from specforge.errors import SpecforgeError
 from specforge.targets.loader import Target
 
@@ -72,10 +72,11 @@ class CaptureConfig:
 
     def resolved_layers(self, num_layers: int) -> list[int]:
         layers = list(self.aux_layers) if self.aux_layers is not None else default_aux_layers(num_layers)
-        bad = [k for k in layers if not 0 <= k < num_layers]
+        bad = [k for k in layers if not (0 <= k < num_layers or k == LAST_HIDDEN)]
         if bad:
             raise SpecforgeError(
-                f"aux layer ids {bad} are out of range for a target with {num_layers} layers (0..{num_layers - 1})"
+                f"aux layer ids {bad} are out of range for a target with {num_layers} layers "
+                f"(0..{num_layers - 1}, or {LAST_HIDDEN} for the last hidden state)"
             )
         return layers
 

@@ -34,8 +34,10 @@ class DataConfig(_Strict):
 
 class DraftConfig(_Strict):
     type: str = "eagle3"  # a name in the draft registry (draft_models.registry)
-    draft_vocab_size: int = Field(1024, gt=0)
-    aux_layers: list[int] | None = None  # None: EAGLE-3 default (2, L//2, L-3)
+    draft_vocab_size: int = Field(1024, gt=0)  # heads over the whole target vocabulary ignore it
+    # target layers whose hidden states feed the head; None: the head's default (EAGLE-3: 2, L//2,
+    # L-3; EAGLE-1: -1, the last hidden state)
+    aux_layers: list[int] | None = None
     # How the head starts. "random": as EAGLE does. "target_head": lm_head rows and final norm
     # from the target. "target_head_layer": also the decoder layer from the target's last layer.
     # On SmolLM2 (120 steps) neither beat random: benchmarks/init-pilot-smollm2.json.

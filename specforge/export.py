@@ -1,12 +1,15 @@
-"""Export trained draft heads: vLLM's EAGLE-3 checkpoint, or a directory the toolkit reloads.
+"""Export trained draft heads: the checkpoint vLLM serves, or a directory the toolkit reloads.
 
 Contract
 --------
-* :func:`export_vllm` writes ``config.json`` (``LlamaForCausalLMEagle3``) and ``model.safetensors``
-  in the layout vLLM's ``llama_eagle3.py`` loads: ``fc``, ``midlayer.*``, ``norm``, ``lm_head``
-  over the draft vocabulary, and ``d2t`` offsets (``target_id = draft_id + d2t[draft_id]``). The
-  token embedding is left out, so vLLM shares the target's.
-* :func:`check_vllm_eagle3` checks every key, shape and dtype against the spec that the config
+* :func:`export_vllm` writes ``config.json`` and ``model.safetensors`` in the layout the head's
+  registry entry names (:class:`draft_models.registry.VllmLayout`). EAGLE-3
+  (``LlamaForCausalLMEagle3``, vLLM's ``llama_eagle3.py``): ``fc``, ``midlayer.*``, ``norm``,
+  ``lm_head`` over the draft vocabulary, and ``d2t`` offsets (``target_id = draft_id +
+  d2t[draft_id]``). EAGLE-1 (``EagleLlamaForCausalLM``, ``llama_eagle.py``): ``fc [H, 2H]`` and
+  ``layers.0.*`` without the input norm. The token embedding (and EAGLE-1's LM head) are left out,
+  so vLLM shares the target's.
+* :func:`check_vllm` checks every key, shape and dtype against the spec that the config
   implies, and that ``d2t`` maps to distinct in-range target ids. It runs before anything is
   written, and any mismatch raises :class:`SpecforgeError` listing every problem, so a wrong export
   fails instead of serving garbage.
@@ -32,41 +35,26 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from draft_models.eagle3 import Eagle3Config, Eagle3Draft
-from draft_models.registry import get_draft_type
+from draft_models.registry import VllmLayout, get_draft_type
 from serving.draft_check import META_FILE, DraftMeta, Estimates, d2t_sha256, default_aux_layer_ids
 from specforge.errors import SpecforgeError
 from specforge.files import check_out_dir, publish_dir, staging_dir
 
 VLLM_ARCH = "LlamaForCausalLMEagle3"
-# the vLLM speculative method each head type is served with
-VLLM_METHOD = {"eagle3": "eagle3"}
 
 
-def vllm_eagle3_spec(cfg: Eagle3Config) -> dict[str, tuple[tuple[int, ...], torch.dtype | None]]:
-    """Expected tensor name -> (shape, dtype or None for any float dtype)."""
-    h, hd = cfg.hidden_size, cfg.head_dim
-    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
-    return {
-        "fc.weight": ((h, 3 * cfg.target_hidden_size), None),
-        "midlayer.input_layernorm.weight": ((h,), None),
-        "midlayer.hidden_norm.weight": ((h,), None),
-        "midlayer.post_attention_layernorm.weight": ((h,), None),
-        "midlayer.self_attn.q_proj.weight": ((q, 2 * h), None),
-        "midlayer.self_attn.k_proj.weight": ((kv, 2 * h), None),
-        "midlayer.self_attn.v_proj.weight": ((kv, 2 * h), None),
-        "midlayer.self_attn.o_proj.weight": ((h, q), None),
-        "midlayer.mlp.gate_proj.weight": ((cfg.intermediate_size, h), None),
-        "midlayer.mlp.up_proj.weight": ((cfg.intermediate_size, h), None),
-        "midlayer.mlp.down_proj.weight": ((h, cfg.intermediate_size), None),
-        "norm.weight": ((h,), None),
-        "lm_head.weight": ((cfg.draft_vocab_size, h), None),
-        "d2t": ((cfg.draft_vocab_size,), torch.int64),
-    }
+def vllm_layout(draft_type: str) -> VllmLayout:
+    """How vLLM serves a head type; one clear error for a head it cannot serve."""
+    layout = get_draft_type(draft_type).vllm
+    if layout is None:
+        raise SpecforgeError(f"vLLM cannot serve a {draft_type!r} draft; export it with --format hf")
+    return layout
 
 
-def check_vllm_eagle3(tensors: dict[str, torch.Tensor], cfg: Eagle3Config) -> None:
-    """Raise SpecforgeError listing every key/shape/dtype/d2t problem; return None when all is well."""
-    spec = vllm_eagle3_spec(cfg)
+def check_vllm(tensors: dict[str, torch.Tensor], draft_type: str, cfg) -> None:
+    """Raise SpecforgeError listing every key/shape/dtype/d2t problem of a ``draft_type`` export
+    against the layout vLLM loads; return None when all is well."""
+    spec = vllm_layout(draft_type).spec(cfg)
     problems = [f"missing tensor {k}" for k in spec if k not in tensors]
     problems += [f"unexpected tensor {k}" for k in tensors if k not in spec]
     for k, (shape, dtype) in spec.items():
@@ -82,38 +70,26 @@ def check_vllm_eagle3(tensors: dict[str, torch.Tensor], cfg: Eagle3Config) -> No
         if t.is_floating_point() and not torch.isfinite(t).all():
             problems.append(f"{k} holds NaN or inf")
     d2t = tensors.get("d2t")
-    if d2t is not None and d2t.shape == (cfg.draft_vocab_size,) and d2t.dtype == torch.int64:
+    if (
+        "d2t" in spec
+        and d2t is not None
+        and d2t.shape == (cfg.draft_vocab_size,)
+        and d2t.dtype == torch.int64
+    ):
         target_ids = torch.arange(cfg.draft_vocab_size) + d2t
         if int(target_ids.min()) < 0 or int(target_ids.max()) >= cfg.vocab_size:
             problems.append(f"d2t maps draft ids outside the target vocabulary (0..{cfg.vocab_size - 1})")
         if target_ids.unique().numel() != cfg.draft_vocab_size:
             problems.append("d2t maps two draft ids to the same target id")
     if problems:
-        raise SpecforgeError("the EAGLE-3 export does not match what vLLM loads:\n  " + "\n  ".join(problems))
+        raise SpecforgeError(
+            f"the {draft_type} export does not match what vLLM loads:\n  " + "\n  ".join(problems)
+        )
 
 
-def vllm_eagle3_config(cfg: Eagle3Config, dtype: str = "float32") -> dict:
-    return {
-        "architectures": [VLLM_ARCH],
-        "model_type": "llama",
-        "num_hidden_layers": 1,
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size,
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_key_value_heads,
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
-        "rms_norm_eps": cfg.rms_norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "vocab_size": cfg.vocab_size,
-        "draft_vocab_size": cfg.draft_vocab_size,
-        "target_hidden_size": cfg.target_hidden_size,
-        "tie_word_embeddings": False,
-        "torch_dtype": dtype,
-        "eagle_config": {"eagle_aux_hidden_state_layer_ids": list(cfg.aux_layer_ids)},
-    }
+def check_vllm_eagle3(tensors: dict[str, torch.Tensor], cfg: Eagle3Config) -> None:
+    """:func:`check_vllm` for an EAGLE-3 export."""
+    check_vllm(tensors, "eagle3", cfg)
 
 
 def _write_dir(
@@ -167,7 +143,7 @@ def draft_meta(run_dir: str | Path, draft_type: str, cfg: Eagle3Config, d2t: tor
     walk_k = sum(1 for i in range(64) if f"eval/walk_acc_{i}" in final) or None
     meta = DraftMeta(
         draft_type=draft_type,
-        method=VLLM_METHOD.get(draft_type, draft_type),
+        method=layout.method if (layout := get_draft_type(draft_type).vllm) is not None else draft_type,
         aux_layer_ids=list(cfg.aux_layer_ids),
         draft_vocab_size=cfg.draft_vocab_size,
         d2t_sha256=d2t_sha256(d2t.tolist()),
@@ -185,7 +161,7 @@ def draft_meta(run_dir: str | Path, draft_type: str, cfg: Eagle3Config, d2t: tor
 
 
 def _with_meta(files: dict[str, dict], run_dir, draft_type: str, cfg: Eagle3Config, state: dict) -> dict:
-    if draft_type == "eagle3" and "d2t" in state:
+    if "d2t" in state:
         meta = draft_meta(run_dir, draft_type, cfg, state["d2t"])
         if meta is not None:
             return {**files, META_FILE: meta}
@@ -196,13 +172,13 @@ def export_vllm(
     run_dir: str | Path, out_dir: str | Path, dtype: str = "float32", force: bool = False
 ) -> Path:
     draft_type, cfg, state = load_draft_weights(run_dir)
-    if draft_type != "eagle3":
-        raise SpecforgeError(f"--format vllm exports EAGLE-3 drafts; {run_dir} holds a {draft_type!r} draft")
+    layout = vllm_layout(draft_type)
     torch_dtype = getattr(torch, dtype)
-    tensors = {k: (v.to(torch_dtype) if v.is_floating_point() else v) for k, v in state.items()}
-    tensors = {k: v for k, v in tensors.items() if k not in ("embed_tokens.weight", "t2d")}
-    check_vllm_eagle3(tensors, cfg)
-    files = _with_meta({"config.json": vllm_eagle3_config(cfg, dtype)}, run_dir, draft_type, cfg, state)
+    tensors = {
+        k: (v.to(torch_dtype) if v.is_floating_point() else v) for k, v in layout.to_vllm(state).items()
+    }
+    check_vllm(tensors, draft_type, cfg)
+    files = _with_meta({"config.json": layout.config(cfg, dtype)}, run_dir, draft_type, cfg, state)
     return _write_dir(Path(out_dir), tensors, files, "vllm-export", force)
 
 
@@ -267,7 +243,7 @@ def load_vllm_export(
         rope_theta=float(rope.get("rope_theta", raw.get("rope_theta", 10000.0))),
         max_position_embeddings=int(raw.get("max_position_embeddings", 4096)),
     )
-    check_vllm_eagle3(state, cfg)
+    check_vllm(state, "eagle3", cfg)
     model = Eagle3Draft(cfg)
     d2t = state.pop("d2t")
     t2d = torch.zeros(cfg.vocab_size, dtype=torch.bool)

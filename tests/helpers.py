@@ -32,7 +32,7 @@ def small_eagle3(cfg: Eagle3Config, vocab_ids: list[int], seed: int = 0) -> Eagl
     return draft
 
 
-def write_draft_run(run_dir, draft: Eagle3Draft):
+def write_draft_run(run_dir, draft):
     """Save a draft the way a finished training run does (draft_config.json + draft.safetensors)."""
     import json
     from pathlib import Path
@@ -42,7 +42,8 @@ def write_draft_run(run_dir, draft: Eagle3Draft):
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in draft.state_dict().items()}, str(run / "draft.safetensors"))
-    (run / "draft_config.json").write_text(json.dumps({"type": "eagle3", **draft.config.to_dict()}))
+    kind = "eagle" if type(draft).__name__ == "EagleDraft" else "eagle3"
+    (run / "draft_config.json").write_text(json.dumps({"type": kind, **draft.config.to_dict()}))
     return run
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from serving.drafters.eagle3 import Eagle3Drafter
+from serving.drafters.eagle import EagleDrafter
 from serving.engine import GenerationStats, SpeculativeEngine
 from serving.shape import NO_SPECULATION, TreeShape
 from specforge.bench.vllm_chain import chat_prompts
@@ -51,7 +51,7 @@ def bench_acceptance(
         )
     eos = target.tokenizer.eos_token_id
     engines = {"plain": SpeculativeEngine(target.model, None, eos)}
-    drafted = SpeculativeEngine(target.model, Eagle3Drafter(draft), eos)
+    drafted = SpeculativeEngine(target.model, EagleDrafter(draft), eos)
     all_shapes = [NO_SPECULATION, *shapes]
     best: dict[str, float] = {}
     results: dict[str, dict] = {}

@@ -205,17 +205,22 @@ def train(cfg: TrainConfig) -> dict:
         train_ds, train_report = _tokenized(cfg.data.train, target, cfg)
         eval_ds = _tokenized(cfg.data.eval, target, cfg, cfg.data.eval_limit)[0] if cfg.data.eval else None
 
-    vocab = build_draft_vocab(
-        zip(train_ds["input_ids"], train_ds["loss_mask"]), target.vocab_size, cfg.draft.draft_vocab_size
-    )
-    capture_cfg = CaptureConfig(aux_layers=cfg.draft.aux_layers)
-    layers = capture_cfg.resolved_layers(target.num_layers)
     dtype = get_draft_type(cfg.draft.type)
+    aux = cfg.draft.aux_layers
+    capture_cfg = CaptureConfig(
+        aux_layers=aux if aux is not None else dtype.config_cls.default_feature_layers(target.num_layers)
+    )
+    layers = capture_cfg.resolved_layers(target.num_layers)
     draft_cfg = dtype.config_cls.from_target(target.model.config, cfg.draft.draft_vocab_size, layers)
+    vocab = build_draft_vocab(  # a head over the whole target vocabulary says so in its config
+        zip(train_ds["input_ids"], train_ds["loss_mask"]), target.vocab_size, draft_cfg.draft_vocab_size
+    )
     draft = dtype.model_cls(draft_cfg)
     draft.set_vocab(vocab.d2t, vocab.t2d)
     draft.load_target_embedding(target.model.get_input_embeddings().weight.detach().cpu())
-    _init_from_target(draft, target, cfg.draft.init)
+    _init_from_target(
+        draft, target, "target_head" if getattr(draft, "frozen_target_head", False) else cfg.draft.init
+    )
     module = TTTModule(draft, cfg.ttt.steps, cfg.ttt.decay)
 
     pad_id = target.tokenizer.pad_token_id

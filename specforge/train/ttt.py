@@ -11,7 +11,10 @@ Contract: :func:`ttt_forward` unrolls an EAGLE-3 draft for ``steps`` steps over 
   inference after drafting ``i`` tokens from anchor ``t``.
 * The loss of step ``i`` is the cross-entropy against the target's softmax restricted to the draft
   vocabulary, averaged over positions whose predicted token is an assistant token and whose target
-  argmax lies in the draft vocabulary; step losses are weighted ``decay ** i``.
+  argmax lies in the draft vocabulary; step losses are weighted ``decay ** i``. A head with a
+  ``feature_loss_weight`` (EAGLE-1) adds smooth L1 between its output feature and the target's
+  last hidden state at the predicted position, with the cross-entropy weighted by its
+  ``ce_loss_weight`` (EAGLE's 1.0 and 0.1). The same unrolling is EAGLE-1's training-time test.
 
 It also returns, per step, whether the draft's argmax equals the target's argmax at every position
 whose predicted token is an assistant token (``valid``; a target argmax outside the draft
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from draft_models.eagle import EagleDraft
 from draft_models.eagle3 import Eagle3Draft
 from draft_models.layers import attend
 from serving.acceptance import chain_tau
@@ -96,7 +100,7 @@ def target_logits(
 
 
 def ttt_forward(
-    draft: Eagle3Draft,
+    draft: Eagle3Draft | EagleDraft,
     batch: CapturedBatch,
     lm_head: torch.nn.Module | None = None,
     steps: int = 7,
@@ -117,6 +121,8 @@ def ttt_forward(
         argmax_t[need] = logits_t.argmax(-1)  # [b, s] target ids where needed
         in_vocab = draft.t2d[argmax_t] & need  # [b, s]
         probs_t = logits_t[:, draft.t2d].softmax(-1)  # [n, Vd], draft ids ascend with target ids
+    ce_weight = getattr(draft, "ce_loss_weight", 1.0)
+    feature_weight = getattr(draft, "feature_loss_weight", 0.0)
     hidden = draft.combine(batch.aux_hidden_states)
     k0 = v0 = None
     extra: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -143,7 +149,13 @@ def ttt_forward(
             extra.append((out.key, out.value))
         logp = F.log_softmax(out.logits.float(), dim=-1)  # [n_i, Vd]
         ce = -(probs_t[rows_i] * logp).sum(-1)  # [n_i]
-        losses.append(ce.sum() / mask_i.sum().clamp(min=1))
+        n_i = mask_i.sum().clamp(min=1)
+        loss_i = ce_weight * ce.sum() / n_i
+        if feature_weight:  # EAGLE-1: regress the target's next feature (its last hidden state)
+            want = _shift(batch.last_hidden_state, 1 + i)[mask_i].float()  # [n_i, H]
+            reg = F.smooth_l1_loss(out.hidden[mask_i].float(), want, reduction="none").mean(-1)  # [n_i]
+            loss_i = loss_i + feature_weight * reg.sum() / n_i
+        losses.append(loss_i)
         with torch.no_grad():
             hit = torch.zeros(b, s, dtype=torch.bool, device=mask_i.device)
             hit[mask_i] = draft.draft_to_target(out.logits.argmax(-1)) == target_i[mask_i]

@@ -331,3 +331,38 @@ def test_openai_server_with_the_plugin_answers_correctly_and_k_follows_the_load(
     per_token_crowd = crowd_run["spec"]["drafts"] / crowd_run["spec"]["generation_tokens"]
     assert per_token_crowd < 0.1 * per_token_alone, (per_token_alone, per_token_crowd)
     assert crowd_run["ttft_median"] > 0 and crowd_run["tpot_median"] > 0
+
+
+def test_bench_serve_over_http_measures_every_arm_through_its_own_server(micro_target_dir, served):
+    """`bench serve --engine http` at a small scale: one real OpenAI server per arm, the openai client
+    in a closed loop, rows in the sweep's layout (summary, intervals) plus latency per arm."""
+    from serving.vllm_plugin.policy_file import write_policy_file
+    from specforge.bench.serve_http import bench_serve_http
+    from specforge.bench.vllm_chain import chat_prompts
+
+    tmp, draft = served
+    cost = CostModel(Profile([1, 4, 5, 64], [1.0, 1.0, 50.0, 50.0]), Profile([1, 64], [0.01, 0.01]))
+    policy = write_policy_file(tmp / "http-policy.json", cost, alpha=[0.9, 0.9, 0.9], ks=[1, 2, 3])
+    prompts = chat_prompts(micro_target_dir, tmp / "data" / "heldout.jsonl", limit=4, max_prompt_tokens=300)
+    res = bench_serve_http(
+        micro_target_dir,
+        draft,
+        prompts,
+        tmp / "http-bench",
+        concurrencies=[1, 4],
+        ks=[2],
+        table=[[1, 2, 3], [3, 64, 0]],
+        policy=policy,
+        max_tokens=16,
+        min_requests=4,
+        log=lambda _line: None,
+    )
+    arms = {"none", "k2", "vllm-table", "specforge"}
+    assert {(r["config"], r["batch_size"]) for r in res["rows"]} == {(a, c) for a in arms for c in (1, 4)}
+    assert all(r["output_tokens"] == 16 * max(4, 2 * r["batch_size"]) for r in res["rows"])
+    by = {(r["config"], r["batch_size"]): r for r in res["rows"]}
+    assert by[("none", 1)]["spec"]["drafts"] == 0 < by[("k2", 1)]["spec"]["drafts"]
+    assert by[("specforge", 1)]["spec"]["drafts"] > 0  # alone, the plugin speculates
+    summary = {row["batch_size"]: row for row in res["summary"]["per_batch_size"]}
+    assert all(summary[c]["lossless"] for c in (1, 4))  # greedy outputs equal no speculation's
+    assert set(res["latency_ms"]) == arms and res["latency_ms"]["k2"]["1"]["tpot"] > 0

@@ -1,4 +1,4 @@
-"""Export: vLLM's EAGLE-3 layout, its key/shape check, and the HF round trip."""
+"""Export: vLLM's EAGLE-3 and EAGLE-1 layouts, their key/shape checks, and the HF round trip."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from draft_models.eagle3 import Eagle3Config
+from draft_models.eagle3 import vllm_spec as vllm_eagle3_spec
 from specforge.errors import SpecforgeError
-from specforge.export import check_vllm_eagle3, export_hf, export_vllm, load_draft, vllm_eagle3_spec
+from specforge.export import check_vllm, check_vllm_eagle3, export_hf, export_vllm, load_draft
 from tests.helpers import small_eagle3, small_eagle3_config, write_draft_run
 
 V, VD, H = 60, 24, 32
@@ -183,3 +184,56 @@ def test_export_records_what_serving_checks(run_dir, tmp_path):
         assert meta.d2t_sha256 == d2t_sha256(load_file(run_dir / "draft.safetensors")["d2t"].tolist())
         assert meta.estimates.teacher_forced_alpha == [0.7, 0.6] and meta.estimates.walk_k == 4
         assert meta.estimates.served["t0"].tau == 2.0
+
+
+def _eagle1(seed: int = 0):
+    from draft_models.eagle import EagleConfig, EagleDraft
+
+    torch.manual_seed(seed)
+    cfg = EagleConfig(
+        hidden_size=H,
+        intermediate_size=2 * H,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        vocab_size=V,
+        num_target_layers=8,
+    )
+    draft = EagleDraft(cfg)
+    for p in draft.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    return draft
+
+
+def test_eagle1_export_is_vllms_eagle_layout_and_round_trips(tmp_path):
+    """EAGLE-1 exports as ``EagleLlamaForCausalLM``: fc [H, 2H], layers.0.* without an input norm, no
+    embedding and no LM head (vLLM shares the target's); the names map back to the same weights."""
+    from draft_models.eagle import from_vllm_tensors
+
+    draft = _eagle1()
+    run = write_draft_run(tmp_path / "run", draft)
+    out = export_vllm(run, tmp_path / "vllm")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["EagleLlamaForCausalLM"] and cfg["num_hidden_layers"] == 1
+    tensors = load_file(out / "model.safetensors")
+    assert tensors["fc.weight"].shape == (H, 2 * H)
+    assert not [k for k in tensors if "input_layernorm" in k or "embed" in k or "lm_head" in k]
+    back = from_vllm_tensors(tensors)
+    state = draft.state_dict()
+    assert all(torch.equal(back[k], state[k]) for k in back) and len(back) == len(tensors)
+    meta = (
+        json.loads((out / "specforge_draft.json").read_text())
+        if (out / "specforge_draft.json").exists()
+        else None
+    )
+    assert meta is None or meta["method"] == "eagle"
+    tensors["layers.0.input_layernorm.weight"] = torch.ones(H)
+    with pytest.raises(SpecforgeError, match="unexpected tensor layers.0.input_layernorm.weight"):
+        check_vllm(tensors, "eagle", draft.config)
+    tensors.pop("layers.0.input_layernorm.weight")
+    tensors["fc.weight"] = torch.zeros(H, 3 * H)
+    with pytest.raises(SpecforgeError, match=r"fc.weight has shape \(32, 96\), expected \(32, 64\)"):
+        check_vllm(tensors, "eagle", draft.config)
+    tensors["fc.weight"] = torch.zeros(H, 2 * H, dtype=torch.int32)
+    with pytest.raises(SpecforgeError, match="expected a float dtype"):
+        check_vllm(tensors, "eagle", draft.config)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from serving.drafters.eagle3 import Eagle3Drafter
+from serving.drafters.eagle import EagleDrafter
 from serving.engine import SpeculativeEngine
 from serving.shape import TreeShape
 from serving.tree import DraftTree
@@ -126,7 +126,23 @@ def test_eagle3_drafter_is_lossless(target64, micro_target, prompts, shape):
     draft = small_eagle3(cfg, list(range(micro_target.vocab_size))).double()
     draft.load_target_embedding(target64.get_input_embeddings().weight)
     ref = reference(target64, prompts, 16)
-    out = SpeculativeEngine(target64, Eagle3Drafter(draft)).generate(prompts, 16, shape)
+    out = SpeculativeEngine(target64, EagleDrafter(draft)).generate(prompts, 16, shape)
+    assert out.tokens == ref
+    assert out.stats.drafted > 0
+
+
+@pytest.mark.parametrize("shape", [TreeShape.chain(3), TreeShape(depth=3, top_k=3, num_draft_tokens=8)])
+def test_eagle1_drafter_is_lossless(target64, prompts, shape):
+    """EAGLE-1 (the target's last hidden state as its feature, the target's LM head) as a chain and
+    with EAGLE-2 dynamic trees: greedy output equals plain decoding."""
+    from draft_models.eagle import EagleConfig, EagleDraft
+
+    torch.manual_seed(0)
+    draft = EagleDraft(EagleConfig.from_target(target64.config)).double()
+    draft.load_target_embedding(target64.get_input_embeddings().weight.detach())
+    draft.load_target_head(target64.get_output_embeddings().weight.detach())
+    ref = reference(target64, prompts, 16)
+    out = SpeculativeEngine(target64, EagleDrafter(draft)).generate(prompts, 16, shape)
     assert out.tokens == ref
     assert out.stats.drafted > 0
 

@@ -109,14 +109,14 @@ def _chain(target) -> DraftTree:
     return _tree(_greedy(target, 3), [-1, 0, 1])
 
 
-def _sample(target, tree: DraftTree, shape: TreeShape, seed: int) -> torch.Tensor:
+def _sample(target, tree: DraftTree | None, shape: TreeShape, seed: int, drafter=None, min_accepted=0.2):
     """SAMPLES independent draws of the first three tokens through the engine: [SAMPLES, 3]."""
-    engine = SpeculativeEngine(target, FixedDrafter(tree))
+    engine = SpeculativeEngine(target, drafter or FixedDrafter(tree))
     try:
         out = engine.generate([PROMPT] * SAMPLES, 3, shape=shape, temperature=TEMPERATURE, seed=seed)
     finally:
         engine.close()
-    assert out.stats.accepted > 0.2 * SAMPLES  # the drafts were accepted often, deep paths included
+    assert out.stats.accepted > min_accepted * SAMPLES  # the drafts were accepted often enough
     return torch.tensor(out.tokens)
 
 
@@ -180,3 +180,18 @@ def test_the_test_sees_a_broken_recovered_token(target, exact, kind, monkeypatch
         tree, shape = _chain(target), TreeShape.chain(3)
     p = _pvalues(_sample(target, tree, shape, seed=2), exact)
     assert min(p.values()) < 1e-6, p
+
+
+def test_an_eagle1_head_samples_the_targets_distribution_through_the_engine(target, exact):
+    """A real EAGLE-1 head (random weights, the target's embedding and LM head) drafting EAGLE-2
+    trees from the target's last hidden state: sampled tokens still follow the target."""
+    from draft_models.eagle import EagleConfig, EagleDraft
+    from serving.drafters.eagle import EagleDrafter
+
+    torch.manual_seed(3)
+    draft = EagleDraft(EagleConfig.from_target(target.config)).double()
+    draft.load_target_embedding(target.get_input_embeddings().weight.detach())
+    draft.load_target_head(target.get_output_embeddings().weight.detach())
+    shape = TreeShape.tree(3, 2, 6)
+    p = _pvalues(_sample(target, None, shape, seed=4, drafter=EagleDrafter(draft), min_accepted=0.05), exact)
+    assert min(p.values()) > 1e-3, p

@@ -1,9 +1,10 @@
-"""EAGLE-3 as a drafter for the reference engine, with its own per-sequence KV cache.
+"""EAGLE heads (EAGLE-1 and EAGLE-3) as a drafter for the reference engine, with its own
+per-sequence KV cache.
 
-Contract: the engine calls :meth:`Eagle3Drafter.extend` with verified pairs (the target's fused
-aux feature at position ``p``, the token at ``p + 1``); the drafter runs its layer over them,
+Contract: the engine calls :meth:`EagleDrafter.extend` with verified pairs (the target's feature
+at position ``p``: EAGLE-3's fused aux layers, EAGLE-1's last hidden state; the token at ``p + 1``); the drafter runs its layer over them,
 appends their keys and values to the sequence's cache, and keeps the last output, whose logits
-propose the root's children. :meth:`Eagle3Drafter.propose` grows an EAGLE-2 tree: expanding node
+propose the root's children. :meth:`EagleDrafter.propose` grows an EAGLE-2 tree: expanding node
 ``u`` at depth ``d`` feeds (its parent's output feature, ``u``'s token) at position
 ``root_pos - 1 + d``, attending to the cache plus the tree entries of ``u``'s ancestors — the same
 attention the training-time test teaches. Tree entries are discarded after each proposal.
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from draft_models.eagle import EagleDraft
 from draft_models.eagle3 import Eagle3Draft
 from draft_models.layers import attend
 from serving.tree import DraftTree, build_tree
@@ -42,8 +44,8 @@ class _Nodes:
     slot: dict[int, int] = field(default_factory=dict)  # index into the sequence's tree K/V
 
 
-class Eagle3Drafter:
-    def __init__(self, draft: Eagle3Draft):
+class EagleDrafter:
+    def __init__(self, draft: Eagle3Draft | EagleDraft):
         self.draft = draft.eval()
         self.feature_layers = list(draft.config.aux_layer_ids)
         cfg = draft.config
@@ -68,7 +70,7 @@ class Eagle3Drafter:
 
     @torch.no_grad()
     def extend(self, b: int, features: torch.Tensor, next_tokens: torch.Tensor, start_pos: int) -> None:
-        """features [m, num_aux * target_hidden] at positions start_pos.., next_tokens [m]."""
+        """features [m, feature width] (the hooks' aux states) at positions start_pos.., next_tokens [m]."""
         seq = self._seqs[b]
         m = features.shape[0]
         hidden = self.draft.combine(features[None])  # [1, m, H]
