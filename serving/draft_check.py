@@ -28,6 +28,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from draft_models.aux_hooks import LAST_HIDDEN
+
 META_FILE = "specforge_draft.json"
 PROBE_ROWS = 32  # token-embedding rows sampled (evenly over the vocabulary)
 PROBE_DIMS = 16  # leading dimensions kept per row
@@ -256,7 +258,10 @@ def deployment_from_dirs(
     aux = (raw.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids") or raw.get(
         "eagle_aux_hidden_state_layer_ids"
     )
-    aux_ids = [int(x) for x in aux] if aux else default_aux_layer_ids(target.num_layers)
+    if method == "eagle":  # EAGLE-1: vLLM hands the draft the target's last hidden state
+        aux_ids = [LAST_HIDDEN]
+    else:
+        aux_ids = [int(x) for x in aux] if aux else default_aux_layer_ids(target.num_layers)
     d2t = None
     for f in sorted(Path(draft_dir).glob("*.safetensors")):
         with safe_open(str(f), framework="pt") as st:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from serving.vllm_plugin.adaptive import ENV
+from serving.vllm_plugin.harness.request import draft_method
 from serving.vllm_plugin.harness.server import OpenAIServer, spec_counters
 from specforge.bench.sweep import serve_summary
 
@@ -146,10 +147,11 @@ def bench_serve_http(
     requests_per_client: int = 2,
     min_requests: int = 8,
     seed: int = 0,
-    method: str = "eagle3",
+    method: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     k_max = max([*ks, *(k for _, _, k in table or [])] or [1])
+    method = method or draft_method(draft)
     arms = http_arms(k_max, ks, table, policy)
     rng = random.Random(seed)
     needed = max(max(min_requests, requests_per_client * c) for c in concurrencies)

@@ -8,6 +8,8 @@ one generate. No vllm import here.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -71,7 +73,7 @@ class VllmRequest(_Strict):
     prompts: list[list[int]]  # token ids
     max_tokens: Positive
     draft: str | None = None  # the exported draft's directory (None: no speculation)
-    method: str = "eagle3"
+    method: str | None = None  # None: the method the draft's config.json architecture is served with
     num_speculative_tokens: Positive | None = None
     num_speculative_tokens_per_batch_size: list[list[int]] | None = None
     temperature: Annotated[float, Field(ge=0.0)] = 0.0
@@ -105,13 +107,29 @@ class VllmRequest(_Strict):
         if not self.draft:
             return None
         spec = {
-            "method": self.method,
+            "method": self.method or draft_method(self.draft),
             "model": self.draft,
             "num_speculative_tokens": self.num_speculative_tokens,
         }
         if self.num_speculative_tokens_per_batch_size:
             spec["num_speculative_tokens_per_batch_size"] = self.num_speculative_tokens_per_batch_size
         return spec
+
+
+def draft_method(draft_dir: str | Path) -> str:
+    """The vLLM speculative method a draft checkpoint is served with, from its config.json's
+    architecture and the draft registry (``eagle3`` when the file names no registered layout)."""
+    from draft_models.registry import draft_type_names, get_draft_type
+
+    try:
+        arch = (json.loads((Path(draft_dir) / "config.json").read_text()).get("architectures") or [""])[0]
+    except (OSError, json.JSONDecodeError):
+        return "eagle3"
+    for name in draft_type_names():
+        layout = get_draft_type(name).vllm
+        if layout is not None and layout.architecture == arch:
+            return layout.method
+    return "eagle3"
 
 
 def parse_request(raw: dict | str) -> VllmRequest:
