@@ -27,7 +27,7 @@ from torch import nn
 
 from draft_models.aux_hooks import LAST_HIDDEN
 from draft_models.eagle3 import AttnFn, DraftStep
-from draft_models.layers import MLP, Attention, RMSNorm
+from draft_models.layers import MLP, Attention, RMSNorm, llama_config_json, target_shape
 from draft_models.registry import VllmLayout, register_draft_type
 
 
@@ -63,21 +63,7 @@ class EagleConfig:
     def from_target(cls, target_config, draft_vocab_size: int = 0, aux_layer_ids=None) -> EagleConfig:
         """A draft as wide as the target, with its attention shape and rotary settings (the
         draft-vocabulary size and feature layers a recipe may give are not used: see the contract)."""
-        c = target_config
-        heads = int(c.num_attention_heads)
-        rope = getattr(c, "rope_parameters", None) or {}
-        return cls(
-            hidden_size=int(c.hidden_size),
-            intermediate_size=int(c.intermediate_size),
-            num_attention_heads=heads,
-            num_key_value_heads=int(getattr(c, "num_key_value_heads", None) or heads),
-            head_dim=int(getattr(c, "head_dim", None) or c.hidden_size // heads),
-            vocab_size=int(c.vocab_size),
-            num_target_layers=int(c.num_hidden_layers),
-            rms_norm_eps=float(c.rms_norm_eps),
-            rope_theta=float(rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))),
-            max_position_embeddings=int(c.max_position_embeddings),
-        )
+        return cls(**target_shape(target_config))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -137,6 +123,7 @@ class EagleDraft(nn.Module):
         positions: torch.Tensor,
         attn_fn: AttnFn,
         logit_mask: torch.Tensor | None = None,
+        depth: int = 0,  # the draft step's index (heads with one module per depth use it)
     ) -> DraftStep:
         """One draft step. input_ids [batch, seq], hidden [batch, seq, H] (the feature at each
         position), positions [batch, seq]; ``logit_mask`` [batch, seq] bool: logits only there."""
@@ -189,24 +176,7 @@ def from_vllm_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 def vllm_config(cfg: EagleConfig, dtype: str = "float32") -> dict:
-    return {
-        "architectures": ["EagleLlamaForCausalLM"],
-        "model_type": "llama",
-        "num_hidden_layers": 1,
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size,
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_key_value_heads,
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
-        "rms_norm_eps": cfg.rms_norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "vocab_size": cfg.vocab_size,
-        "tie_word_embeddings": False,
-        "torch_dtype": dtype,
-    }
+    return llama_config_json(cfg, "EagleLlamaForCausalLM", dtype)
 
 
 register_draft_type(

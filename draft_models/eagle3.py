@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from draft_models.layers import MLP, Attention, RMSNorm
+from draft_models.layers import MLP, Attention, RMSNorm, llama_config_json, target_shape
 from draft_models.registry import VllmLayout, register_draft_type
 
 AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -52,24 +52,12 @@ class Eagle3Config:
     @classmethod
     def from_target(cls, target_config, draft_vocab_size: int, aux_layer_ids: list[int]) -> Eagle3Config:
         """A draft as wide as the target, with the target's attention shape and rotary settings."""
-        c = target_config
-        heads = int(c.num_attention_heads)
-        rope = getattr(c, "rope_parameters", None) or {}
-        theta = rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))
+        shape = target_shape(target_config)
         return cls(
-            hidden_size=int(c.hidden_size),
-            intermediate_size=int(c.intermediate_size),
-            num_attention_heads=heads,
-            num_key_value_heads=int(getattr(c, "num_key_value_heads", None) or heads),
-            head_dim=int(getattr(c, "head_dim", None) or c.hidden_size // heads),
-            vocab_size=int(c.vocab_size),
+            **shape,
             draft_vocab_size=draft_vocab_size,
-            target_hidden_size=int(c.hidden_size),
-            num_target_layers=int(c.num_hidden_layers),
+            target_hidden_size=shape["hidden_size"],
             aux_layer_ids=list(aux_layer_ids),
-            rms_norm_eps=float(c.rms_norm_eps),
-            rope_theta=float(theta),
-            max_position_embeddings=int(c.max_position_embeddings),
         )
 
     def to_dict(self) -> dict:
@@ -153,6 +141,7 @@ class Eagle3Draft(nn.Module):
         positions: torch.Tensor,
         attn_fn: AttnFn,
         logit_mask: torch.Tensor | None = None,
+        depth: int = 0,  # the draft step's index (heads with one module per depth use it)
     ) -> DraftStep:
         """One draft step. input_ids [batch, seq], hidden [batch, seq, H], positions [batch, seq];
         ``logit_mask`` [batch, seq] bool: compute logits only where it is True (training)."""
@@ -202,24 +191,9 @@ def from_vllm_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 def vllm_config(cfg: Eagle3Config, dtype: str = "float32") -> dict:
     return {
-        "architectures": ["LlamaForCausalLMEagle3"],
-        "model_type": "llama",
-        "num_hidden_layers": 1,
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size,
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_key_value_heads,
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
-        "rms_norm_eps": cfg.rms_norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "vocab_size": cfg.vocab_size,
+        **llama_config_json(cfg, "LlamaForCausalLMEagle3", dtype),
         "draft_vocab_size": cfg.draft_vocab_size,
         "target_hidden_size": cfg.target_hidden_size,
-        "tie_word_embeddings": False,
-        "torch_dtype": dtype,
         "eagle_config": {"eagle_aux_hidden_state_layer_ids": list(cfg.aux_layer_ids)},
     }
 

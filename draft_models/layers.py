@@ -1,4 +1,5 @@
-"""Building blocks of draft heads: RMSNorm, rotary embedding, attention projections, SwiGLU MLP.
+"""Building blocks of draft heads: RMSNorm, rotary embedding, attention projections, SwiGLU MLP,
+and the target-shaped config fields every head shares (:func:`target_shape`, :func:`llama_config_json`).
 
 Contract: plain torch modules whose parameter names match the Llama convention vLLM loads
 (``q_proj``/``k_proj``/``v_proj``/``o_proj``, ``gate_proj``/``up_proj``/``down_proj``, ``weight``
@@ -90,3 +91,45 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def target_shape(target_config) -> dict:
+    """The config fields a head as wide as its target copies: width, MLP, attention shape,
+    vocabulary, depth, norm epsilon and rotary settings of an HF Llama-style config."""
+    c = target_config
+    heads = int(c.num_attention_heads)
+    rope = getattr(c, "rope_parameters", None) or {}
+    return {
+        "hidden_size": int(c.hidden_size),
+        "intermediate_size": int(c.intermediate_size),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(getattr(c, "num_key_value_heads", None) or heads),
+        "head_dim": int(getattr(c, "head_dim", None) or c.hidden_size // heads),
+        "vocab_size": int(c.vocab_size),
+        "num_target_layers": int(c.num_hidden_layers),
+        "rms_norm_eps": float(c.rms_norm_eps),
+        "rope_theta": float(rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))),
+        "max_position_embeddings": int(c.max_position_embeddings),
+    }
+
+
+def llama_config_json(cfg, architecture: str, dtype: str) -> dict:
+    """The ``config.json`` fields of a one-layer Llama draft checkpoint that vLLM loads."""
+    return {
+        "architectures": [architecture],
+        "model_type": "llama",
+        "num_hidden_layers": 1,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "vocab_size": cfg.vocab_size,
+        "tie_word_embeddings": False,
+        "torch_dtype": dtype,
+    }

@@ -10,7 +10,7 @@ checkpoints.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -38,6 +38,8 @@ class DraftConfig(_Strict):
     # target layers whose hidden states feed the head; None: the head's default (EAGLE-3: 2, L//2,
     # L-3; EAGLE-1: -1, the last hidden state)
     aux_layers: list[int] | None = None
+    # keyword arguments of the head type's config (MTP: {"num_modules": D})
+    options: dict[str, Any] = Field(default_factory=dict)
     # How the head starts. "random": as EAGLE does. "target_head": lm_head rows and final norm
     # from the target. "target_head_layer": also the decoder layer from the target's last layer.
     # On SmolLM2 (120 steps) neither beat random: benchmarks/init-pilot-smollm2.json.

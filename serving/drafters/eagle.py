@@ -1,4 +1,4 @@
-"""EAGLE heads (EAGLE-1 and EAGLE-3) as a drafter for the reference engine, with its own
+"""EAGLE heads (EAGLE-1, EAGLE-3) and MTP heads as a drafter for the reference engine, with its own
 per-sequence KV cache.
 
 Contract: the engine calls :meth:`EagleDrafter.extend` with verified pairs (the target's feature
@@ -19,6 +19,7 @@ import torch
 from draft_models.eagle import EagleDraft
 from draft_models.eagle3 import Eagle3Draft
 from draft_models.layers import attend
+from draft_models.mtp import MtpDraft
 from serving.tree import DraftTree, build_tree
 
 
@@ -45,7 +46,7 @@ class _Nodes:
 
 
 class EagleDrafter:
-    def __init__(self, draft: Eagle3Draft | EagleDraft):
+    def __init__(self, draft: Eagle3Draft | EagleDraft | MtpDraft):
         self.draft = draft.eval()
         self.feature_layers = list(draft.config.aux_layer_ids)
         cfg = draft.config
@@ -139,7 +140,10 @@ class EagleDrafter:
             vals = torch.cat([seq.values[None], tv, v], dim=2)
             return attend(q, keys, vals, mask)
 
-        out = self.draft.step(tokens[None], parent_hidden[None], positions[None], attn)
+        depths = {nodes.depth[u] for u in todo}  # the tree grows a level at a time
+        if len(depths) != 1:
+            raise RuntimeError(f"expanding nodes of several depths at once: {sorted(depths)}")
+        out = self.draft.step(tokens[None], parent_hidden[None], positions[None], attn, depth=depths.pop())
         logp = self._to_target_logp(out.logits[0])
         for i, u in enumerate(todo):
             nodes.slot[u] = len(seq.tree_k)

@@ -211,7 +211,14 @@ def train(cfg: TrainConfig) -> dict:
         aux_layers=aux if aux is not None else dtype.config_cls.default_feature_layers(target.num_layers)
     )
     layers = capture_cfg.resolved_layers(target.num_layers)
-    draft_cfg = dtype.config_cls.from_target(target.model.config, cfg.draft.draft_vocab_size, layers)
+    try:
+        draft_cfg = dtype.config_cls.from_target(
+            target.model.config, cfg.draft.draft_vocab_size, layers, **cfg.draft.options
+        )
+    except TypeError as e:
+        raise SpecforgeError(
+            f"draft.options {cfg.draft.options} do not fit a {cfg.draft.type} head: {e}"
+        ) from None
     vocab = build_draft_vocab(  # a head over the whole target vocabulary says so in its config
         zip(train_ds["input_ids"], train_ds["loss_mask"]), target.vocab_size, draft_cfg.draft_vocab_size
     )

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from draft_models.eagle import EagleDraft
 from draft_models.eagle3 import Eagle3Draft
 from draft_models.layers import attend
+from draft_models.mtp import MtpDraft
 from serving.acceptance import chain_tau
 from specforge.capture import CapturedBatch
 
@@ -100,7 +101,7 @@ def target_logits(
 
 
 def ttt_forward(
-    draft: Eagle3Draft | EagleDraft,
+    draft: Eagle3Draft | EagleDraft | MtpDraft,
     batch: CapturedBatch,
     lm_head: torch.nn.Module | None = None,
     steps: int = 7,
@@ -144,7 +145,7 @@ def ttt_forward(
             valid_i = _shift(need, 1 + i, False) & (pos0 + 2 + i < lengths[:, None])  # [b, s]
             rows_i = _shift(row, 1 + i, -1)[mask_i]  # [n_i] rows of logits_t / probs_t
             target_i = _shift(argmax_t, 1 + i)  # [b, s]
-        out = draft.step(ids_i, hidden, pos0 + i, attn_fn, logit_mask=mask_i)
+        out = draft.step(ids_i, hidden, pos0 + i, attn_fn, logit_mask=mask_i, depth=i)
         if i > 0:
             extra.append((out.key, out.value))
         logp = F.log_softmax(out.logits.float(), dim=-1)  # [n_i, Vd]

@@ -147,6 +147,23 @@ def test_eagle1_drafter_is_lossless(target64, prompts, shape):
     assert out.stats.drafted > 0
 
 
+@pytest.mark.parametrize("modules", [1, 2])
+def test_mtp_drafter_is_lossless(target64, prompts, modules):
+    """An MTP head (D = 1 applied recursively, D = 2 a module per depth) drafting EAGLE-2 trees."""
+    from draft_models.mtp import MtpConfig, MtpDraft
+
+    torch.manual_seed(0)
+    draft = MtpDraft(MtpConfig.from_target(target64.config, num_modules=modules)).double()
+    draft.load_target_embedding(target64.get_input_embeddings().weight.detach())
+    draft.load_target_head(
+        target64.get_output_embeddings().weight.detach(), target64.model.norm.weight.detach()
+    )
+    ref = reference(target64, prompts, 16)
+    out = SpeculativeEngine(target64, EagleDrafter(draft)).generate(prompts, 16, TreeShape.tree(3, 2, 6))
+    assert out.tokens == ref
+    assert out.stats.drafted > 0
+
+
 def test_kv_compaction_keeps_listed_slots():
     cache = DynamicCache()
     keys = torch.arange(2 * 1 * 6 * 2, dtype=torch.float).view(2, 1, 6, 2)
