@@ -25,14 +25,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from draft_models.aux_hooks import LAST_HIDDEN
 from draft_models.eagle3 import AttnFn, DraftStep
-from draft_models.layers import MLP, Attention, RMSNorm, llama_config_json, target_shape
+from draft_models.layers import MLP, Attention, LastHiddenFullVocab, RMSNorm, llama_config_json, target_shape
 from draft_models.registry import VllmLayout, register_draft_type
 
 
 @dataclass
-class EagleConfig:
+class EagleConfig(LastHiddenFullVocab):
     hidden_size: int
     intermediate_size: int
     num_attention_heads: int
@@ -47,18 +46,6 @@ class EagleConfig:
     ce_loss_weight: float = 0.1
 
     # the trainer asks every head the same way; EAGLE-1 has no draft vocabulary and one feature
-    @property
-    def draft_vocab_size(self) -> int:
-        return self.vocab_size
-
-    @property
-    def aux_layer_ids(self) -> list[int]:
-        return [LAST_HIDDEN]
-
-    @staticmethod
-    def default_feature_layers(num_layers: int) -> list[int]:
-        return [LAST_HIDDEN]
-
     @classmethod
     def from_target(cls, target_config, draft_vocab_size: int = 0, aux_layer_ids=None) -> EagleConfig:
         """A draft as wide as the target, with its attention shape and rotary settings (the

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from draft_models.aux_hooks import LAST_HIDDEN
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
@@ -133,3 +135,23 @@ def llama_config_json(cfg, architecture: str, dtype: str) -> dict:
         "tie_word_embeddings": False,
         "torch_dtype": dtype,
     }
+
+
+class LastHiddenFullVocab:
+    """Config mixin of heads that read the target's last hidden state (feature layer
+    :data:`~draft_models.aux_hooks.LAST_HIDDEN`) and predict over the whole target vocabulary;
+    the trainer asks every head for these the same way."""
+
+    vocab_size: int
+
+    @property
+    def draft_vocab_size(self) -> int:
+        return self.vocab_size
+
+    @property
+    def aux_layer_ids(self) -> list[int]:
+        return [LAST_HIDDEN]
+
+    @staticmethod
+    def default_feature_layers(num_layers: int) -> list[int]:
+        return [LAST_HIDDEN]

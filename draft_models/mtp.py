@@ -27,14 +27,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from draft_models.aux_hooks import LAST_HIDDEN
 from draft_models.eagle3 import AttnFn, DraftStep
-from draft_models.layers import MLP, Attention, RMSNorm, target_shape
+from draft_models.layers import MLP, Attention, LastHiddenFullVocab, RMSNorm, target_shape
 from draft_models.registry import register_draft_type
 
 
 @dataclass
-class MtpConfig:
+class MtpConfig(LastHiddenFullVocab):
     hidden_size: int
     intermediate_size: int
     num_attention_heads: int
@@ -46,18 +45,6 @@ class MtpConfig:
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     max_position_embeddings: int = 4096
-
-    @property
-    def draft_vocab_size(self) -> int:
-        return self.vocab_size
-
-    @property
-    def aux_layer_ids(self) -> list[int]:
-        return [LAST_HIDDEN]
-
-    @staticmethod
-    def default_feature_layers(num_layers: int) -> list[int]:
-        return [LAST_HIDDEN]
 
     @classmethod
     def from_target(cls, target_config, draft_vocab_size: int = 0, aux_layer_ids=None, num_modules: int = 1):
