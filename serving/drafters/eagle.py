@@ -50,7 +50,9 @@ class EagleDrafter:
         self.draft = draft.eval()
         self.feature_layers = list(draft.config.aux_layer_ids)
         cfg = draft.config
-        self._empty = torch.zeros(cfg.num_key_value_heads, 0, cfg.head_dim, dtype=draft.embed_tokens.weight.dtype)
+        self._empty = torch.zeros(
+            cfg.num_key_value_heads, 0, cfg.head_dim, dtype=draft.embed_tokens.weight.dtype
+        )
         self._seqs: list[_SeqCache] = []
         # draft-vocabulary row -> target-vocabulary log-prob scatter index
         self._draft_to_target = torch.arange(cfg.draft_vocab_size) + draft.d2t

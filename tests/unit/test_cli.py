@@ -59,7 +59,10 @@ def test_capture_command(micro_target_dir, tmp_path, capsys):
             ["bench", "acceptance", "--draft", "r", "--data", "d", "--out", "o", "--shapes", "chain:x"],
             "--shapes",
         ),
-        (["train", "data.train=x.jsonl", "draft.type=eagle9"], "unknown draft type 'eagle9'; known: eagle, eagle3, mtp"),
+        (
+            ["train", "data.train=x.jsonl", "draft.type=eagle9"],
+            "unknown draft type 'eagle9'; known: eagle, eagle3, mtp",
+        ),
         (["train", "data.train=x.jsonl", "optim.max_steps=0"], "optim.max_steps: Input should be greater"),
         (["train", "data.train=x.jsonl", "optim.max_steps=-1"], "optim.max_steps: Input should be greater"),
     ],
