@@ -248,10 +248,8 @@ def native_schedule(policy: SpeculationPolicy, max_batch: int, k_max: int) -> li
     carries the last range's k past ``max_batch``."""
     policy.freeze_costs(max_batch)
     ranges: list[list[int]] = []
-    cap = policy.candidates[-1]
     for b in range(1, max_batch + 1):
-        cap = policy.choose(b) if cap.num_draft_tokens > 0 else cap  # monotone: once off, off
-        k = min(cap.num_draft_tokens, k_max)
+        k = min(policy.choose(b).num_draft_tokens, k_max)  # choose() is monotone in b
         if ranges and ranges[-1][2] == k:
             ranges[-1][1] = b
         else:
