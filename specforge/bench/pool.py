@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from specforge.bench.sweep import serve_summary
+from specforge.bench.sweep import NATIVE, serve_summary
 from specforge.errors import SpecforgeError
 
 # What two runs must share to be pooled (the plugin's policy file is checked on its own)
@@ -65,7 +65,7 @@ def pool_sweeps(paths: list[Path], adaptive: str = "specforge", table: str = "vl
         if row["batch_size"] in sizes
     ]
     measured_table = table if any(r["config"] == table for r in rows) else None
-    summary = serve_summary(rows, sizes, adaptive=adaptive, table=measured_table)
+    summary = serve_summary(rows, sizes, adaptive=adaptive, table=measured_table, schedules=(NATIVE,))
     return {
         **{key: first.get(key) for key in SAME},
         "pooled": [str(p) for p in paths],

@@ -19,8 +19,9 @@ Contract
     full-batch steps before them (~150 ms).
 * Configurations: ``none`` (no speculation), ``k1``..``kK`` (static EAGLE-3
   chains), ``vllm-table`` (vLLM's ``num_speculative_tokens_per_batch_size``, set as vLLM's docs set
-  it for EAGLE-3), and ``specforge`` (the adaptive plugin with a policy from
-  :func:`calibrate_vllm`).
+  it for EAGLE-3), ``native-table`` (the table the calibrated policy implies, as ``calibrate``
+  writes it for users without the plugin), and ``specforge`` (the adaptive plugin with a policy
+  from :func:`calibrate_vllm`).
 * Design ``paired`` (default): one process serves every configuration as an *arm*. No speculation
   is a second engine without a draft (a speculative engine always carries its draft); every other
   configuration is an arm of one engine with the plugin on, whose lookup is pinned to the arm's k (``k1``..``kK``), to vLLM's table expanded by vLLM's own function
@@ -58,9 +59,15 @@ from serving.vllm_plugin.adaptive import ENV, STEP_LOG_ENV
 from serving.vllm_plugin.harness.request import TURN_STEPS, draft_method
 from serving.vllm_plugin.harness.runner import run_vllm
 from serving.vllm_plugin.harness.sweeps import PLAIN
-from serving.vllm_plugin.policy_file import PolicyFileError, ServedPolicyFile, read_policy_file
+from serving.vllm_plugin.policy_file import (
+    PolicyFileError,
+    ServedPolicyFile,
+    load_policy,
+    native_schedule,
+    read_policy_file,
+)
 from specforge.bench.calibrate_vllm import CALIBRATE_WORKLOADS, calibrate_vllm
-from specforge.bench.sweep import decode_summary, serve_summary
+from specforge.bench.sweep import NATIVE, decode_summary, serve_summary
 from specforge.bench.vllm_workload import (
     BATCH_SIZES,
     LENGTHS,
@@ -103,6 +110,7 @@ def _engine_configs(
     ``specforge-<name>``: the plugin with those
     policy-file keys overridden, learning from its own steps."""
     spec = {"draft": str(draft)}
+    native = native_schedule(load_policy(policy, max(ks)), max(sizes), max(ks))
     plugin = (
         {
             **spec,
@@ -122,6 +130,13 @@ def _engine_configs(
                 "num_speculative_tokens_per_batch_size": VLLM_DOCS_TABLE,
             }
         }
+        steps[NATIVE] = {
+            "speculative_config": {
+                **chain,
+                "num_speculative_tokens": max(ks),
+                "num_speculative_tokens_per_batch_size": native,
+            }
+        }
         steps["specforge"] = {
             "speculative_config": {
                 **chain,
@@ -134,7 +149,7 @@ def _engine_configs(
     if design == "paired":
         arms: dict = {"none": PLAIN}
         arms.update({f"k{k}": k for k in ks})
-        arms.update({"vllm-table": VLLM_DOCS_TABLE, "specforge": None})
+        arms.update({"vllm-table": VLLM_DOCS_TABLE, NATIVE: native, "specforge": None})
         arms.update({f"specforge-{name}": {"policy": keys} for name, keys in (variants or {}).items()})
         return {"paired": ({**plugin[0], "sweep": {"arms": arms}}, plugin[1])}
     configs: dict[str, tuple[dict, dict]] = {"none": ({}, SWEEP_ENV)}
@@ -142,6 +157,10 @@ def _engine_configs(
         configs[f"k{k}"] = ({**spec, "num_speculative_tokens": k}, SWEEP_ENV)
     configs["vllm-table"] = (
         {**spec, "num_speculative_tokens": max(ks), "num_speculative_tokens_per_batch_size": VLLM_DOCS_TABLE},
+        SWEEP_ENV,
+    )
+    configs[NATIVE] = (
+        {**spec, "num_speculative_tokens": max(ks), "num_speculative_tokens_per_batch_size": native},
         SWEEP_ENV,
     )
     configs["specforge"] = plugin
@@ -280,11 +299,14 @@ def bench_serve_vllm(
         "rounds": rounds,
         "repeats": repeats,
         "policy": json.loads(Path(policy).read_text()),
+        "native_table": native_schedule(load_policy(policy, k_max), max(sizes), k_max),
         "plugin_steps": choices,
         "rows": rows,
     }
-    result["summary"] = serve_summary(rows, sizes, adaptive="specforge", table="vllm-table")
+    result["summary"] = serve_summary(
+        rows, sizes, adaptive="specforge", table="vllm-table", schedules=(NATIVE,)
+    )
     result["summary"]["decode_steps"] = decode_summary(
-        step_logs, sizes, adaptive="specforge", table="vllm-table"
+        step_logs, sizes, adaptive="specforge", table="vllm-table", schedules=(NATIVE,)
     )
     return result

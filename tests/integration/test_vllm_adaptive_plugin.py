@@ -152,7 +152,7 @@ def test_bench_serve_sweep_with_calibrated_plugin(micro_target_dir, served):
     assert table.ks == [0, 1, 2] and all(p.tokens == [1, 4] for p in table.seconds.values())
     assert all(s > 0 for p in table.seconds.values() for s in p.seconds)
     configs = {(r["config"], r["batch_size"]) for r in res["rows"]}
-    arms = ["none", "k2", "vllm-table", "specforge", "specforge-probe"]
+    arms = ["none", "k2", "vllm-table", "native-table", "specforge", "specforge-probe"]
     assert configs == {(c, b) for c in arms for b in [1, 4]}
     assert res["workload"] == "closed"
     # paired: one process served every arm, no speculation included (its engine beside the other)
@@ -167,6 +167,9 @@ def test_bench_serve_sweep_with_calibrated_plugin(micro_target_dir, served):
             assert not spec.get("drafts")
         elif r["config"] in ("k2", "vllm-table"):  # pinned arms of the paired engine ran their k (2 = cap)
             assert spec["drafts"] > 0 and spec["draft_tokens"] == 2 * spec["drafts"]
+        elif r["config"] == "native-table":  # the calibrated policy's own table: its k at this batch size
+            k = next(k for lo, hi, k in res["native_table"] if lo <= r["batch_size"] <= hi)
+            assert spec.get("draft_tokens", 0) == k * spec.get("drafts", 0)
         else:  # the plugin and its variant: whatever k they chose, never above the configured 2
             assert "drafts" in spec and spec.get("draft_tokens", 0) <= 2 * spec.get("drafts", 0)
     # the plugin timed its own steps and chose a k for both batch sizes
@@ -174,7 +177,8 @@ def test_bench_serve_sweep_with_calibrated_plugin(micro_target_dir, served):
     assert plugin["steps"] and set(plugin["choices"]) >= {"1", "4"} and not plugin["fell_back"]
     summary = res["summary"]
     assert res["design"] == "paired" and all(row["lossless"] for row in summary["per_batch_size"])
-    assert set(summary["bar"]["met"]) == {"vs_best_static", "vs_table", "vs_none"}
+    assert set(summary["bar"]["met"]) == {"vs_best_static", "vs_table", "vs_none", "first_vs_none"}
+    assert all(row["best_static"] != "native-table" for row in summary["per_batch_size"])
     # the plugin with probing served as its own arm, compared with the plugin, never "static"
     assert all(row["best_static"] != "specforge-probe" for row in summary["per_batch_size"])
     assert summary["variants_vs_adaptive_geomean"]["specforge-probe"] > 0
@@ -198,7 +202,7 @@ def test_bench_serve_sweep_with_calibrated_plugin(micro_target_dir, served):
         design="engines",
         log=lambda _m: None,
     )
-    assert {r["config"] for r in res["rows"]} == {"none", "k2", "vllm-table", "specforge"}
+    assert {r["config"] for r in res["rows"]} == {"none", "k2", "vllm-table", "native-table", "specforge"}
     assert res["design"] == "engines" and res["summary"]["per_batch_size"][0]["lossless"]
 
 
@@ -269,7 +273,7 @@ def test_bench_serve_lockstep_gives_every_configuration_its_own_engine(micro_tar
     )
     assert sorted(p.name for p in (tmp / "serve-lockstep" / "round0").iterdir()) == ["lockstep"]
     assert {(r["config"], r["batch_size"]) for r in res["rows"]} == {
-        (c, b) for c in ["none", "k2", "vllm-table", "specforge"] for b in [1, 4]
+        (c, b) for c in ["none", "k2", "vllm-table", "native-table", "specforge"] for b in [1, 4]
     }
     for r in res["rows"]:
         assert r["tokens_per_s"] > 0 and r["latency_mean"] > 0 and r["decode"]["steps"] > 0

@@ -36,7 +36,13 @@ def test_summary_medians_best_static_and_bar(tmp_path):
     # the oracle's headroom over the table: best static per batch size (k2 at 1, none at 8)
     assert s["bar"]["best_static_vs_table_geomean"] == pytest.approx(((155 / 140) * (800 / 600)) ** 0.5)
     assert s["bar"]["min_vs_none"] == pytest.approx(795 / 800)
-    assert s["bar"]["met"] == {"vs_best_static": True, "vs_table": True, "vs_none": True}
+    # 1.19x the table (< 1.25), 0.99x no speculation at batch 8 (< 1.0), 1.51x it at batch 1 (>= 1.5)
+    assert s["bar"]["met"] == {
+        "vs_best_static": True,
+        "vs_table": False,
+        "vs_none": False,
+        "first_vs_none": True,
+    }
     assert "| 1 |" in summary_table(s)
     assert plot_sweep(s, tmp_path / "p.png", "t").stat().st_size > 1000
 
@@ -62,10 +68,26 @@ def test_variants_of_the_adaptive_config_are_compared_with_it_not_counted_as_sta
     assert "variants_vs_adaptive_geomean" not in serve_summary(rows[:6], [1], "adaptive", None)
 
 
+def test_a_calibrated_schedule_is_reported_beside_the_static_settings_not_among_them():
+    rows = _rows(
+        {
+            "none": {1: [100], 8: [800]},
+            "k2": {1: [160], 8: [700]},
+            "native-table": {1: [170], 8: [820]},  # would be "best static" at both sizes
+            "adaptive": {1: [165], 8: [810]},
+        }
+    )
+    s = serve_summary(rows, [1, 8], adaptive="adaptive", table=None, schedules=("native-table",))
+    b1, b8 = s["per_batch_size"]
+    assert (b1["best_static"], b8["best_static"]) == ("k2", "none")
+    assert b1["tokens_per_s"]["native-table"] == 170 and "native-table" in s["configs"]
+    assert s["bar"]["met"]["first_vs_none"] and s["bar"]["first_vs_none"] == pytest.approx(1.65)
+
+
 def test_bar_fails_when_adaptive_lags():
     rows = _rows({"none": {1: [100]}, "k2": {1: [200]}, "table": {1: [190]}, "adaptive": {1: [180]}})
     met = serve_summary(rows, [1], adaptive="adaptive", table="table")["bar"]["met"]
-    assert met == {"vs_best_static": False, "vs_table": False, "vs_none": True}
+    assert met == {"vs_best_static": False, "vs_table": False, "vs_none": True, "first_vs_none": True}
 
 
 def test_tau_and_prefix_hit_rate_pool_the_counters_of_a_cell():
@@ -149,7 +171,16 @@ def test_a_variant_can_be_the_plugin_on_another_policy_file(tmp_path):
 
     good = tmp_path / "other.json"
     good.write_text(
-        json.dumps({"alpha": [0.6], "ks": [1], "steps": {"0:1:1": {"tokens": [1], "seconds": [0.01]}}})
+        json.dumps(
+            {
+                "alpha": [0.6],
+                "ks": [1],
+                "steps": {
+                    "0:1:1": {"tokens": [1, 4], "seconds": [0.01, 0.012]},
+                    "1:1:1": {"tokens": [2, 8], "seconds": [0.012, 0.03]},
+                },
+            }
+        )
     )
     name, keys = variant_overrides(f"burst={good}")
     assert name == "burst" and keys["alpha"] == [0.6] and "steps" in keys
@@ -169,7 +200,10 @@ def test_a_variant_can_be_the_plugin_on_another_policy_file(tmp_path):
     configs = _engine_configs(
         tmp_path, [1], [1, 4], good, "paired", dict([variant_overrides(f"burst={good}")])
     )
-    assert configs["paired"][0]["sweep"]["arms"]["specforge-burst"] == {"policy": keys}
+    arms = configs["paired"][0]["sweep"]["arms"]
+    assert arms["specforge-burst"] == {"policy": keys}
+    # the calibrated policy's own table is an arm, covering every batch size of the sweep
+    assert arms["native-table"][0][0] == 1 and arms["native-table"][-1][1] == 4
 
 
 def test_held_calibration_cells_pool_each_pinned_arms_decode_steps():
