@@ -290,6 +290,7 @@ def bench_serve_vllm(
         "target": str(target),
         "draft": str(draft),
         "max_tokens": max_tokens,
+        "dtype": base.get("dtype", "float32"),
         "workload": workload,
         "design": design,
         "lengths": lengths,

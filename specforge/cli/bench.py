@@ -221,14 +221,16 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
 
 
 def write_serve_outputs(res: dict, out: Path, title: str) -> None:
-    """``result.json`` (atomically), ``serve.png`` and ``table.md`` of a sweep in ``out``; prints the
-    table and the bar."""
+    """``result.json`` (atomically), ``report.json`` (its committed form), ``serve.png`` and
+    ``table.md`` of a sweep in ``out``; prints the table and the bar."""
+    from specforge.bench.serve_report import write_report
     from specforge.bench.sweep import decode_table, plot_sweep, summary_table
 
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "result.json.tmp"
     tmp.write_text(json.dumps(res, indent=1))
     tmp.replace(out / "result.json")
+    write_report(res, out / "report.json")
     plot_sweep(res["summary"], out / "serve.png", title)
     table = "end-to-end throughput (tokens/s, median over rounds and repeats)\n\n" + summary_table(
         res["summary"]
