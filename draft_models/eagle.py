@@ -26,7 +26,15 @@ import torch
 from torch import nn
 
 from draft_models.eagle3 import AttnFn, DraftStep
-from draft_models.layers import MLP, Attention, LastHiddenFullVocab, RMSNorm, llama_config_json, target_shape
+from draft_models.layers import (
+    MLP,
+    Attention,
+    FullVocabDraft,
+    LastHiddenFullVocab,
+    RMSNorm,
+    llama_config_json,
+    target_shape,
+)
 from draft_models.registry import VllmLayout, register_draft_type
 
 
@@ -69,7 +77,8 @@ class EagleLayer(nn.Module):
         self.mlp = MLP(h, cfg.intermediate_size)
 
 
-class EagleDraft(nn.Module):
+class EagleDraft(FullVocabDraft, nn.Module):
+    head_name = "EAGLE-1"
     config_class = EagleConfig
     frozen_target_head = True  # the trainer always loads the target's LM head into it
 
@@ -83,16 +92,8 @@ class EagleDraft(nn.Module):
         self.layer = EagleLayer(cfg)
         self.lm_head = nn.Linear(h, cfg.vocab_size, bias=False)  # the target's, frozen
         self.lm_head.weight.requires_grad_(False)
-        self.register_buffer("d2t", torch.zeros(cfg.vocab_size, dtype=torch.long))
-        self.register_buffer("t2d", torch.ones(cfg.vocab_size, dtype=torch.bool))
+        self.register_identity_vocab()
         self.feature_loss_weight, self.ce_loss_weight = cfg.feature_loss_weight, cfg.ce_loss_weight
-
-    def set_vocab(self, d2t: torch.Tensor, t2d: torch.Tensor) -> None:
-        if int(t2d.sum()) != self.config.vocab_size:
-            raise ValueError("an EAGLE-1 draft predicts over the whole target vocabulary")
-
-    def load_target_embedding(self, weight: torch.Tensor) -> None:
-        self.embed_tokens.weight.data.copy_(weight)
 
     @torch.no_grad()
     def load_target_head(self, lm_head_weight: torch.Tensor, norm_weight: torch.Tensor | None = None) -> None:
@@ -122,9 +123,6 @@ class EagleDraft(nn.Module):
         h = h + layer.mlp(layer.post_attention_layernorm(h))  # the predicted next feature
         out = h if logit_mask is None else h[logit_mask]
         return DraftStep(logits=self.lm_head(out), hidden=h, key=k, value=v)
-
-    def draft_to_target(self, draft_ids: torch.Tensor) -> torch.Tensor:
-        return draft_ids
 
 
 def vllm_spec(cfg: EagleConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype | None]]:

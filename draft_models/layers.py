@@ -155,3 +155,28 @@ class LastHiddenFullVocab:
     @staticmethod
     def default_feature_layers(num_layers: int) -> list[int]:
         return [LAST_HIDDEN]
+
+
+class FullVocabDraft:
+    """Module mixin of heads that predict over the whole target vocabulary and read the target's
+    own (frozen) token embedding: the draft-to-target map is the identity."""
+
+    config: LastHiddenFullVocab
+    embed_tokens: nn.Embedding
+    head_name: str  # for errors, e.g. "EAGLE-1"
+
+    def register_identity_vocab(self) -> None:
+        """The d2t [vocab] / t2d [vocab] buffers every head carries, here the identity map."""
+        vocab = self.config.vocab_size
+        self.register_buffer("d2t", torch.zeros(vocab, dtype=torch.long))  # type: ignore[attr-defined]
+        self.register_buffer("t2d", torch.ones(vocab, dtype=torch.bool))  # type: ignore[attr-defined]
+
+    def set_vocab(self, d2t: torch.Tensor, t2d: torch.Tensor) -> None:
+        if int(t2d.sum()) != self.config.vocab_size:
+            raise ValueError(f"an {self.head_name} draft predicts over the whole target vocabulary")
+
+    def load_target_embedding(self, weight: torch.Tensor) -> None:
+        self.embed_tokens.weight.data.copy_(weight)
+
+    def draft_to_target(self, draft_ids: torch.Tensor) -> torch.Tensor:
+        return draft_ids

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from draft_models.eagle3 import AttnFn, DraftStep
-from draft_models.layers import MLP, Attention, LastHiddenFullVocab, RMSNorm, target_shape
+from draft_models.layers import MLP, Attention, FullVocabDraft, LastHiddenFullVocab, RMSNorm, target_shape
 from draft_models.registry import register_draft_type
 
 
@@ -79,7 +79,8 @@ class MtpModule(nn.Module):
         self.block = MtpBlock(cfg)
 
 
-class MtpDraft(nn.Module):
+class MtpDraft(FullVocabDraft, nn.Module):
+    head_name = "MTP"
     config_class = MtpConfig
     frozen_target_head = True  # the trainer always loads the target's final norm and LM head
 
@@ -93,15 +94,7 @@ class MtpDraft(nn.Module):
         self.lm_head = nn.Linear(h, cfg.vocab_size, bias=False)  # the target's, frozen
         for frozen in (self.embed_tokens.weight, self.norm.weight, self.lm_head.weight):
             frozen.requires_grad_(False)
-        self.register_buffer("d2t", torch.zeros(cfg.vocab_size, dtype=torch.long))
-        self.register_buffer("t2d", torch.ones(cfg.vocab_size, dtype=torch.bool))
-
-    def set_vocab(self, d2t: torch.Tensor, t2d: torch.Tensor) -> None:
-        if int(t2d.sum()) != self.config.vocab_size:
-            raise ValueError("an MTP draft predicts over the whole target vocabulary")
-
-    def load_target_embedding(self, weight: torch.Tensor) -> None:
-        self.embed_tokens.weight.data.copy_(weight)
+        self.register_identity_vocab()
 
     @torch.no_grad()
     def load_target_head(self, lm_head_weight: torch.Tensor, norm_weight: torch.Tensor) -> None:
@@ -134,9 +127,6 @@ class MtpDraft(nn.Module):
         h = h + block.mlp(block.post_attention_layernorm(h))
         out = h if logit_mask is None else h[logit_mask]
         return DraftStep(logits=self.lm_head(self.norm(out)), hidden=h, key=k, value=v)
-
-    def draft_to_target(self, draft_ids: torch.Tensor) -> torch.Tensor:
-        return draft_ids
 
 
 register_draft_type("mtp", MtpConfig, MtpDraft)

@@ -28,7 +28,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from draft_models.aux_hooks import LAST_HIDDEN
+# The feature layer id of the target's last hidden state (draft_models.aux_hooks.LAST_HIDDEN), kept
+# here so that checking a draft imports no torch (a test holds the two equal).
+LAST_HIDDEN = -1
+
 
 META_FILE = "specforge_draft.json"
 PROBE_ROWS = 32  # token-embedding rows sampled (evenly over the vocabulary)

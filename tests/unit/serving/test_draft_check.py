@@ -78,3 +78,16 @@ def test_bf16_rounding_of_the_same_embedding_still_matches():
         static_findings(_meta().model_copy(update={"target": _fp(probe=a)}), _deploy(target=_fp(probe=b)))
         == []
     )
+
+
+def test_the_last_hidden_feature_id_matches_the_capture_hooks_and_the_check_imports_no_torch():
+    import subprocess
+    import sys
+
+    from draft_models.aux_hooks import LAST_HIDDEN
+    from serving import draft_check
+
+    assert draft_check.LAST_HIDDEN == LAST_HIDDEN
+    code = "import sys, serving.draft_check; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
