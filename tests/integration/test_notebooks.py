@@ -85,3 +85,26 @@ def test_fidelity_notebook_plots_the_committed_comparison(tmp_path, monkeypatch)
         )
         assert s["error"] == s["served_estimate"] / s["vllm"] - 1
     assert (tmp_path / "fidelity.png").stat().st_size > 5000
+
+
+def test_batch_tradeoff_notebook_plots_the_committed_serving_sweep(tmp_path, monkeypatch):
+    sweep = NOTEBOOKS.parent / "benchmarks" / "serve-smollm2.json"
+    report = json.loads(sweep.read_text())
+    monkeypatch.setenv("SPECFORGE_NB_SWEEP", str(sweep))
+    monkeypatch.setenv("SPECFORGE_NB_OUT", str(tmp_path))
+    nb = nbformat.read(NOTEBOOKS / "batch_tradeoff.ipynb", as_version=4)
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    ).execute()
+    summary = json.loads(_last_stdout(nb))
+    # every arm the issue asks for, at every batch size it asks for
+    assert {"none", "k1", "k2", "k3", "k4", "k5", "vllm-table", "native-table", "specforge"} <= set(
+        summary["arms"]
+    )
+    assert summary["batch_sizes"] == [1, 2, 4, 8, 16, 32, 64] == report["batch_sizes"]
+    assert summary["bar"] == report["bar"]
+    # the cost model's prediction was compared with a measurement for every static k and no speculation
+    assert set(summary["predicted_over_measured"]) == {"0", "1", "2", "3", "4", "5"}
+    assert all(0.2 < r < 5 for r in summary["predicted_over_measured"].values())
+    for name in ("throughput", "plugin_k", "step_times"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 5000
