@@ -101,16 +101,17 @@ def _engine_configs(
     sizes: list[int],
     policy: Path,
     design: str,
+    native: list[list[int]],
     variants: dict[str, dict] | None = None,
 ) -> dict[str, tuple[dict, dict]]:
-    """Per engine: the request's speculative settings and the environment. ``engines``: one engine per
+    """Per engine: the request's speculative settings and the environment (``native``: the policy's
+    own table, :func:`native_table`, for the :data:`NATIVE` arm). ``engines``: one engine per
     configuration. ``paired``: one process, every configuration an arm: the speculative ones of one
     engine with the plugin on, no speculation of a second engine without a draft beside it; each
     name in ``variants`` (name -> policy-file keys, :func:`variant_overrides`) adds the arm
     ``specforge-<name>``: the plugin with those
     policy-file keys overridden, learning from its own steps."""
     spec = {"draft": str(draft)}
-    native = native_schedule(load_policy(policy, max(ks)), max(sizes), max(ks))
     plugin = (
         {
             **spec,
@@ -165,6 +166,12 @@ def _engine_configs(
     )
     configs["specforge"] = plugin
     return configs
+
+
+def native_table(policy: Path, ks: list[int], sizes: list[int]) -> list[list[int]]:
+    """vLLM's ``num_speculative_tokens_per_batch_size`` table the policy file implies for the sweep's
+    chain lengths and batch sizes."""
+    return native_schedule(load_policy(policy, max(ks)), max(sizes), max(ks))
 
 
 def variant_overrides(spec: str) -> tuple[str, dict]:
@@ -242,7 +249,8 @@ def bench_serve_vllm(
         )
     base = sweep_request(target, prompts, max_tokens, sizes, repeats, per_slot=WORKLOADS[workload])
     base["ignore_eos"] = lengths != "natural"
-    configs = _engine_configs(draft, ks, sizes, policy, design, arms_of_variants)
+    native = native_table(policy, ks, sizes)
+    configs = _engine_configs(draft, ks, sizes, policy, design, native, arms_of_variants)
     rows, choices = [], []
     step_logs: dict[str, list[list[dict]]] = {}  # config -> per round, the engine's timed steps
     rng = random.Random(seed)
@@ -300,7 +308,7 @@ def bench_serve_vllm(
         "rounds": rounds,
         "repeats": repeats,
         "policy": json.loads(Path(policy).read_text()),
-        "native_table": native_schedule(load_policy(policy, k_max), max(sizes), k_max),
+        "native_table": native,
         "plugin_steps": choices,
         "rows": rows,
     }

@@ -19,6 +19,18 @@ def _last_stdout(nb) -> str:
     return "".join(o.get("text", "") for o in code[-1].outputs if o.get("name") == "stdout")
 
 
+def _run_notebook(name: str, settings: dict, monkeypatch, timeout: int = 300) -> dict:
+    """Execute ``notebooks/<name>`` with ``SPECFORGE_NB_<KEY>`` set from ``settings``; the JSON its
+    last cell printed."""
+    for key, value in settings.items():
+        monkeypatch.setenv(f"SPECFORGE_NB_{key}", str(value))
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    ).execute()
+    return json.loads(_last_stdout(nb))
+
+
 def test_acceptance_notebook_measures_every_shape_and_reads_a_serve_sweep(
     micro_target_dir, micro_draft, tmp_path, monkeypatch, capsys
 ):
@@ -30,7 +42,7 @@ def test_acceptance_notebook_measures_every_shape_and_reads_a_serve_sweep(
     capsys.readouterr()
 
     out = tmp_path / "nb"
-    for name, value in {
+    settings = {
         "TARGET": micro_target_dir,
         "RUN": run,
         "DATA": data,
@@ -40,14 +52,8 @@ def test_acceptance_notebook_measures_every_shape_and_reads_a_serve_sweep(
         "BATCH_SIZES": "1,2",
         "PROMPTS": "3",
         "MAX_NEW_TOKENS": "8",
-    }.items():
-        monkeypatch.setenv(f"SPECFORGE_NB_{name}", str(value))
-    nb = nbformat.read(NOTEBOOKS / "acceptance.ipynb", as_version=4)
-    NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
-    ).execute()
-
-    summary = json.loads(_last_stdout(nb))
+    }
+    summary = _run_notebook("acceptance.ipynb", settings, monkeypatch, timeout=600)
     assert summary == json.loads((out / "summary.json").read_text())
     assert set(summary["acceptance"]) == {"1", "2"}
     for per_shape in summary["acceptance"].values():
@@ -68,13 +74,7 @@ def test_acceptance_notebook_measures_every_shape_and_reads_a_serve_sweep(
 def test_fidelity_notebook_plots_the_committed_comparison(tmp_path, monkeypatch):
     results = NOTEBOOKS.parent / "benchmarks" / "fidelity.json"
     record = json.loads(results.read_text())
-    monkeypatch.setenv("SPECFORGE_NB_FIDELITY", str(results))
-    monkeypatch.setenv("SPECFORGE_NB_OUT", str(tmp_path))
-    nb = nbformat.read(NOTEBOOKS / "fidelity.ipynb", as_version=4)
-    NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
-    ).execute()
-    summary = json.loads(_last_stdout(nb))
+    summary = _run_notebook("fidelity.ipynb", {"FIDELITY": results, "OUT": tmp_path}, monkeypatch)
     expected = {f"{name}/{key}" for name, r in record["targets"].items() for key in r["vllm"]}
     assert set(summary) == expected
     for key, s in summary.items():
@@ -90,13 +90,7 @@ def test_fidelity_notebook_plots_the_committed_comparison(tmp_path, monkeypatch)
 def test_batch_tradeoff_notebook_plots_the_committed_serving_sweep(tmp_path, monkeypatch):
     sweep = NOTEBOOKS.parent / "benchmarks" / "serve-smollm2.json"
     report = json.loads(sweep.read_text())
-    monkeypatch.setenv("SPECFORGE_NB_SWEEP", str(sweep))
-    monkeypatch.setenv("SPECFORGE_NB_OUT", str(tmp_path))
-    nb = nbformat.read(NOTEBOOKS / "batch_tradeoff.ipynb", as_version=4)
-    NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
-    ).execute()
-    summary = json.loads(_last_stdout(nb))
+    summary = _run_notebook("batch_tradeoff.ipynb", {"SWEEP": sweep, "OUT": tmp_path}, monkeypatch)
     # every arm the issue asks for, at every batch size it asks for
     assert {"none", "k1", "k2", "k3", "k4", "k5", "vllm-table", "native-table", "specforge"} <= set(
         summary["arms"]

@@ -166,7 +166,7 @@ def test_a_variant_can_be_the_plugin_on_another_policy_file(tmp_path):
     malformed or non-policy file is one clear error naming the file."""
     import json
 
-    from specforge.bench.serve_vllm import _engine_configs, variant_overrides
+    from specforge.bench.serve_vllm import _engine_configs, native_table, variant_overrides
     from specforge.errors import SpecforgeError
 
     good = tmp_path / "other.json"
@@ -197,13 +197,14 @@ def test_a_variant_can_be_the_plugin_on_another_policy_file(tmp_path):
     ]:
         with pytest.raises(SpecforgeError, match=msg):
             variant_overrides(spec)
+    native = native_table(good, [1], [1, 4])
     configs = _engine_configs(
-        tmp_path, [1], [1, 4], good, "paired", dict([variant_overrides(f"burst={good}")])
+        tmp_path, [1], [1, 4], good, "paired", native, dict([variant_overrides(f"burst={good}")])
     )
     arms = configs["paired"][0]["sweep"]["arms"]
     assert arms["specforge-burst"] == {"policy": keys}
     # the calibrated policy's own table is an arm, covering every batch size of the sweep
-    assert arms["native-table"][0][0] == 1 and arms["native-table"][-1][1] == 4
+    assert arms["native-table"] == native and native[0][0] == 1 and native[-1][1] == 4
 
 
 def test_held_calibration_cells_pool_each_pinned_arms_decode_steps():
