@@ -27,13 +27,14 @@ LAST_HIDDEN = -1
 class AuxHiddenHooks:
     def __init__(self, model: nn.Module, layer_ids: list[int]):
         layers, norm = decoder_parts(model)
+        self.num_layers = len(layers)
         self.layer_ids = list(layer_ids)
         self._seen: dict[int, torch.Tensor] = {}
         self.last: torch.Tensor | None = None
         self._handles = [
             layers[k].register_forward_pre_hook(self._pre(k), with_kwargs=True)
             for k in self.layer_ids
-            if k != LAST_HIDDEN
+            if k not in (LAST_HIDDEN, self.num_layers)
         ]
         self._handles.append(norm.register_forward_hook(self._post))
 
@@ -45,6 +46,8 @@ class AuxHiddenHooks:
 
     def _post(self, module, args, output):
         self.last = output
+        if self.num_layers in self.layer_ids:
+            self._seen[self.num_layers] = args[0]
 
     def aux(self) -> torch.Tensor:
         """[..., len(layer_ids) * hidden] from the latest forward."""

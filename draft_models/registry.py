@@ -4,7 +4,8 @@ Contract: each head module registers ``(config class, model class, vLLM layout)`
 import; trainer, exporter and serving look heads up with :func:`get_draft_type` and never branch on
 names. A :class:`VllmLayout` says how vLLM serves the head: its speculative ``method``, the
 ``architectures`` entry of its ``config.json``, every tensor it loads (name -> shape, dtype), and
-the renaming between the head's state dict and vLLM's names.
+the renaming between the head's state dict and vLLM's names, and whether the head's tensors go into
+a copy of the target's checkpoint (``in_target``, as vLLM loads MTP layers) or a draft checkpoint.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ class VllmLayout:
     spec: Callable[[object], TensorSpec]  # config -> every tensor vLLM loads
     to_vllm: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]  # state dict -> vLLM names
     from_vllm: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]  # vLLM names -> state dict
-    config: Callable[[object, str], dict]  # (config, dtype) -> config.json
+    config: Callable[
+        [object, str], dict
+    ]  # (config, dtype) -> config.json (in_target: the fields set on the target's)
+    # True: vLLM loads the head's layers from the target's own checkpoint (MTP), so the export is a
+    # copy of the target with the head's tensors added; False: a separate draft checkpoint
+    in_target: bool = False
 
 
 @dataclass(frozen=True)

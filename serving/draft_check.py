@@ -263,6 +263,8 @@ def deployment_from_dirs(
     )
     if method == "eagle":  # EAGLE-1: vLLM hands the draft the target's last hidden state
         aux_ids = [LAST_HIDDEN]
+    elif method == "mtp":  # MiMo's MTP layers: the last layer's output, before the final norm
+        aux_ids = [target.num_layers]
     else:
         aux_ids = [int(x) for x in aux] if aux else default_aux_layer_ids(target.num_layers)
     d2t = None

@@ -72,11 +72,12 @@ class CaptureConfig:
 
     def resolved_layers(self, num_layers: int) -> list[int]:
         layers = list(self.aux_layers) if self.aux_layers is not None else default_aux_layers(num_layers)
-        bad = [k for k in layers if not (0 <= k < num_layers or k == LAST_HIDDEN)]
+        bad = [k for k in layers if not (0 <= k <= num_layers or k == LAST_HIDDEN)]
         if bad:
             raise SpecforgeError(
                 f"aux layer ids {bad} are out of range for a target with {num_layers} layers "
-                f"(0..{num_layers - 1}, or {LAST_HIDDEN} for the last hidden state)"
+                f"(0..{num_layers - 1}; {num_layers} for the last layer's output before the final norm; "
+                f"{LAST_HIDDEN} for the last hidden state, after it)"
             )
         return layers
 

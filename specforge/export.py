@@ -54,7 +54,10 @@ def vllm_layout(draft_type: str) -> VllmLayout:
 def check_vllm(tensors: dict[str, torch.Tensor], draft_type: str, cfg) -> None:
     """Raise SpecforgeError listing every key/shape/dtype/d2t problem of a ``draft_type`` export
     against the layout vLLM loads; return None when all is well."""
-    spec = vllm_layout(draft_type).spec(cfg)
+    try:
+        spec = vllm_layout(draft_type).spec(cfg)
+    except ValueError as e:  # a head this layout cannot hold, e.g. an MTP head with D > 1
+        raise SpecforgeError(f"vLLM cannot serve this {draft_type} draft: {e}") from None
     problems = [f"missing tensor {k}" for k in spec if k not in tensors]
     problems += [f"unexpected tensor {k}" for k in tensors if k not in spec]
     for k, (shape, dtype) in spec.items():
@@ -93,14 +96,22 @@ def check_vllm_eagle3(tensors: dict[str, torch.Tensor], cfg: Eagle3Config) -> No
 
 
 def _write_dir(
-    out: Path, tensors: dict[str, torch.Tensor], files: dict[str, dict], kind: str, force: bool
+    out: Path,
+    tensors: dict[str, torch.Tensor],
+    files: dict[str, dict],
+    kind: str,
+    force: bool,
+    copies: tuple[Path, ...] = (),
 ) -> Path:
     """Build the export in a private folder, then publish it (:func:`specforge.files.publish_dir`): a
-    failed export leaves nothing half-written, and no file specforge did not write is deleted."""
+    failed export leaves nothing half-written, and no file specforge did not write is deleted.
+    ``copies``: files copied in as they are (a target's tokenizer files)."""
     check_out_dir(out, kind, force)
     staged = staging_dir(out)
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(staged / "model.safetensors"))
+        for src in copies:
+            shutil.copyfile(src, staged / src.name)
         for name, payload in files.items():
             (staged / name).write_text(json.dumps(payload, indent=1))
         return publish_dir(staged, out, kind, force)
@@ -169,8 +180,15 @@ def _with_meta(files: dict[str, dict], run_dir, draft_type: str, cfg: Eagle3Conf
 
 
 def export_vllm(
-    run_dir: str | Path, out_dir: str | Path, dtype: str = "float32", force: bool = False
+    run_dir: str | Path,
+    out_dir: str | Path,
+    dtype: str = "float32",
+    force: bool = False,
+    target_dir: str | Path | None = None,
 ) -> Path:
+    """The checkpoint vLLM serves the run's head from. For a head vLLM loads from the target's own
+    checkpoint (``in_target``: MTP), that is a copy of ``target_dir`` (default: the run's target)
+    with the head's tensors added; serve it as both model and draft."""
     draft_type, cfg, state = load_draft_weights(run_dir)
     layout = vllm_layout(draft_type)
     torch_dtype = getattr(torch, dtype)
@@ -178,8 +196,88 @@ def export_vllm(
         k: (v.to(torch_dtype) if v.is_floating_point() else v) for k, v in layout.to_vllm(state).items()
     }
     check_vllm(tensors, draft_type, cfg)
-    files = _with_meta({"config.json": layout.config(cfg, dtype)}, run_dir, draft_type, cfg, state)
-    return _write_dir(Path(out_dir), tensors, files, "vllm-export", force)
+    if not layout.in_target:
+        files = _with_meta({"config.json": layout.config(cfg, dtype)}, run_dir, draft_type, cfg, state)
+        return _write_dir(Path(out_dir), tensors, files, "vllm-export", force)
+    target = Path(target_dir) if target_dir is not None else _run_target(run_dir)
+    target_config, target_tensors, copies = _target_as_mimo(target, torch_dtype)
+    config = {**target_config, **layout.config(cfg, dtype)}
+    files = _with_meta({"config.json": config}, run_dir, draft_type, cfg, state)
+    return _write_dir(Path(out_dir), {**target_tensors, **tensors}, files, "vllm-export", force, copies)
+
+
+def _run_target(run_dir: str | Path) -> Path:
+    """The target directory a training run's ``config.yaml`` names."""
+    import yaml
+
+    cfg_file = Path(run_dir) / "config.yaml"
+    target = (yaml.safe_load(cfg_file.read_text()) or {}).get("target") if cfg_file.is_file() else None
+    if not target or not Path(target).is_dir():
+        raise SpecforgeError(
+            f"{run_dir} does not name an existing target directory (config.yaml target: {target!r}); "
+            "pass the target (--target) the head was trained on"
+        )
+    return Path(target)
+
+
+# Tokenizer and generation files a served copy of the target keeps.
+_TARGET_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+    "vocab.json",
+    "merges.txt",
+)
+
+
+def _target_as_mimo(
+    target: Path, dtype: torch.dtype
+) -> tuple[dict, dict[str, torch.Tensor], tuple[Path, ...]]:
+    """(config, tensors, files to copy) of a Llama or Qwen2 target re-expressed as Qwen2, the
+    layout vLLM's ``MiMoForCausalLM`` loads: the same tensor names, zero q/k/v biases where the
+    target has none (so it computes exactly what it did), an explicit ``lm_head`` for a tied head."""
+    try:
+        config = json.loads((target / "config.json").read_text())
+        tensors: dict[str, torch.Tensor] = {}
+        for f in sorted(target.glob("*.safetensors")):
+            tensors.update(load_file(str(f)))
+    except (OSError, json.JSONDecodeError) as e:
+        raise SpecforgeError(f"{target} is not a readable target directory ({e})") from None
+    kind = config.get("model_type")
+    if kind not in ("llama", "qwen2") or config.get("attention_bias") or config.get("mlp_bias"):
+        raise SpecforgeError(
+            f"vLLM serves MTP layers for a {kind!r} target only through an architecture that carries them; "
+            "this export re-expresses Llama (no biases) and Qwen2 targets as MiMo, and this one is neither"
+        )
+    rope = config.get("rope_parameters") or {}
+    if rope.get("rope_type", "default") != "default":
+        raise SpecforgeError(
+            f"{target}: rope type {rope.get('rope_type')!r} has no Qwen2 form; MTP serves default RoPE"
+        )
+    out = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    for name, w in list(out.items()):
+        for p in ("q", "k", "v"):
+            if name.endswith(f".self_attn.{p}_proj.weight") and name[: -len("weight")] + "bias" not in out:
+                out[name[: -len("weight")] + "bias"] = torch.zeros(w.shape[0], dtype=w.dtype)
+    if "lm_head.weight" not in out:
+        out["lm_head.weight"] = out["model.embed_tokens.weight"].clone()
+    keep = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
+            "vocab_size", "bos_token_id", "eos_token_id", "pad_token_id", "rope_parameters")  # fmt: skip
+    qwen2 = {k: config[k] for k in keep if k in config}
+    qwen2.update(
+        model_type="qwen2",
+        rope_theta=float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
+        tie_word_embeddings=False,
+        use_sliding_window=False,
+        sliding_window=None,
+        max_window_layers=int(config["num_hidden_layers"]),
+        attention_dropout=0.0,
+    )
+    copies = tuple(target / f for f in _TARGET_FILES if (target / f).is_file())
+    return qwen2, out, copies
 
 
 def export_hf(run_dir: str | Path, out_dir: str | Path, force: bool = False) -> Path:

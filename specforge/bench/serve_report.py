@@ -47,7 +47,7 @@ SETTINGS = (
 )
 
 
-def _commit() -> str | None:
+def commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -147,7 +147,7 @@ def sweep_report(result: dict, adaptive: str = "specforge", table: str = "vllm-t
         report["native_table"] = result["native_table"]
     report["provenance"] = {
         "date": datetime.date.today().isoformat(),
-        "commit": _commit(),
+        "commit": commit(),
         "machine": machine(),
         "dtype": result.get("dtype", "float32"),
         **{k: result[k] for k in SETTINGS if k in result},

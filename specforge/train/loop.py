@@ -215,9 +215,10 @@ def train(cfg: TrainConfig) -> dict:
         draft_cfg = dtype.config_cls.from_target(
             target.model.config, cfg.draft.draft_vocab_size, layers, **cfg.draft.options
         )
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise SpecforgeError(
-            f"draft.options {cfg.draft.options} do not fit a {cfg.draft.type} head: {e}"
+            f"draft.options {cfg.draft.options} / draft.aux_layers {cfg.draft.aux_layers} do not fit a "
+            f"{cfg.draft.type} head: {e}"
         ) from None
     vocab = build_draft_vocab(  # a head over the whole target vocabulary says so in its config
         zip(train_ds["input_ids"], train_ds["loss_mask"]), target.vocab_size, draft_cfg.draft_vocab_size
@@ -384,6 +385,7 @@ def train(cfg: TrainConfig) -> dict:
     last_served: dict[str, ServedEstimate] = {}
     last_tau = float("nan")
     t0 = time.time()
+    tokens_seen = 0  # real (non-padding) tokens this process has trained on since t0
     while state.step < total_steps:
         if grouped is not None:  # this epoch's order, before any batches of it are skipped
             grouped.set_epoch(state.epoch)
@@ -396,7 +398,9 @@ def train(cfg: TrainConfig) -> dict:
             loader.set_epoch(state.epoch)
         for batch in epoch_loader:
             with accelerator.accumulate(module):
-                res = module(to_captured(batch), target.model.lm_head)
+                captured = to_captured(batch)
+                tokens_seen += int(captured.attention_mask.sum())
+                res = module(captured, target.model.lm_head)
                 accelerator.backward(res.loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(trainable, cfg.optim.max_grad_norm)
@@ -410,6 +414,7 @@ def train(cfg: TrainConfig) -> dict:
             logs = {
                 "train/loss": res.loss.item(),
                 "lr": scheduler.get_last_lr()[0],
+                "train/tokens_per_s": tokens_seen * accelerator.num_processes / max(1e-9, time.time() - t0),
                 **{f"train/loss_{i}": v for i, v in enumerate(res.step_losses.tolist())},
             }
             if state.step % cfg.eval_every == 0 or state.step == total_steps:
@@ -450,6 +455,10 @@ def train(cfg: TrainConfig) -> dict:
                 "final": final,
                 "steps": state.step,
                 "seconds": round(time.time() - t0, 1),
+                "train_tokens": tokens_seen * accelerator.num_processes,
+                "train_tokens_per_s": round(
+                    tokens_seen * accelerator.num_processes / max(1e-9, time.time() - t0), 1
+                ),
                 "vocab_coverage": vocab.coverage,
                 "target": target_fingerprint(target.model, target.tokenizer),
                 "served": {key: est.to_json() for key, est in last_served.items()},

@@ -195,6 +195,6 @@ def test_every_head_trains_offline_and_serves_losslessly(micro_target_dir, demo_
     for shape in (TreeShape.chain(3), TreeShape.tree(depth=3, top_k=2, num_draft_tokens=6)):
         out = engine.generate(prompts, 16, shape)
         assert out.tokens == plain and out.stats.drafted > 0
-    if head == "mtp":  # vLLM serves MTP only for architectures with MTP layers: one clear error
-        with pytest.raises(SpecforgeError, match="vLLM cannot serve a 'mtp' draft"):
+    if head == "mtp":  # vLLM's MiMo layout runs one MTP module for every step: one clear error
+        with pytest.raises(SpecforgeError, match="vLLM cannot serve this mtp draft.*D = 2 modules"):
             export_vllm(tmp_path / "run", tmp_path / "vllm")

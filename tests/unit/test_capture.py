@@ -62,6 +62,23 @@ def test_hooks_agree_with_output_hidden_states(micro_target, token_ds):
     assert cap.closed
 
 
+def test_pre_norm_layer_id(micro_target, token_ds):
+    """Layer id L is the last layer's output before the final norm (what vLLM hands MiMo's MTP)."""
+    L = micro_target.num_layers
+    cap = OnlineCapture(micro_target, CaptureConfig(aux_layers=[L, -1]))
+    try:
+        batch = pad_batch([token_ds[i] for i in range(2)], micro_target.tokenizer.pad_token_id)
+        got = cap(**batch)
+        H = micro_target.hidden_size
+        pre, post = got.aux_hidden_states[..., :H], got.aux_hidden_states[..., H:]
+        torch.testing.assert_close(post, got.last_hidden_state, rtol=0, atol=0)
+        with torch.no_grad():
+            torch.testing.assert_close(micro_target.model.model.norm(pre), post, rtol=0, atol=0)
+        assert not torch.allclose(pre, post)
+    finally:
+        cap.close()
+
+
 def test_bad_layer_ids(micro_target):
     with pytest.raises(SpecforgeError, match="out of range"):
         OnlineCapture(micro_target, CaptureConfig(aux_layers=[1, 99]))
