@@ -43,7 +43,9 @@ class DraftConfig(_Strict):
     # How the head starts. "random": as EAGLE does. "target_head": lm_head rows and final norm
     # from the target. "target_head_layer": also the decoder layer from the target's last layer.
     # On SmolLM2 (120 steps) neither beat random: benchmarks/init-pilot-smollm2.json.
-    init: Literal["random", "target_head", "target_head_layer"] = "random"
+    # "target_mtp" (MTP heads, the FastMTP recipe): module 0 from the MTP layer the target ships
+    # (a MiMo-layout checkpoint: model.mtp_layers.0.*), fine-tuned as one recursive module.
+    init: Literal["random", "target_head", "target_head_layer", "target_mtp"] = "random"
 
     @field_validator("type")
     @classmethod

@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from draft_models.eagle3 import Eagle3Config, Eagle3Draft
+from draft_models.mtp import MtpConfig
 from draft_models.registry import VllmLayout, get_draft_type
 from serving.draft_check import META_FILE, DraftMeta, Estimates, d2t_sha256, default_aux_layer_ids
 from specforge.errors import SpecforgeError
@@ -204,6 +205,30 @@ def export_vllm(
     config = {**target_config, **layout.config(cfg, dtype)}
     files = _with_meta({"config.json": config}, run_dir, draft_type, cfg, state)
     return _write_dir(Path(out_dir), {**target_tensors, **tensors}, files, "vllm-export", force, copies)
+
+
+def load_target_mtp(target_dir: str | Path, draft: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of ``draft`` (an MTP head) holding the MTP layer a MiMo-layout target ships
+    (``model.mtp_layers.0.*`` in its safetensors): FastMTP's starting point."""
+    cfg = draft.config
+    if not isinstance(cfg, MtpConfig):
+        raise SpecforgeError(f"draft.init=target_mtp needs draft.type=mtp, not a {type(draft).__name__}")
+    layout = get_draft_type("mtp").vllm
+    tensors: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(target_dir).glob("*.safetensors")):
+        tensors.update({k: v for k, v in load_file(str(f)).items() if k.startswith("model.mtp_layers.0.")})
+    if not tensors:
+        raise SpecforgeError(
+            f"draft.init=target_mtp: {target_dir} ships no MTP layer (no model.mtp_layers.0.* tensors); "
+            "use draft.init=random"
+        )
+    try:
+        check_vllm(tensors, "mtp", cfg)
+        return layout.from_vllm(tensors)
+    except (SpecforgeError, ValueError) as e:
+        raise SpecforgeError(
+            f"draft.init=target_mtp: the MTP layer in {target_dir} does not fit this head: {e}"
+        ) from None
 
 
 def _run_target(run_dir: str | Path) -> Path:

@@ -64,7 +64,9 @@ def bench_heads(
             from specforge.export import export_vllm
 
             try:
-                vllm_draft = export_vllm(run, out_dir / name / "vllm-draft", force=True, target_dir=target_dir)
+                vllm_draft = export_vllm(
+                    run, out_dir / name / "vllm-draft", force=True, target_dir=target_dir
+                )
             except SpecforgeError as e:  # e.g. an MTP head with D > 1: the reference engine only
                 print(f"[bench heads] {name}: not served in vLLM: {e}")
             # an MTP export is the target with the head's layers: it is the model vLLM serves

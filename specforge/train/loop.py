@@ -91,6 +91,11 @@ def _init_from_target(draft: nn.Module, target: Target, how: str) -> None:
     )
     if how == "target_head_layer":
         draft.load_target_layer({k: v.detach().cpu() for k, v in base.layers[-1].state_dict().items()})
+    if how == "target_mtp":
+        from specforge.export import load_target_mtp
+
+        state = load_target_mtp(target.path, draft)
+        draft.load_state_dict(state, strict=False)
 
 
 def _tokenized(path: str, target: Target, cfg: TrainConfig, limit: int | None = None):
@@ -226,9 +231,10 @@ def train(cfg: TrainConfig) -> dict:
     draft = dtype.model_cls(draft_cfg)
     draft.set_vocab(vocab.d2t, vocab.t2d)
     draft.load_target_embedding(target.model.get_input_embeddings().weight.detach().cpu())
-    _init_from_target(
-        draft, target, "target_head" if getattr(draft, "frozen_target_head", False) else cfg.draft.init
-    )
+    init = cfg.draft.init
+    if getattr(draft, "frozen_target_head", False) and init != "target_mtp":
+        init = "target_head"  # a head that shares the target's norm and LM head always loads them
+    _init_from_target(draft, target, init)
     module = TTTModule(draft, cfg.ttt.steps, cfg.ttt.decay)
 
     pad_id = target.tokenizer.pad_token_id
