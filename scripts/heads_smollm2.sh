@@ -29,4 +29,5 @@ train mtp-d1 smollm2-135m-mtp.yaml prenorm 'draft.aux_layers=[30]'
 train mtp-d3 smollm2-135m-mtp.yaml prenorm 'draft.aux_layers=[30]' 'draft.options={num_modules: 3}'
 .venv/bin/specforge bench heads --target "$TARGET" --data "$HELDOUT" --out outputs/heads \
   --head eagle3="$RUNS/eagle3" --head eagle1="$RUNS/eagle1" --head mtp-d1="$RUNS/mtp-d1" \
-  --head mtp-d3="$RUNS/mtp-d3" --k 4 --tree "${TREE:-tree:4:4:16}" "$@"
+  --head mtp-d3="$RUNS/mtp-d3" --k 4 --tree "${TREE:-tree:4:4:16}" --prompts "${PROMPTS:-12}" \
+  --max-new-tokens "${MAX_NEW_TOKENS:-64}" --vllm-temperatures "${VLLM_TEMPERATURES:-0}" "$@"

@@ -44,10 +44,13 @@ def bench_acceptance(
     toks = chat_prompts(target_dir, data, prompts)  # first: checks the data, and the chat template it needs
     target = load_target(target_dir, need_chat_template=False)
     draft = load_draft(draft_dir, target.model.get_input_embeddings().weight.detach())
-    if draft.config.vocab_size != target.vocab_size or draft.config.target_hidden_size != target.hidden_size:
+    hidden = getattr(
+        draft.config, "target_hidden_size", draft.config.hidden_size
+    )  # full-vocab heads: as wide as the target
+    if draft.config.vocab_size != target.vocab_size or hidden != target.hidden_size:
         raise SpecforgeError(
             f"the draft in {draft_dir} was trained for a target with vocabulary {draft.config.vocab_size} and hidden "
-            f"size {draft.config.target_hidden_size}, but {target_dir} has {target.vocab_size} and {target.hidden_size}"
+            f"size {hidden}, but {target_dir} has {target.vocab_size} and {target.hidden_size}"
         )
     eos = target.tokenizer.eos_token_id
     engines = {"plain": SpeculativeEngine(target.model, None, eos)}

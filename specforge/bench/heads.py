@@ -53,8 +53,11 @@ def bench_heads(
     prompts: int = 16,
     max_new_tokens: int = 96,
     vllm: bool = True,
+    vllm_temperatures: tuple[float, ...] | None = None,
 ) -> dict:
-    """Measure every run (name -> training run directory); return :func:`heads_table`'s table."""
+    """Measure every run (name -> training run directory); return :func:`heads_table`'s table.
+    vLLM measures the chain at ``vllm_temperatures`` (default: all of ``temperatures``)."""
+    vllm_temperatures = temperatures if vllm_temperatures is None else vllm_temperatures
     infos = {name: _run_info(Path(run)) for name, run in runs.items()}  # every run checked first
     shapes = [TreeShape.chain(k)] + ([tree_shape] if tree_shape is not None else [])
     for name, run in runs.items():
@@ -79,7 +82,7 @@ def bench_heads(
                 target_dir, Path(run), data, work / "engine", shapes, prompts=prompts,
                 max_new_tokens=max_new_tokens, temperature=t,
             )  # fmt: skip
-            if vllm_draft is not None:
+            if vllm_draft is not None and t in vllm_temperatures:
                 from specforge.bench.vllm_chain import bench_vllm_chain
 
                 res["results"][f"vllm:chain:{k}"] = bench_vllm_chain(
@@ -112,13 +115,14 @@ def heads_table(
             cells = {t: r["results"][shape.name] for t, r in results.items()}
             greedy = cells[temperatures[0]]
             vllm = None
-            if shape.top_k == 1 and f"vllm:chain:{k}" in results[temperatures[0]]["results"]:
+            served = {t: r["results"].get(f"vllm:chain:{k}") for t, r in results.items()}
+            if shape.top_k == 1 and any(served.values()):
                 vllm = {
                     f"t{t:g}": {
-                        key: r["results"][f"vllm:chain:{k}"][key]
-                        for key in ("tau", "acceptance_per_position", "speedup", "lossless")
+                        key: v[key] for key in ("tau", "acceptance_per_position", "speedup", "lossless")
                     }
-                    for t, r in results.items()
+                    for t, v in served.items()
+                    if v is not None
                 }
             summary = info["summary"]
             rows.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 from pathlib import Path
 
@@ -33,8 +34,11 @@ def cmd_bench_heads(args: argparse.Namespace) -> None:
         prompts=args.prompts,
         max_new_tokens=args.max_new_tokens,
         vllm=not args.no_vllm,
+        vllm_temperatures=tuple(float(t) for t in args.vllm_temperatures.split(","))
+        if args.vllm_temperatures
+        else None,
     )
-    table = {"commit": commit(), "machine": machine(), **table}
+    table = {"date": datetime.date.today().isoformat(), "commit": commit(), "machine": machine(), **table}
     write_json_atomic(Path(args.out) / "heads.json", table)
     keys = ("head", "tau", "speedup", "train_tokens_per_s")
     print(json.dumps([{k: r[k] for k in keys} | {"vllm": r["vllm"]} for r in table["heads"]], indent=1))
@@ -60,4 +64,5 @@ def add_heads_parser(be) -> None:
     bh.add_argument("--prompts", type=int, default=16)
     bh.add_argument("--max-new-tokens", type=int, default=96)
     bh.add_argument("--no-vllm", action="store_true", help="the reference engine only")
+    bh.add_argument("--vllm-temperatures", help="comma-separated temperatures vLLM measures (default: all)")
     bh.set_defaults(func=cmd_bench_heads)

@@ -195,3 +195,20 @@ def test_an_eagle1_head_samples_the_targets_distribution_through_the_engine(targ
     shape = TreeShape.tree(3, 2, 6)
     p = _pvalues(_sample(target, None, shape, seed=4, drafter=EagleDrafter(draft), min_accepted=0.05), exact)
     assert min(p.values()) > 1e-3, p
+
+
+def test_an_mtp_head_samples_the_targets_distribution_through_the_engine(target, exact):
+    """A real MTP head (D = 2, random modules, the target's embedding, final norm and LM head) reading
+    the last layer's output before the final norm, drafting EAGLE-2 trees: sampled tokens still
+    follow the target."""
+    from draft_models.mtp import MtpConfig, MtpDraft
+    from serving.drafters.eagle import EagleDrafter
+
+    torch.manual_seed(5)
+    layers = target.config.num_hidden_layers
+    draft = MtpDraft(MtpConfig.from_target(target.config, 0, [layers], num_modules=2)).double()
+    draft.load_target_embedding(target.get_input_embeddings().weight.detach())
+    draft.load_target_head(target.get_output_embeddings().weight.detach(), target.model.norm.weight.detach())
+    shape = TreeShape.tree(3, 2, 6)
+    p = _pvalues(_sample(target, None, shape, seed=6, drafter=EagleDrafter(draft), min_accepted=0.05), exact)
+    assert min(p.values()) > 1e-3, p
