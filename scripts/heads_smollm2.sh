@@ -15,18 +15,22 @@ RUNS="${RUNS:-runs/heads}"
 PY=.venv/bin/python
 common=(target="$TARGET" data.train="$TRAIN" data.eval="$HELDOUT" optim.max_steps="$STEPS"
   eval_every="$STEPS" save_every="$STEPS" served_eval.prompts=0)
-train() {  # name recipe capture [overrides...]
-  local name=$1 recipe=$2 capture=$3
-  shift 3
-  $PY -m specforge.train --config "recipes/$recipe" output_dir="$RUNS/$name" \
-    capture_dir="outputs/smollm2/capture-$capture" "${common[@]}" "$@"
+# One capture serves every head: EAGLE-3 reads layers 2, 15, 27; EAGLE-1 the last hidden state
+# (stored in every capture); MTP the last layer's output before the final norm (layer id 30), as
+# vLLM hands MiMo's MTP layers (the export serves it with the target re-expressed as MiMo).
+CAPTURE="${CAPTURE:-outputs/smollm2/capture-all}"
+.venv/bin/specforge capture --target "$TARGET" --data "$TRAIN" --out "$CAPTURE" --layers 2,15,27,30 \
+  --max-length 512 --dtype float32
+train() {  # name recipe [overrides...]
+  local name=$1 recipe=$2
+  shift 2
+  $PY -m specforge.train --config "recipes/$recipe" output_dir="$RUNS/$name" capture_dir="$CAPTURE" \
+    "${common[@]}" "$@"
 }
-train eagle3 smollm2-135m-eagle3.yaml aux
-train eagle1 smollm2-135m-eagle1.yaml last
-# MTP reads the last layer's output before the final norm (layer id 30), as vLLM hands MiMo's MTP
-# layers: the export serves the head in vLLM with the target re-expressed as MiMo (Qwen2 layout).
-train mtp-d1 smollm2-135m-mtp.yaml prenorm 'draft.aux_layers=[30]'
-train mtp-d3 smollm2-135m-mtp.yaml prenorm 'draft.aux_layers=[30]' 'draft.options={num_modules: 3}'
+train eagle3 smollm2-135m-eagle3.yaml
+train eagle1 smollm2-135m-eagle1.yaml
+train mtp-d1 smollm2-135m-mtp.yaml 'draft.aux_layers=[30]'
+train mtp-d3 smollm2-135m-mtp.yaml 'draft.aux_layers=[30]' 'draft.options={num_modules: 3}'
 .venv/bin/specforge bench heads --target "$TARGET" --data "$HELDOUT" --out outputs/heads \
   --head eagle3="$RUNS/eagle3" --head eagle1="$RUNS/eagle1" --head mtp-d1="$RUNS/mtp-d1" \
   --head mtp-d3="$RUNS/mtp-d3" --k 4 --tree "${TREE:-tree:4:4:16}" --prompts "${PROMPTS:-12}" \

@@ -26,7 +26,7 @@ import json
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import datasets
@@ -205,6 +205,18 @@ def _fingerprint(
     return h.hexdigest()[:16]
 
 
+def _widened(target: Target, cfg: CaptureConfig, out: Path) -> CaptureConfig:
+    """``cfg`` with the layers of the capture already in ``out`` when those include every layer
+    ``cfg`` asks for: one capture of layers (2, 15, 27, 30) serves EAGLE-3, EAGLE-1 and MTP heads."""
+    if not (out / MANIFEST).is_file():
+        return cfg
+    stored = Manifest.load(out).aux_layers
+    wanted = cfg.resolved_layers(target.num_layers)
+    if stored != wanted and all(k in stored or k == LAST_HIDDEN for k in wanted):
+        return replace(cfg, aux_layers=list(stored))
+    return cfg
+
+
 def write_shards(
     target: Target,
     ds: datasets.Dataset,
@@ -214,10 +226,13 @@ def write_shards(
     sequences_per_shard: int = 256,
     progress: bool = True,
 ) -> Manifest:
-    """Capture ``ds`` (``input_ids`` / ``loss_mask`` rows) into shards; resume where a run stopped."""
+    """Capture ``ds`` (``input_ids`` / ``loss_mask`` rows) into shards; resume where a run stopped.
+    A capture of the same target and rows whose layers include ``cfg``'s is kept as it is (read it
+    with ``ShardDataset(out_dir, layers=...)``)."""
     cfg = cfg or CaptureConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    cfg = _widened(target, cfg, out)
     capture = OnlineCapture(target, cfg)
     fp = _fingerprint(target, capture.layers, cfg, ds, sequences_per_shard)
     manifest = None
@@ -284,9 +299,13 @@ class ShardDataset(torch.utils.data.Dataset):
     """Per-sequence access to a finished capture directory.
 
     The ``max_cached_shards`` most recently used shards stay in memory, so shuffled access over a
-    capture that fits is read from disk once."""
+    capture that fits is read from disk once. ``layers`` (default: every stored layer) picks aux
+    layers out of a wider capture, in the order given; :data:`LAST_HIDDEN` reads the last hidden
+    state, which every capture stores."""
 
-    def __init__(self, capture_dir: str | Path, max_cached_shards: int = 32):
+    def __init__(
+        self, capture_dir: str | Path, max_cached_shards: int = 32, layers: Sequence[int] | None = None
+    ):
         self.dir = Path(capture_dir)
         self.max_cached_shards = max_cached_shards
         self.manifest = Manifest.load(self.dir)
@@ -294,6 +313,16 @@ class ShardDataset(torch.utils.data.Dataset):
             raise SpecforgeError(
                 f"{self.dir}: the capture is unfinished; run `specforge capture` again to resume it"
             )
+        stored = self.manifest.aux_layers
+        self._pick: list[int | None] | None = None  # index into the stored layers; None: last hidden
+        if layers is not None and list(layers) != stored:
+            missing = [k for k in layers if k not in stored and k != LAST_HIDDEN]
+            if missing:
+                raise SpecforgeError(
+                    f"{self.dir} holds aux layers {stored}, not {missing}: capture those layers "
+                    "(`specforge capture --layers`) or point capture_dir at a new directory"
+                )
+            self._pick = [stored.index(k) if k in stored else None for k in layers]
         self._index: list[tuple[int, int]] = [
             (si, j) for si, s in enumerate(self.manifest.shards) for j in range(s.num_sequences)
         ]
@@ -322,7 +351,13 @@ class ShardDataset(torch.utils.data.Dataset):
         si, j = self._index[idx]
         shard = self._shard(si)
         lo, hi = int(shard["offsets"][j]), int(shard["offsets"][j + 1])
-        return {k: v[lo:hi] for k, v in shard.items() if k != "offsets"}
+        item = {k: v[lo:hi] for k, v in shard.items() if k != "offsets"}
+        if self._pick is not None:
+            per_layer = item["aux_hidden_states"].unflatten(-1, (len(self.manifest.aux_layers), -1))
+            item["aux_hidden_states"] = torch.cat(
+                [item["last_hidden_state"] if i is None else per_layer[:, i] for i in self._pick], dim=-1
+            )
+        return item
 
 
 def collate_captured(items: Sequence[dict[str, torch.Tensor]], pad_id: int = 0) -> CapturedBatch:

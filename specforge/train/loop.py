@@ -243,7 +243,7 @@ def train(cfg: TrainConfig) -> dict:
         if accelerator.is_main_process:
             write_shards(target, train_ds, cap_dir, capture_cfg, progress=cfg.progress)
         accelerator.wait_for_everyone()
-        dataset = ShardDataset(cap_dir)
+        dataset = ShardDataset(cap_dir, layers=layers)
         collate = lambda items: collate_captured(items, pad_id)  # noqa: E731
         online = None
     else:

@@ -173,3 +173,25 @@ def test_corrupt_shard_is_a_clear_error(micro_target, token_ds, tmp_path):
     ds = ShardDataset(tmp_path)
     with pytest.raises(SpecforgeError, match="missing or corrupt"):
         ds[7]
+
+
+def test_one_wide_capture_serves_every_head(micro_target, token_ds, tmp_path, monkeypatch):
+    """A capture of layers (2, 4, 8) is reused for a head that reads (4, 2) or the last hidden state
+    (EAGLE-1): no shard is written again, and the picked layers equal a capture of those alone."""
+    kw = dict(batch_size=4, sequences_per_shard=5, progress=False)
+    wide = write_shards(micro_target, token_ds, tmp_path / "wide", CaptureConfig(aux_layers=[2, 4, 8]), **kw)
+    narrow = tmp_path / "narrow"
+    write_shards(micro_target, token_ds, narrow, CaptureConfig(aux_layers=[4, 2]), **kw)
+    monkeypatch.setattr(capture_mod, "save_file", lambda *a, **k: pytest.fail("re-captured"))
+    again = write_shards(micro_target, token_ds, tmp_path / "wide", CaptureConfig(aux_layers=[4, 2]), **kw)
+    assert again.aux_layers == wide.aux_layers == [2, 4, 8]
+    write_shards(micro_target, token_ds, tmp_path / "wide", CaptureConfig(aux_layers=[-1]), **kw)
+
+    picked, ref = ShardDataset(tmp_path / "wide", layers=[4, 2]), ShardDataset(narrow)
+    last = ShardDataset(tmp_path / "wide", layers=[-1])
+    for i in range(len(ref)):
+        for key in ref[i]:
+            assert torch.equal(picked[i][key], ref[i][key]), key
+        assert torch.equal(last[i]["aux_hidden_states"], ref[i]["last_hidden_state"])
+    with pytest.raises(SpecforgeError, match=r"holds aux layers \[2, 4, 8\], not \[3\]"):
+        ShardDataset(tmp_path / "wide", layers=[2, 3])
