@@ -36,9 +36,12 @@ from tqdm.auto import tqdm
 
 from draft_models.aux_hooks import LAST_HIDDEN, AuxHiddenHooks
 from specforge.errors import SpecforgeError
+from specforge.packing import block_causal_mask, packed_positions, same_sequence_ahead, sequence_ids
 from specforge.targets.loader import Target
 
 MANIFEST = "manifest.json"
+# what a shard stores per token (logits only with store_logits; target_argmax since it exists)
+_STORED = ("input_ids", "loss_mask", "aux_hidden_states", "last_hidden_state", "logits", "target_argmax")
 MANIFEST_VERSION = 1
 
 
@@ -57,6 +60,13 @@ class CapturedBatch:
     aux_hidden_states: torch.Tensor  # [batch, seq, num_aux * hidden] concatenated in aux-layer order
     last_hidden_state: torch.Tensor  # [batch, seq, hidden] after the final norm
     logits: torch.Tensor | None = None  # [batch, seq, vocab] when stored
+    # [batch, seq] int64: the target's argmax over its whole vocabulary at positions whose next
+    # token is an assistant token, -1 elsewhere (lets training compute only the draft-vocabulary
+    # columns of the target's head); None in captures made before it was stored
+    target_argmax: torch.Tensor | None = None
+    # [batch, seq] positions restarting at 0 with each packed sequence (specforge.packing);
+    # None: one sequence per row, right-padded
+    position_ids: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> CapturedBatch:
         return CapturedBatch(
@@ -101,12 +111,27 @@ class OnlineCapture:
 
     @torch.no_grad()
     def __call__(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        loss_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
     ) -> CapturedBatch:
+        """One padded batch (``position_ids`` given: packed rows, attended block-diagonally)."""
         model = self.target.model
         device = next(model.parameters()).device
         self._hooks.clear()
-        model.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
+        if position_ids is None:
+            model.model(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False
+            )
+        else:
+            model.model(
+                input_ids=input_ids.to(device),
+                attention_mask=block_causal_mask(position_ids, attention_mask).to(device),
+                position_ids=position_ids.to(device),
+                use_cache=False,
+            )
         aux, last = self._hooks.aux(), self._hooks.last
         logits = model.lm_head(last).to(self.dtype) if self.cfg.store_logits else None
         self._hooks.clear()
@@ -117,21 +142,62 @@ class OnlineCapture:
             aux_hidden_states=aux.to(self.dtype),
             last_hidden_state=last.to(self.dtype),
             logits=logits,
+            target_argmax=target_argmax(model.lm_head, last, loss_mask, attention_mask, position_ids),
+            position_ids=position_ids,
         )
 
 
-def pad_batch(rows: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad tokenized rows (``input_ids``, ``loss_mask``) into tensors with an attention mask."""
+def target_argmax(
+    lm_head: torch.nn.Module,
+    last_hidden_state: torch.Tensor,
+    loss_mask: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """[batch, seq] the target's argmax where the next token is an assistant token of the same
+    sequence, -1 elsewhere: the whole-vocabulary head runs on those positions only."""
+    b, s = loss_mask.shape
+    positions = position_ids if position_ids is not None else torch.arange(s).expand(b, s)
+    ids = sequence_ids(positions, attention_mask).to(last_hidden_state.device)
+    nxt = torch.cat([loss_mask[:, 1:], torch.zeros_like(loss_mask[:, :1])], 1).bool()
+    need = nxt.to(ids.device) & same_sequence_ahead(ids, 1)
+    out = torch.full((b, s), -1, dtype=torch.long, device=last_hidden_state.device)
+    rows = need.nonzero(as_tuple=True)
+    for lo in range(0, rows[0].numel(), 1024):  # [1024, vocab] logits at a time
+        at = (rows[0][lo : lo + 1024], rows[1][lo : lo + 1024])
+        out[at] = lm_head(last_hidden_state[at]).argmax(-1)
+    return out
+
+
+def pad_batch(rows: Sequence, pad_id: int, packed: bool = False) -> dict[str, torch.Tensor]:
+    """Right-pad tokenized rows (``input_ids``, ``loss_mask``) into tensors with an attention mask.
+    ``packed``: each element of ``rows`` is a bin, a list of rows laid end to end into one row, and
+    ``position_ids`` restart with each of them."""
+    if packed:
+        rows = [
+            {
+                "input_ids": [t for r in b for t in r["input_ids"]],
+                "loss_mask": [m for r in b for m in r["loss_mask"]],
+                "position_ids": packed_positions([len(r["input_ids"]) for r in b]),
+            }
+            for b in rows
+        ]
     width = max(len(r["input_ids"]) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(rows), width), dtype=torch.long)
     loss = torch.zeros((len(rows), width), dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         n = len(r["input_ids"])
         ids[i, :n] = torch.as_tensor(r["input_ids"])
         attn[i, :n] = 1
         loss[i, :n] = torch.as_tensor(r["loss_mask"])
-    return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss}
+        if packed:
+            pos[i, :n] = r["position_ids"]
+    out = {"input_ids": ids, "attention_mask": attn, "loss_mask": loss}
+    if packed:
+        out["position_ids"] = pos
+    return out
 
 
 def _rows(ds: datasets.Dataset, start: int, n: int) -> list[dict]:
@@ -200,7 +266,7 @@ def _fingerprint(
     h.update(
         json.dumps([str(target.path.resolve()), layers, cfg.dtype, cfg.store_logits, per_shard]).encode()
     )
-    h.update(json.dumps(target.model.config.to_dict(), sort_keys=True, default=str).encode())
+    h.update(json.dumps(target.config.to_dict(), sort_keys=True, default=str).encode())
     h.update(ds._fingerprint.encode() if getattr(ds, "_fingerprint", None) else str(len(ds)).encode())
     return h.hexdigest()[:16]
 
@@ -233,8 +299,8 @@ def write_shards(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = _widened(target, cfg, out)
-    capture = OnlineCapture(target, cfg)
-    fp = _fingerprint(target, capture.layers, cfg, ds, sequences_per_shard)
+    layers = cfg.resolved_layers(target.num_layers)
+    fp = _fingerprint(target, layers, cfg, ds, sequences_per_shard)
     manifest = None
     if (out / MANIFEST).is_file():
         manifest = Manifest.load(out)
@@ -247,7 +313,7 @@ def write_shards(
         manifest = Manifest(
             fingerprint=fp,
             target=str(target.path),
-            aux_layers=capture.layers,
+            aux_layers=layers,
             hidden_size=target.hidden_size,
             dtype=cfg.dtype,
             store_logits=cfg.store_logits,
@@ -256,6 +322,9 @@ def write_shards(
         )
     done = {s.file for s in manifest.shards if (out / s.file).is_file()}
     manifest.shards = [s for s in manifest.shards if s.file in done]
+    if manifest.complete and len(done) == manifest.num_shards:
+        return manifest  # nothing to capture: the target model need not be loaded
+    capture = OnlineCapture(target, cfg)
     pad_id = target.tokenizer.pad_token_id
     bar = tqdm(total=len(ds), desc="capture", unit="seq", disable=not progress)
     try:
@@ -275,7 +344,7 @@ def write_shards(
                 for i, r in enumerate(rows):
                     n = len(r["input_ids"])
                     lengths.append(n)
-                    for key in ("input_ids", "loss_mask", "aux_hidden_states", "last_hidden_state", "logits"):
+                    for key in _STORED:
                         value = getattr(cb, key)
                         if value is not None:
                             tensors.setdefault(key, []).append(value[i, :n])
@@ -360,13 +429,25 @@ class ShardDataset(torch.utils.data.Dataset):
         return item
 
 
-def collate_captured(items: Sequence[dict[str, torch.Tensor]], pad_id: int = 0) -> CapturedBatch:
-    """Right-pad shard items into a :class:`CapturedBatch`."""
+def collate_captured(items: Sequence, pad_id: int = 0, packed: bool = False) -> CapturedBatch:
+    """Right-pad shard items into a :class:`CapturedBatch`. ``packed``: each element of ``items`` is
+    a bin, a list of shard items laid end to end into one row, with ``position_ids``."""
+    if packed:
+        keys = [k for k in _STORED if all(k in it for b in items for it in b)]
+        items = [
+            {
+                **{k: torch.cat([it[k] for it in b]) for k in keys},
+                "position_ids": packed_positions([len(it["input_ids"]) for it in b]),
+            }
+            for b in items
+        ]
+    keys = [k for k in (*_STORED, "position_ids") if all(k in it for it in items)]
     width = max(len(it["input_ids"]) for it in items)
+    fills = {"input_ids": pad_id, "target_argmax": -1}
 
-    def stack(key: str, fill: float | int) -> torch.Tensor:
+    def stack(key: str) -> torch.Tensor:
         first = items[0][key]
-        out = torch.full((len(items), width, *first.shape[1:]), fill, dtype=first.dtype)
+        out = torch.full((len(items), width, *first.shape[1:]), fills.get(key, 0), dtype=first.dtype)
         for i, it in enumerate(items):
             out[i, : len(it[key])] = it[key]
         return out
@@ -374,11 +455,4 @@ def collate_captured(items: Sequence[dict[str, torch.Tensor]], pad_id: int = 0) 
     attn = torch.zeros((len(items), width), dtype=torch.long)
     for i, it in enumerate(items):
         attn[i, : len(it["input_ids"])] = 1
-    return CapturedBatch(
-        input_ids=stack("input_ids", pad_id),
-        attention_mask=attn,
-        loss_mask=stack("loss_mask", 0),
-        aux_hidden_states=stack("aux_hidden_states", 0.0),
-        last_hidden_state=stack("last_hidden_state", 0.0),
-        logits=stack("logits", 0.0) if "logits" in items[0] else None,
-    )
+    return CapturedBatch(attention_mask=attn, **{k: stack(k) for k in keys})

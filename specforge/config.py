@@ -30,6 +30,9 @@ class DataConfig(_Strict):
     skip_bad_rows: bool = False
     eval_limit: int | None = 200
     group_by_length: bool = True  # batch rows of similar length (less padding); False: plain shuffle
+    # Pack whole rows end to end into rows of at most this many tokens (none attends to another;
+    # positions restart): optim.batch_size then counts packed rows. None: one row per sequence.
+    pack_length: int | None = Field(None, gt=8)
 
 
 class DraftConfig(_Strict):

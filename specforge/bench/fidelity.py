@@ -33,7 +33,7 @@ from specforge.data.tokenize import served_prompt_ids, tokenize_conversation
 from specforge.errors import SpecforgeError
 from specforge.export import load_draft
 from specforge.targets.loader import load_target
-from specforge.train.estimates import teacher_forced
+from specforge.train.estimates import online_batches, teacher_forced
 from specforge.train.ttt import acceptance_stats, ttt_forward, walked_acceptance
 
 
@@ -100,10 +100,13 @@ def bench_fidelity(
     enc = [tokenize_conversation(tok, m, max_length) for m in rows["messages"]]
     tf = teacher_forced(
         lambda batch, lm: ttt_forward(draft, batch, lm, k, 0.8),
-        target,
-        {"input_ids": [e[0] for e in enc], "loss_mask": [e[1] for e in enc]},
-        CaptureConfig(aux_layers=list(draft.config.aux_layer_ids)),
-        8,
+        online_batches(
+            target,
+            {"input_ids": [e[0] for e in enc], "loss_mask": [e[1] for e in enc]},
+            CaptureConfig(aux_layers=list(draft.config.aux_layer_ids)),
+            8,
+        ),
+        target.model.lm_head,
     )
     old = acceptance_stats(tf.correct.flatten(1)[:, None], tf.in_vocab.flatten(1)[:, None])
     new = acceptance_stats(tf.correct.flatten(1)[:, None], tf.valid.flatten(1)[:, None])

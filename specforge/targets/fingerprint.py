@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 
-import torch
-
 from serving.draft_check import PROBE_DIMS, make_fingerprint, probe_rows
+from specforge.targets.loader import Target
 
 
-def target_fingerprint(model: torch.nn.Module, tokenizer) -> dict:
-    cfg = model.config
-    emb = model.get_input_embeddings().weight.detach()
+def target_fingerprint(target: Target) -> dict:
+    cfg = target.config
+    emb = target.tensor("model.embed_tokens.weight")
     rows = emb[probe_rows(int(cfg.vocab_size))][:, :PROBE_DIMS].float().cpu().tolist()
-    vocab = _file_vocab(tokenizer)
+    vocab = _file_vocab(target.tokenizer)
     fp = make_fingerprint(int(cfg.vocab_size), int(cfg.hidden_size), int(cfg.num_hidden_layers), vocab, rows)
     return fp.model_dump()
 

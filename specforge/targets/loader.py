@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,25 +28,105 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("SPECFORGE_HOME", Path.home() / ".cache" / "specforge"))
 
 
-@dataclass
 class Target:
-    """A frozen target model with its tokenizer."""
+    """A frozen target model with its tokenizer.
 
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    path: Path
+    The model is loaded on first use of :attr:`model`. Training from stored hidden states needs
+    only a few of its tensors (:meth:`tensor`: the token embedding, the output head, the final
+    norm), which are read straight from the safetensors files without building the model."""
+
+    def __init__(
+        self,
+        path: Path,
+        tokenizer: PreTrainedTokenizerBase,
+        model: PreTrainedModel | None = None,
+        dtype: torch.dtype | str = "auto",
+        device: str | torch.device = "cpu",
+    ):
+        self.path, self.tokenizer = path, tokenizer
+        self._model, self._dtype, self._device = model, dtype, device
+        self._config = model.config if model is not None else None
+
+    @property
+    def model(self) -> PreTrainedModel:
+        if self._model is None:
+            self._model = _load_model(self.path, self._dtype, self._device)
+            self._config = self._model.config
+        return self._model
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def unload(self) -> None:
+        """Drop the model (it loads again on next use); the tensors read by :meth:`tensor` stay valid."""
+        self._model = None
+
+    @property
+    def config(self):
+        if self._config is None:
+            from transformers import AutoConfig
+
+            self._config = AutoConfig.from_pretrained(self.path, local_files_only=True)
+        return self._config
 
     @property
     def num_layers(self) -> int:
-        return int(self.model.config.num_hidden_layers)
+        return int(self.config.num_hidden_layers)
 
     @property
     def hidden_size(self) -> int:
-        return int(self.model.config.hidden_size)
+        return int(self.config.hidden_size)
 
     @property
     def vocab_size(self) -> int:
-        return int(self.model.config.vocab_size)
+        return int(self.config.vocab_size)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """One weight by its Hugging Face name (``model.embed_tokens.weight``, ``lm_head.weight``,
+        ``model.norm.weight``, ``model.layers.3.mlp.up_proj.weight``), detached, on the CPU: from the
+        loaded model, else from the safetensors files (``lm_head.weight`` of a tied head is the
+        embedding). Where the files cannot say, the model is loaded."""
+        if name == "lm_head.weight" and getattr(self.config, "tie_word_embeddings", False):
+            name = "model.embed_tokens.weight"
+        if self._model is None:
+            found = _read_safetensors(self.path, name)
+            if found is not None:
+                return found
+        state = dict(self.model.named_parameters())
+        if name not in state:
+            raise SpecforgeError(f"{self.path}: the target has no weight named {name!r}")
+        return state[name].detach().cpu()
+
+
+def _read_safetensors(path: Path, name: str) -> torch.Tensor | None:
+    from safetensors import safe_open
+
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        file = json.loads(index.read_text()).get("weight_map", {}).get(name)
+        files = [path / file] if file else []
+    else:
+        files = sorted(path.glob("*.safetensors"))
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            if name in st.keys():
+                return st.get_tensor(name)
+    return None
+
+
+def _load_model(p: Path, dtype: torch.dtype | str, device: str | torch.device) -> PreTrainedModel:
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype, local_files_only=True)
+    except Exception as e:
+        raise SpecforgeError(f"could not load the target model weights in {p}: {e}") from e
+    if not hasattr(model, "model") or not hasattr(model.model, "layers"):
+        raise SpecforgeError(
+            f"{p}: model class {type(model).__name__} has no model.layers; not a decoder-only LM"
+        )
+    return model.to(device).eval().requires_grad_(False)
 
 
 def check_target_dir(path: str | os.PathLike, need_chat_template: bool = True) -> Path:
@@ -155,22 +234,16 @@ def load_target(
     dtype: torch.dtype | str = "auto",
     device: str | torch.device = "cpu",
     need_chat_template: bool = True,
+    lazy: bool = False,
 ) -> Target:
-    """Load a frozen target: eval mode, ``requires_grad=False`` on every parameter."""
+    """Load a frozen target: eval mode, ``requires_grad=False`` on every parameter. ``lazy``: check
+    the directory and load the tokenizer now, the model on first use of ``Target.model``."""
     p = check_target_dir(path, need_chat_template)
     tok = load_tokenizer(p, need_chat_template)
-    if isinstance(dtype, str) and dtype != "auto":
-        dtype = getattr(torch, dtype)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype, local_files_only=True)
-    except Exception as e:
-        raise SpecforgeError(f"could not load the target model weights in {p}: {e}") from e
-    if not hasattr(model, "model") or not hasattr(model.model, "layers"):
-        raise SpecforgeError(
-            f"{p}: model class {type(model).__name__} has no model.layers; not a decoder-only LM"
-        )
-    model.to(device).eval().requires_grad_(False)
-    return Target(model=model, tokenizer=tok, path=p)
+    target = Target(p, tok, dtype=dtype, device=device)
+    if not lazy:
+        target.model  # noqa: B018 -- load now, so a broken checkpoint fails here
+    return target
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Batches of similar length, so a padded batch wastes little compute on padding.
+"""Batches that waste little compute on padding: rows of similar length, or rows packed end to end.
 
 Contract: :class:`LengthGroupedBatches` is a batch sampler over rows of known lengths. Each epoch
 (:meth:`~LengthGroupedBatches.set_epoch`) permutes the rows with a generator seeded by the seed and
@@ -14,6 +14,8 @@ import math
 from collections.abc import Iterator, Sequence
 
 import torch
+
+from specforge.packing import pack_bins
 
 
 class LengthGroupedBatches(torch.utils.data.Sampler[list[int]]):
@@ -40,3 +42,48 @@ class LengthGroupedBatches(torch.utils.data.Sampler[list[int]]):
             batches += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
         for b in torch.randperm(len(batches), generator=g).tolist():
             yield batches[b]
+
+
+class PackedBatches(torch.utils.data.Sampler[list[tuple[int, ...]]]):
+    """Micro-batches of ``rows_per_batch`` packed rows of at most ``pack_length`` tokens each.
+
+    Each epoch permutes the rows (seeded by the seed and the epoch), plans bins first-fit
+    decreasing within windows of ``window`` rows (:func:`~specforge.packing.pack_bins`), permutes
+    the bins and yields each micro-batch as a list of bins (tuples of row indices), to be fetched
+    through :class:`~specforge.packing.PackedRows`."""
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        pack_length: int,
+        rows_per_batch: int = 1,
+        seed: int = 0,
+        window: int = 512,
+    ) -> None:
+        self.lengths = list(lengths)
+        self.pack_length = pack_length
+        self.rows_per_batch = rows_per_batch
+        self.seed = seed
+        self.window = window
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[tuple[int, ...]]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        bins: list[tuple[int, ...]] = []
+        for lo in range(0, len(order), self.window):
+            chunk = order[lo : lo + self.window]
+            planned = pack_bins([self.lengths[i] for i in chunk], self.pack_length)
+            bins += [tuple(chunk[i] for i in b) for b in planned]
+        bins = [bins[i] for i in torch.randperm(len(bins), generator=g).tolist()]
+        step = self.rows_per_batch
+        return [bins[j : j + step] for j in range(0, len(bins), step)]
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+    def __iter__(self) -> Iterator[list[tuple[int, ...]]]:
+        yield from self._batches()

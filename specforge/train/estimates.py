@@ -9,13 +9,13 @@ greedy ``k``-draft chain walked closed loop over each answer, :func:`~specforge.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from specforge.capture import CaptureConfig, OnlineCapture, pad_batch
+from specforge.capture import CaptureConfig, CapturedBatch, OnlineCapture, pad_batch
 from specforge.targets.loader import Target
 from specforge.train.ttt import acceptance_stats, walked_acceptance
 
@@ -34,35 +34,35 @@ def _pad_cat(masks: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([nn.functional.pad(m, (0, width - m.shape[2])) for m in masks], dim=1)
 
 
-@torch.no_grad()
-def teacher_forced(
-    ttt: Callable,
-    target: Target,
-    rows: dict[str, list],
-    capture: OnlineCapture | CaptureConfig,
-    batch_size: int,
-) -> TeacherForced:
-    """``ttt(batch, lm_head)``: the TTT (the trainer's module, or ``ttt_forward`` bound to a draft); ``rows``: columns
-    ``input_ids`` and ``loss_mask``; ``capture``: hooks already on the target, or a config to set them."""
+def online_batches(
+    target: Target, rows: dict[str, list], capture: OnlineCapture | CaptureConfig, batch_size: int
+) -> Iterator[CapturedBatch]:
+    """``rows`` (columns ``input_ids`` and ``loss_mask``) captured ``batch_size`` at a time through
+    ``capture``: hooks already on the target, or a config to set them for the duration."""
     cap = capture if isinstance(capture, OnlineCapture) else OnlineCapture(target, capture)
     pad_id = target.tokenizer.pad_token_id
-    corrects, valids, in_vocab, losses = [], [], [], []
     try:
         for lo in range(0, len(rows["input_ids"]), batch_size):
-            chunk = [
-                {"input_ids": a, "loss_mask": b}
-                for a, b in zip(
-                    rows["input_ids"][lo : lo + batch_size], rows["loss_mask"][lo : lo + batch_size]
-                )
-            ]
-            res = ttt(cap(**pad_batch(chunk, pad_id)), target.model.lm_head)
-            corrects.append(res.correct.cpu())
-            valids.append(res.valid.cpu())
-            in_vocab.append(res.in_vocab.cpu())
-            losses.append(res.loss.item())
+            ids, masks = rows["input_ids"][lo : lo + batch_size], rows["loss_mask"][lo : lo + batch_size]
+            chunk = [{"input_ids": a, "loss_mask": b} for a, b in zip(ids, masks)]
+            yield cap(**pad_batch(chunk, pad_id))
     finally:
         if cap is not capture:
             cap.close()
+
+
+@torch.no_grad()
+def teacher_forced(ttt: Callable, batches: Iterable[CapturedBatch], head) -> TeacherForced:
+    """``ttt(batch, head)``: the TTT (the trainer's module, or ``ttt_forward`` bound to a draft);
+    ``batches``: captured held-out rows (:func:`online_batches`, or read from shards); ``head``:
+    the target's output head (an ``nn.Linear`` or a :class:`~specforge.train.ttt.TargetHead`)."""
+    corrects, valids, in_vocab, losses = [], [], [], []
+    for batch in batches:
+        res = ttt(batch, head)
+        corrects.append(res.correct.cpu())
+        valids.append(res.valid.cpu())
+        in_vocab.append(res.in_vocab.cpu())
+        losses.append(res.loss.item())
     return TeacherForced(_pad_cat(corrects), _pad_cat(valids), _pad_cat(in_vocab), sum(losses) / len(losses))
 
 

@@ -19,7 +19,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -41,15 +41,35 @@ from specforge.data.formats import load_rows
 from specforge.data.tokenize import load_tokenized, served_prompt_ids
 from specforge.errors import SpecforgeError
 from specforge.files import write_json_atomic
+from specforge.packing import PackedRows
 from specforge.targets.fingerprint import target_fingerprint
 from specforge.targets.loader import Target, load_target
-from specforge.train.batching import LengthGroupedBatches
-from specforge.train.estimates import estimate_logs, teacher_forced
-from specforge.train.ttt import ttt_forward
+from specforge.train.batching import LengthGroupedBatches, PackedBatches
+from specforge.train.checkpoints import CKPT_DIR, LATEST, flat_hparams, latest_checkpoint, resume
+from specforge.train.estimates import estimate_logs, online_batches, teacher_forced
+from specforge.train.ttt import TargetHead, ttt_forward
 from specforge.vocab import build_draft_vocab
 
-CKPT_DIR = "checkpoints"
-LATEST = "latest.json"
+WARMUP_STEPS = 5
+
+
+def _steady_rates(warm: tuple[float, int, int] | None, tokens: int, loss_tokens: int, procs: int) -> dict:
+    if warm is None:
+        return {}
+    dt = max(1e-9, time.time() - warm[0])
+    return {
+        "steady_tokens_per_s": round((tokens - warm[1]) * procs / dt, 1),
+        "steady_loss_tokens_per_s": round((loss_tokens - warm[2]) * procs / dt, 1),
+    }
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GB (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1e9 if sys.platform == "darwin" else peak * 1024 / 1e9
 
 
 @dataclass
@@ -74,8 +94,8 @@ class TTTModule(nn.Module):
         super().__init__()
         self.draft, self.steps, self.decay = draft, steps, decay
 
-    def forward(self, batch: CapturedBatch, lm_head: nn.Module | None):
-        return ttt_forward(self.draft, batch, lm_head, self.steps, self.decay)
+    def forward(self, batch: CapturedBatch, head: TargetHead | nn.Module | None):
+        return ttt_forward(self.draft, batch, head, self.steps, self.decay)
 
 
 def _init_from_target(draft: nn.Module, target: Target, how: str) -> None:
@@ -85,11 +105,9 @@ def _init_from_target(draft: nn.Module, target: Target, how: str) -> None:
         raise SpecforgeError(
             f"draft.init={how!r} is not supported by draft type {type(draft).__name__}; use random"
         )
-    base = target.model.get_decoder() if hasattr(target.model, "get_decoder") else target.model.model
-    draft.load_target_head(
-        target.model.get_output_embeddings().weight.detach().cpu(), base.norm.weight.detach().cpu()
-    )
+    draft.load_target_head(target.tensor("lm_head.weight"), target.tensor("model.norm.weight"))
     if how == "target_head_layer":
+        base = target.model.get_decoder() if hasattr(target.model, "get_decoder") else target.model.model
         draft.load_target_layer({k: v.detach().cpu() for k, v in base.layers[-1].state_dict().items()})
     if how == "target_mtp":
         from specforge.export import load_target_mtp
@@ -100,85 +118,6 @@ def _init_from_target(draft: nn.Module, target: Target, how: str) -> None:
 
 def _tokenized(path: str, target: Target, cfg: TrainConfig, limit: int | None = None):
     return load_tokenized(path, target.tokenizer, cfg.data.max_length, cfg.data.skip_bad_rows, limit)
-
-
-def _latest(output_dir: Path) -> Path | None:
-    pointer = output_dir / CKPT_DIR / LATEST
-    if not pointer.is_file():
-        return None
-    try:
-        path = output_dir / CKPT_DIR / json.loads(pointer.read_text())["dir"]
-    except (json.JSONDecodeError, KeyError) as e:
-        raise SpecforgeError(
-            f"{pointer} is corrupt ({e}); delete it to start over, or point it at a checkpoint"
-        ) from e
-    if not path.is_dir():
-        raise SpecforgeError(f"{pointer} names {path}, which does not exist; delete {pointer} to start over")
-    return path
-
-
-def _checkpoints(output_dir: Path) -> list[Path]:
-    """The finished checkpoints, oldest first."""
-    root = output_dir / CKPT_DIR
-    return sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
-
-
-def _config_changes(ckpt: Path, cfg: TrainConfig) -> list[str]:
-    """The keys whose values differ between the config saved in ``ckpt`` and ``cfg``."""
-    import yaml
-
-    try:
-        saved = _flat_hparams(yaml.safe_load((ckpt / "config.yaml").read_text()) or {})
-    except (OSError, yaml.YAMLError):
-        return []
-    now = _flat_hparams(cfg.model_dump(mode="json"))
-    return [f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in sorted(now) if saved.get(k) != now.get(k)]
-
-
-def _resume(accelerator, output_dir: Path, latest: Path, cfg: TrainConfig) -> Path:
-    """Load ``latest``; if its files are damaged, fall back to the newest older checkpoint that loads,
-    with a warning. A checkpoint that does not fit the model (the config changed) is one clear error."""
-    candidates = [latest] + [c for c in reversed(_checkpoints(output_dir)) if c != latest]
-    for i, ckpt in enumerate(candidates):
-        if not any(ckpt.glob("random_states_*.pkl")):
-            accelerator.print(
-                f"[train] warning: {ckpt} has no RNG state (random_states_*.pkl); the resumed run will not "
-                "repeat the uninterrupted run exactly"
-            )
-        try:
-            accelerator.load_state(str(ckpt))
-            return ckpt
-        except Exception as e:  # accelerate and torch raise many types for a damaged file
-            problem = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            if "size mismatch" in str(e) or "Missing key" in str(e) or "Unexpected key" in str(e):
-                changes = _config_changes(ckpt, cfg)
-                raise SpecforgeError(
-                    f"checkpoint {ckpt} does not fit the draft this config builds ({problem})"
-                    + (f"; changed since it was saved: {', '.join(changes)}" if changes else "")
-                    + ". Restore those settings to resume, or choose a new output_dir"
-                ) from None
-            older = candidates[i + 1] if i + 1 < len(candidates) else None
-            if older is None:
-                raise SpecforgeError(
-                    f"checkpoint {ckpt} cannot be loaded ({problem}), and no older checkpoint is left; delete "
-                    f"{output_dir / CKPT_DIR} to start over"
-                ) from None
-            accelerator.print(
-                f"[train] warning: checkpoint {ckpt} cannot be loaded ({problem}); resuming from the older "
-                f"checkpoint {older} instead"
-            )
-    raise AssertionError("unreachable")
-
-
-def _flat_hparams(tree: dict, prefix: str = "") -> dict:
-    """Nested config -> {"a.b": scalar} (trackers take scalars only; lists and None become strings)."""
-    flat = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            flat.update(_flat_hparams(v, f"{prefix}{k}."))
-        else:
-            flat[f"{prefix}{k}"] = v if isinstance(v, int | float | str | bool) else str(v)
-    return flat
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -205,7 +144,9 @@ def train(cfg: TrainConfig) -> dict:
             target_dir = build_tiny_target(progress=accelerator.is_main_process)
     else:
         target_dir = Path(cfg.target)
-    target = load_target(target_dir, device=accelerator.device, need_chat_template=False)  # tokenizing checks
+    offline = cfg.hidden_states == "offline"
+    # offline, the model itself is loaded only to capture, evaluate online or serve the estimate
+    target = load_target(target_dir, device=accelerator.device, need_chat_template=False, lazy=offline)
     with accelerator.main_process_first():
         train_ds, train_report = _tokenized(cfg.data.train, target, cfg)
         eval_ds = _tokenized(cfg.data.eval, target, cfg, cfg.data.eval_limit)[0] if cfg.data.eval else None
@@ -218,7 +159,7 @@ def train(cfg: TrainConfig) -> dict:
     layers = capture_cfg.resolved_layers(target.num_layers)
     try:
         draft_cfg = dtype.config_cls.from_target(
-            target.model.config, cfg.draft.draft_vocab_size, layers, **cfg.draft.options
+            target.config, cfg.draft.draft_vocab_size, layers, **cfg.draft.options
         )
     except (TypeError, ValueError) as e:
         raise SpecforgeError(
@@ -230,7 +171,7 @@ def train(cfg: TrainConfig) -> dict:
     )
     draft = dtype.model_cls(draft_cfg)
     draft.set_vocab(vocab.d2t, vocab.t2d)
-    draft.load_target_embedding(target.model.get_input_embeddings().weight.detach().cpu())
+    draft.load_target_embedding(target.tensor("model.embed_tokens.weight"))
     init = cfg.draft.init
     if getattr(draft, "frozen_target_head", False) and init != "target_mtp":
         init = "target_head"  # a head that shares the target's norm and LM head always loads them
@@ -238,22 +179,37 @@ def train(cfg: TrainConfig) -> dict:
     module = TTTModule(draft, cfg.ttt.steps, cfg.ttt.decay)
 
     pad_id = target.tokenizer.pad_token_id
-    if cfg.hidden_states == "offline":
+    pack = cfg.data.pack_length is not None
+    eval_shards = None
+    if offline:
         cap_dir = Path(cfg.capture_dir or out / "capture")
         if accelerator.is_main_process:
-            write_shards(target, train_ds, cap_dir, capture_cfg, progress=cfg.progress)
+            stored = write_shards(target, train_ds, cap_dir, capture_cfg, progress=cfg.progress).aux_layers
+            if eval_ds is not None:  # held-out rows too (the same layers), so evaluation needs no model
+                heldout_cfg = replace(capture_cfg, aux_layers=stored)
+                write_shards(target, eval_ds, cap_dir / "heldout", heldout_cfg, progress=cfg.progress)
         accelerator.wait_for_everyone()
+        target.unload()  # the shards hold all training needs of it
         dataset = ShardDataset(cap_dir, layers=layers)
-        collate = lambda items: collate_captured(items, pad_id)  # noqa: E731
+        if eval_ds is not None:
+            eval_shards = ShardDataset(cap_dir / "heldout", layers=layers)
+        collate = lambda items: collate_captured(items, pad_id, packed=pack)  # noqa: E731
         online = None
+        # a capture made before target_argmax was stored needs the whole head for the argmax
+        head = TargetHead.of(
+            target.tensor("lm_head.weight"), vocab.t2d, keep_full="target_argmax" not in dataset[0]
+        )
     else:
         dataset = train_ds.with_format(None)
-        collate = lambda rows: pad_batch(rows, pad_id)  # noqa: E731
+        collate = lambda rows: pad_batch(rows, pad_id, packed=pack)  # noqa: E731
         online = OnlineCapture(target, capture_cfg)
-    if cfg.data.group_by_length:  # rows of similar length together: little compute lost to padding
-        grouped = LengthGroupedBatches(
-            [len(x) for x in train_ds["input_ids"]], cfg.optim.batch_size, cfg.seed
-        )
+        head = TargetHead.of(target.tensor("lm_head.weight"), vocab.t2d, keep_full=False)
+    lengths = [len(x) for x in train_ds["input_ids"]]
+    if pack:  # whole rows end to end in rows of at most pack_length tokens
+        grouped = PackedBatches(lengths, cfg.data.pack_length, cfg.optim.batch_size, cfg.seed)
+        loader = torch.utils.data.DataLoader(PackedRows(dataset), batch_sampler=grouped, collate_fn=collate)
+    elif cfg.data.group_by_length:  # rows of similar length together: little compute lost to padding
+        grouped = LengthGroupedBatches(lengths, cfg.optim.batch_size, cfg.seed)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=grouped, collate_fn=collate)
     else:
         grouped = None
@@ -279,9 +235,9 @@ def train(cfg: TrainConfig) -> dict:
     state = LoopState()
     accelerator.register_for_checkpointing(state)
 
-    resume_from = _latest(out)
+    resume_from = latest_checkpoint(out)
     if resume_from is not None:
-        resume_from = _resume(accelerator, out, resume_from, cfg)
+        resume_from = resume(accelerator, out, resume_from, cfg)
         accelerator.print(f"[train] resumed from {resume_from} at step {state.step}")
         if state.step >= total_steps:  # nothing to train: leave the run exactly as it is
             accelerator.print(
@@ -300,7 +256,7 @@ def train(cfg: TrainConfig) -> dict:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.yaml")
-        accelerator.init_trackers("specforge", config=_flat_hparams(cfg.model_dump(mode="json")))
+        accelerator.init_trackers("specforge", config=flat_hparams(cfg.model_dump(mode="json")))
         accelerator.print(
             f"[train] {len(train_ds)} sequences ({train_report.skipped} bad rows skipped); draft vocab "
             f"{cfg.draft.draft_vocab_size} covers {vocab.coverage:.1%} of assistant tokens; {total_steps} steps"
@@ -318,13 +274,15 @@ def train(cfg: TrainConfig) -> dict:
         if eval_ds is None:
             return {}
         module.eval()
-        tf = teacher_forced(
-            accelerator.unwrap_model(module),
-            target,
-            eval_ds[:],
-            online or capture_cfg,
-            cfg.optim.batch_size,
-        )
+        bs = cfg.optim.batch_size
+        if eval_shards is not None:
+            batches = (
+                collate_captured([eval_shards[i] for i in range(lo, min(lo + bs, len(eval_shards)))], pad_id)
+                for lo in range(0, len(eval_shards), bs)
+            )
+        else:
+            batches = online_batches(target, eval_ds[:], online, bs)
+        tf = teacher_forced(accelerator.unwrap_model(module), batches, head)
         module.train()
         return estimate_logs(tf, walk_k, cfg.served_eval.max_new_tokens)
 
@@ -392,6 +350,10 @@ def train(cfg: TrainConfig) -> dict:
     last_tau = float("nan")
     t0 = time.time()
     tokens_seen = 0  # real (non-padding) tokens this process has trained on since t0
+    loss_tokens_seen = 0  # of which assistant tokens (where the loss falls)
+    slots_seen = 0  # token slots of the batches, padding included
+    first_step = state.step
+    warm: tuple[float, int, int] | None = None  # (time, tokens, loss tokens) after WARMUP_STEPS steps
     while state.step < total_steps:
         if grouped is not None:  # this epoch's order, before any batches of it are skipped
             grouped.set_epoch(state.epoch)
@@ -406,7 +368,9 @@ def train(cfg: TrainConfig) -> dict:
             with accelerator.accumulate(module):
                 captured = to_captured(batch)
                 tokens_seen += int(captured.attention_mask.sum())
-                res = module(captured, target.model.lm_head)
+                loss_tokens_seen += int(captured.loss_mask.sum())
+                slots_seen += captured.attention_mask.numel()
+                res = module(captured, head)
                 accelerator.backward(res.loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(trainable, cfg.optim.max_grad_norm)
@@ -417,10 +381,16 @@ def train(cfg: TrainConfig) -> dict:
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
+            if state.step - first_step == WARMUP_STEPS:
+                warm = (time.time(), tokens_seen, loss_tokens_seen)
+            elapsed = max(1e-9, time.time() - t0)
             logs = {
                 "train/loss": res.loss.item(),
                 "lr": scheduler.get_last_lr()[0],
-                "train/tokens_per_s": tokens_seen * accelerator.num_processes / max(1e-9, time.time() - t0),
+                "train/tokens_per_s": tokens_seen * accelerator.num_processes / elapsed,
+                "train/loss_tokens_per_s": loss_tokens_seen * accelerator.num_processes / elapsed,
+                "train/padding_fraction": 1 - tokens_seen / max(1, slots_seen),
+                "train/peak_rss_gb": peak_rss_gb(),
                 **{f"train/loss_{i}": v for i, v in enumerate(res.step_losses.tolist())},
             }
             if state.step % cfg.eval_every == 0 or state.step == total_steps:
@@ -434,7 +404,12 @@ def train(cfg: TrainConfig) -> dict:
             history.append({"step": state.step, **logs})
             bar.update(1)
             last_tau = logs.get("eval/tau", last_tau)
-            bar.set_postfix(loss=f"{logs['train/loss']:.3f}", eval_tau=f"{last_tau:.2f}")
+            bar.set_postfix(
+                loss=f"{logs['train/loss']:.3f}",
+                eval_tau=f"{last_tau:.2f}",
+                tok_s=f"{logs['train/tokens_per_s']:.0f}",
+                rss_gb=f"{logs['train/peak_rss_gb']:.2f}",
+            )
             if state.step % cfg.save_every == 0 or state.step == total_steps:
                 save_checkpoint()
             if state.step >= total_steps:
@@ -465,8 +440,17 @@ def train(cfg: TrainConfig) -> dict:
                 "train_tokens_per_s": round(
                     tokens_seen * accelerator.num_processes / max(1e-9, time.time() - t0), 1
                 ),
+                "train_loss_tokens": loss_tokens_seen * accelerator.num_processes,
+                "train_loss_tokens_per_s": round(
+                    loss_tokens_seen * accelerator.num_processes / max(1e-9, time.time() - t0), 1
+                ),
+                # the same rates after the first WARMUP_STEPS steps (allocator and caches warm)
+                **_steady_rates(warm, tokens_seen, loss_tokens_seen, accelerator.num_processes),
+                "padding_fraction": round(1 - tokens_seen / max(1, slots_seen), 4),
+                "peak_rss_gb": round(peak_rss_gb(), 3),  # this process, whole run (capture included)
+                "mixed_precision": accelerator.mixed_precision,
                 "vocab_coverage": vocab.coverage,
-                "target": target_fingerprint(target.model, target.tokenizer),
+                "target": target_fingerprint(target),
                 "served": {key: est.to_json() for key, est in last_served.items()},
                 # the held-out learning curve: every evaluation this process ran (after a resume,
                 # those since the resume; tensorboard/wandb hold the whole run)

@@ -31,7 +31,6 @@ vocabulary is a miss, as at serving time), and two estimates derived from it:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -39,10 +38,11 @@ import torch.nn.functional as F
 
 from draft_models.eagle import EagleDraft
 from draft_models.eagle3 import Eagle3Draft
-from draft_models.layers import attend
 from draft_models.mtp import MtpDraft
 from serving.acceptance import chain_tau
 from specforge.capture import CapturedBatch
+from specforge.packing import block_causal_mask, same_sequence_ahead, sequence_ids
+from specforge.train.attention import ttt_attention
 
 
 @dataclass
@@ -62,66 +62,74 @@ def _shift(x: torch.Tensor, by: int, fill: float | int | bool = 0) -> torch.Tens
     return torch.cat([x[:, by:], pad], dim=1)
 
 
-def _ttt_attention(
-    q: torch.Tensor, k0: torch.Tensor, v0: torch.Tensor, extra: list[tuple[torch.Tensor, torch.Tensor]]
-) -> torch.Tensor:
-    """q [b, h, s, d]; k0/v0 [b, kvh, s, d] causal; each extra (k, v) is seen only on the diagonal."""
-    _, h, s, d = q.shape
-    if not extra:
-        causal = torch.ones(s, s, dtype=torch.bool, device=q.device).tril()
-        return attend(q, k0, v0, causal)
-    rep = h // k0.shape[1]
-    k0, v0 = k0.repeat_interleave(rep, 1), v0.repeat_interleave(rep, 1)
-    scale = 1.0 / math.sqrt(d)
-    scores = (q @ k0.transpose(-1, -2)) * scale  # [b, h, s, s]
-    causal = torch.ones(s, s, dtype=torch.bool, device=q.device).tril()
-    scores = scores.masked_fill(~causal, float("-inf"))
-    diag_k = [k.repeat_interleave(rep, 1) for k, _ in extra]
-    diag_v = [v.repeat_interleave(rep, 1) for _, v in extra]
-    diag = torch.stack([(q * k).sum(-1) * scale for k in diag_k], dim=-1)  # [b, h, s, n_extra]
-    probs = torch.cat([scores, diag], dim=-1).float().softmax(-1).to(q.dtype)
-    out = probs[..., :s] @ v0
-    for j, v in enumerate(diag_v):
-        out = out + probs[..., s + j, None] * v
-    return out
+@dataclass
+class TargetHead:
+    """The frozen target's output head as training uses it: the soft labels need only the rows of
+    the draft vocabulary (the target's softmax restricted to the draft vocabulary and renormalised
+    is computed from those columns alone); the whole head is needed only for the target's argmax
+    where a batch does not carry it (captures made before ``target_argmax`` was stored)."""
+
+    draft_weight: torch.Tensor  # [draft_vocab, H] rows of the draft vocabulary, ascending target ids
+    weight: torch.Tensor | None = None  # [vocab, H] the whole head, or None
+
+    @classmethod
+    def of(
+        cls, lm_head: torch.nn.Module | torch.Tensor | TargetHead, t2d: torch.Tensor, keep_full: bool = True
+    ) -> TargetHead:
+        """From the head (a module, or its [vocab, H] weight) and the draft vocabulary ``t2d`` [vocab]."""
+        if isinstance(lm_head, TargetHead):
+            return lm_head
+        weight = (lm_head if isinstance(lm_head, torch.Tensor) else lm_head.weight).detach()
+        rows = weight if bool(t2d.all()) else weight[t2d.to(weight.device)]
+        return cls(draft_weight=rows, weight=weight if keep_full else None)
 
 
-def target_logits(
-    batch: CapturedBatch, lm_head: torch.nn.Module | None, where: torch.Tensor | None = None
-) -> torch.Tensor:
-    """The target's logits: stored, or recomputed from the last hidden state; [batch, seq, vocab],
-    or [n, vocab] at the n True positions of ``where`` [batch, seq]."""
+def _target_labels(batch: CapturedBatch, head: TargetHead | None, need: torch.Tensor, t2d: torch.Tensor):
+    """At the n True positions of ``need`` [batch, seq]: the target's argmax over its whole vocabulary
+    [n] and its softmax restricted to the draft vocabulary [n, draft_vocab]."""
     if batch.logits is not None:
-        return (batch.logits if where is None else batch.logits[where]).float()
-    if lm_head is None:
-        raise ValueError("the batch holds no logits and no target lm_head was given")
-    hidden = batch.last_hidden_state if where is None else batch.last_hidden_state[where]
-    with torch.no_grad():
-        return lm_head(hidden.to(lm_head.weight.dtype)).float()
+        logits = batch.logits[need].float()
+        return logits.argmax(-1), logits[:, t2d].softmax(-1)
+    if head is None:
+        raise ValueError("the batch holds no logits and no target head was given")
+    hidden = batch.last_hidden_state[need]
+    if batch.target_argmax is not None:
+        argmax = batch.target_argmax[need]
+    elif head.weight is not None:
+        argmax = (hidden.to(head.weight.dtype) @ head.weight.T).argmax(-1)
+    else:
+        raise ValueError("the batch carries no target_argmax and the target head holds only draft rows")
+    logits = hidden.to(head.draft_weight.dtype) @ head.draft_weight.T  # [n, draft_vocab]
+    return argmax, logits.float().softmax(-1)
 
 
 def ttt_forward(
     draft: Eagle3Draft | EagleDraft | MtpDraft,
     batch: CapturedBatch,
-    lm_head: torch.nn.Module | None = None,
+    lm_head: torch.nn.Module | TargetHead | None = None,
     steps: int = 7,
     decay: float = 0.8,
 ) -> TTTOutput:
     """Logits (the target's and the draft's) are computed only where a loss can fall: the target's
     at positions ``j`` whose next token is an assistant token, the draft's at each step's counted
-    positions, so the cost follows the answer tokens, not the padded batch."""
+    positions, so the cost follows the answer tokens, not the padded batch. Packed rows
+    (``batch.position_ids``) are handled as separate sequences: positions restart, attention is
+    block-diagonal, and no step looks across a sequence's end."""
     b, s = batch.input_ids.shape
-    pos0 = torch.arange(s, device=batch.input_ids.device).expand(b, s)
+    device = batch.input_ids.device
+    packed = batch.position_ids is not None
+    pos0 = batch.position_ids if packed else torch.arange(s, device=device).expand(b, s)
     with torch.no_grad():
-        lengths = batch.attention_mask.sum(1)  # [b]
-        need = _shift(batch.loss_mask, 1).bool() & (pos0 + 1 < lengths[:, None])  # [b, s]
-        logits_t = target_logits(batch, lm_head, need)  # [n, V] at the True of need
-        row = torch.full((b, s), -1, dtype=torch.long, device=need.device)
-        row[need] = torch.arange(logits_t.shape[0], device=need.device)  # [b, s] -> row of logits_t
-        argmax_t = torch.zeros(b, s, dtype=torch.long, device=need.device)
-        argmax_t[need] = logits_t.argmax(-1)  # [b, s] target ids where needed
+        seq = sequence_ids(pos0, batch.attention_mask)  # [b, s] sequence of each token, -1 on padding
+        mask0 = block_causal_mask(pos0, batch.attention_mask) if packed else None  # None: causal
+        need = _shift(batch.loss_mask, 1).bool() & same_sequence_ahead(seq, 1)  # [b, s]
+        head = TargetHead.of(lm_head, draft.t2d) if lm_head is not None else None
+        argmax_n, probs_t = _target_labels(batch, head, need, draft.t2d)  # [n], [n, Vd]
+        row = torch.full((b, s), -1, dtype=torch.long, device=device)
+        row[need] = torch.arange(argmax_n.shape[0], device=device)  # [b, s] -> row of probs_t
+        argmax_t = torch.zeros(b, s, dtype=torch.long, device=device)
+        argmax_t[need] = argmax_n  # [b, s] target ids where needed
         in_vocab = draft.t2d[argmax_t] & need  # [b, s]
-        probs_t = logits_t[:, draft.t2d].softmax(-1)  # [n, Vd], draft ids ascend with target ids
     ce_weight = getattr(draft, "ce_loss_weight", 1.0)
     feature_weight = getattr(draft, "feature_loss_weight", 0.0)
     hidden = draft.combine(batch.aux_hidden_states)
@@ -135,15 +143,16 @@ def ttt_forward(
             nonlocal k0, v0
             if _first:
                 k0, v0 = k, v
-                return _ttt_attention(q, k, v, [])
-            return _ttt_attention(q, k0, v0, [*extra, (k, v)])
+                return ttt_attention(q, k, v, [], mask0)
+            return ttt_attention(q, k0, v0, [*extra, (k, v)], mask0)
 
         with torch.no_grad():
-            # position t counts at step i when token t+2+i is an assistant token in the sequence
+            # position t counts at step i when token t+2+i is an assistant token of t's sequence
             # and the target's argmax at t+1+i is in the draft vocabulary
-            mask_i = _shift(in_vocab, 1 + i, False) & (pos0 + 2 + i < lengths[:, None])  # [b, s]
-            valid_i = _shift(need, 1 + i, False) & (pos0 + 2 + i < lengths[:, None])  # [b, s]
-            rows_i = _shift(row, 1 + i, -1)[mask_i]  # [n_i] rows of logits_t / probs_t
+            ahead = same_sequence_ahead(seq, 2 + i)  # [b, s]
+            mask_i = _shift(in_vocab, 1 + i, False) & ahead  # [b, s]
+            valid_i = _shift(need, 1 + i, False) & ahead  # [b, s]
+            rows_i = _shift(row, 1 + i, -1)[mask_i]  # [n_i] rows of probs_t
             target_i = _shift(argmax_t, 1 + i)  # [b, s]
         out = draft.step(ids_i, hidden, pos0 + i, attn_fn, logit_mask=mask_i, depth=i)
         if i > 0:

@@ -115,6 +115,6 @@ def test_fingerprint_of_the_loaded_target_equals_the_one_read_from_its_directory
     from specforge.targets.fingerprint import target_fingerprint
 
     live = fingerprint_target_dir(micro_target_dir)
-    recorded = target_fingerprint(micro_target.model, micro_target.tokenizer)
+    recorded = target_fingerprint(micro_target)
     assert live.model_dump() == recorded
     assert live.tokenizer_sha256 and len(live.embedding_probe) == 32

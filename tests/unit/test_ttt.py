@@ -9,7 +9,7 @@ from draft_models.eagle3 import Eagle3Config, Eagle3Draft
 from draft_models.registry import get_draft_type
 from specforge.capture import CapturedBatch
 from specforge.errors import SpecforgeError
-from specforge.train.ttt import _ttt_attention, acceptance_stats, ttt_forward
+from specforge.train.ttt import acceptance_stats, ttt_forward
 from specforge.vocab import build_draft_vocab
 from tests.helpers import small_eagle3, small_eagle3_config
 
@@ -53,19 +53,6 @@ def test_draft_vocab_top_n_and_coverage():
         build_draft_vocab([([99], [1])], 12, 2)
     with pytest.raises(SpecforgeError, match="draft_vocab_size"):
         build_draft_vocab(rows, 12, 13)
-
-
-def test_ttt_attention_first_extra_step_matches_explicit_mask():
-    """Step 1's attention equals SDPA over [K0; K1] with a causal + diagonal mask."""
-    torch.manual_seed(0)
-    q, k0, v0, k1, v1 = (torch.randn(2, 2, 6, 4) for _ in range(5))
-    got = _ttt_attention(q, k0, v0, [(k1, v1)])
-    s = 6
-    mask = torch.cat([torch.ones(s, s).tril(), torch.eye(s)], dim=1).bool()
-    ref = torch.nn.functional.scaled_dot_product_attention(
-        q, torch.cat([k0, k1], 2), torch.cat([v0, v1], 2), attn_mask=mask
-    )
-    torch.testing.assert_close(got, ref)
 
 
 def test_ttt_shapes_and_masks():

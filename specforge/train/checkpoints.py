@@ -1,0 +1,98 @@
+"""Checkpoints of a training run: where the latest is, and resuming from it.
+
+Contract: a run keeps its checkpoints under ``<output_dir>/checkpoints/step-NNNNNNN`` (written by
+``accelerator.save_state`` to a temporary directory renamed into place) and names the newest in
+``latest.json``. :func:`latest_checkpoint` reads that pointer; :func:`resume` loads it, falling
+back to the newest older checkpoint that loads, and says in one line which settings changed when
+a checkpoint no longer fits the model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from specforge.config import TrainConfig
+from specforge.errors import SpecforgeError
+
+CKPT_DIR = "checkpoints"
+LATEST = "latest.json"
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    pointer = output_dir / CKPT_DIR / LATEST
+    if not pointer.is_file():
+        return None
+    try:
+        path = output_dir / CKPT_DIR / json.loads(pointer.read_text())["dir"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise SpecforgeError(
+            f"{pointer} is corrupt ({e}); delete it to start over, or point it at a checkpoint"
+        ) from e
+    if not path.is_dir():
+        raise SpecforgeError(f"{pointer} names {path}, which does not exist; delete {pointer} to start over")
+    return path
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    """The finished checkpoints, oldest first."""
+    root = output_dir / CKPT_DIR
+    return sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def _config_changes(ckpt: Path, cfg: TrainConfig) -> list[str]:
+    """The keys whose values differ between the config saved in ``ckpt`` and ``cfg``."""
+    import yaml
+
+    try:
+        saved = flat_hparams(yaml.safe_load((ckpt / "config.yaml").read_text()) or {})
+    except (OSError, yaml.YAMLError):
+        return []
+    now = flat_hparams(cfg.model_dump(mode="json"))
+    return [f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in sorted(now) if saved.get(k) != now.get(k)]
+
+
+def resume(accelerator, output_dir: Path, latest: Path, cfg: TrainConfig) -> Path:
+    """Load ``latest``; if its files are damaged, fall back to the newest older checkpoint that loads,
+    with a warning. A checkpoint that does not fit the model (the config changed) is one clear error."""
+    candidates = [latest] + [c for c in reversed(_checkpoints(output_dir)) if c != latest]
+    for i, ckpt in enumerate(candidates):
+        if not any(ckpt.glob("random_states_*.pkl")):
+            accelerator.print(
+                f"[train] warning: {ckpt} has no RNG state (random_states_*.pkl); the resumed run will not "
+                "repeat the uninterrupted run exactly"
+            )
+        try:
+            accelerator.load_state(str(ckpt))
+            return ckpt
+        except Exception as e:  # accelerate and torch raise many types for a damaged file
+            problem = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            if "size mismatch" in str(e) or "Missing key" in str(e) or "Unexpected key" in str(e):
+                changes = _config_changes(ckpt, cfg)
+                raise SpecforgeError(
+                    f"checkpoint {ckpt} does not fit the draft this config builds ({problem})"
+                    + (f"; changed since it was saved: {', '.join(changes)}" if changes else "")
+                    + ". Restore those settings to resume, or choose a new output_dir"
+                ) from None
+            older = candidates[i + 1] if i + 1 < len(candidates) else None
+            if older is None:
+                raise SpecforgeError(
+                    f"checkpoint {ckpt} cannot be loaded ({problem}), and no older checkpoint is left; delete "
+                    f"{output_dir / CKPT_DIR} to start over"
+                ) from None
+            accelerator.print(
+                f"[train] warning: checkpoint {ckpt} cannot be loaded ({problem}); resuming from the older "
+                f"checkpoint {older} instead"
+            )
+    raise AssertionError("unreachable")
+
+
+def flat_hparams(tree: dict, prefix: str = "") -> dict:
+    """Nested config -> {"a.b": scalar} (trackers take scalars only; lists and None become strings)."""
+    flat = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            flat.update(flat_hparams(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v if isinstance(v, int | float | str | bool) else str(v)
+    return flat
