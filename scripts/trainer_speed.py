@@ -47,6 +47,10 @@ ARMS = {  # name -> (overrides, what it is)
         ["hidden_states=online", "optim.batch_size=1", "data.pack_length=1024"],
         "target run per step on the packed row (block-diagonal attention)",
     ),
+    "specforge-online-packed-target-auto": (
+        ["hidden_states=online", "optim.batch_size=1", "data.pack_length=1024", "target_dtype=auto"],
+        "as online-packed, the target in the dtype chosen for the machine (bf16 with AMX)",
+    ),
     "specforge-offline-packed-bf16": (
         ["hidden_states=offline", "optim.batch_size=1", "data.pack_length=1024", "mixed_precision=bf16"],
         "as offline-packed, bf16 autocast",

@@ -104,6 +104,10 @@ class TrainConfig(_Strict):
     ttt: TTTConfig = TTTConfig()
     optim: OptimConfig = OptimConfig()
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # The dtype the frozen target runs in (online hidden states and captures). "checkpoint": the
+    # dtype its config names; "auto": bfloat16 where the hardware computes it natively (AMX, CUDA),
+    # float32 elsewhere (specforge.targets.dtype); or a dtype by name.
+    target_dtype: Literal["checkpoint", "auto", "float32", "bfloat16", "float16"] = "checkpoint"
     eval_every: int = Field(100, ge=1)
     served_eval: ServedEvalConfig = ServedEvalConfig()
     save_every: int = Field(100, ge=1)

@@ -42,6 +42,7 @@ from specforge.data.tokenize import load_tokenized, served_prompt_ids
 from specforge.errors import SpecforgeError
 from specforge.files import write_json_atomic
 from specforge.packing import PackedRows
+from specforge.targets.dtype import choose_dtype
 from specforge.targets.fingerprint import target_fingerprint
 from specforge.targets.loader import Target, load_target
 from specforge.train.batching import LengthGroupedBatches, PackedBatches
@@ -146,7 +147,18 @@ def train(cfg: TrainConfig) -> dict:
         target_dir = Path(cfg.target)
     offline = cfg.hidden_states == "offline"
     # offline, the model itself is loaded only to capture, evaluate online or serve the estimate
-    target = load_target(target_dir, device=accelerator.device, need_chat_template=False, lazy=offline)
+    target_dtype = cfg.target_dtype
+    if target_dtype == "auto":
+        choice = choose_dtype(accelerator.device.type)
+        target_dtype = choice.dtype
+        accelerator.print(f"[train] target dtype {choice.dtype}: {choice.reason}")
+    target = load_target(
+        target_dir,
+        dtype="auto" if target_dtype == "checkpoint" else target_dtype,
+        device=accelerator.device,
+        need_chat_template=False,
+        lazy=offline,
+    )
     with accelerator.main_process_first():
         train_ds, train_report = _tokenized(cfg.data.train, target, cfg)
         eval_ds = _tokenized(cfg.data.eval, target, cfg, cfg.data.eval_limit)[0] if cfg.data.eval else None
