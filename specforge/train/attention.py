@@ -5,7 +5,7 @@ Contract: :func:`ttt_attention` computes, for query ``q`` at position ``t``,
     softmax([q . k0[u] for u <= t visible] ++ [q . k_j[t] for each extra step j]) @ [v0[u]; v_j[t]]
 
 exactly as one softmax over both key sets (scaled by ``1/sqrt(d)``). The first key set is the
-target-feature step's keys under a causal mask (or any boolean mask, e.g. block-diagonal causal
+target-feature step's keys under a causal mask (or a causal mask restricted further, e.g. block-diagonal
 for packed rows); each extra key set is a later draft step's keys, seen only on the diagonal.
 
 How: the first key set goes through torch's fused CPU/GPU flash-attention kernel, which returns
@@ -40,13 +40,14 @@ def _flash_ops():
 class _TTTAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k0, v0, mask, *extra):
-        """q, k0, v0 [b, h, s, d] (heads expanded); mask None (causal) or bool [b|1, 1, s, s];
+        """q, k0, v0 [b, h, s, d] (heads expanded); mask None (causal) or a causal bool [b|1, 1, s, s];
         extra: k_1, v_1, k_2, v_2, ... each [b, kv_heads, s, d] (grouped: broadcast, not copied)."""
         fwd, _ = _flash_ops()
         scale = 1.0 / math.sqrt(q.shape[-1])
-        causal = mask is None
-        bias = None if causal else _additive(mask, q.dtype)
-        out_c, lse_c = fwd(q, k0, v0, 0.0, causal, attn_mask=bias, scale=scale)  # [b,h,s,d], [b,h,s]
+        # is_causal lets the kernel skip the blocks above the diagonal; a mask (packed rows) then
+        # only removes more keys from what is left
+        bias = None if mask is None else _additive(mask, q.dtype)
+        out_c, lse_c = fwd(q, k0, v0, 0.0, True, attn_mask=bias, scale=scale)  # [b,h,s,d], [b,h,s]
         ks, vs = extra[0::2], extra[1::2]
         if ks:
             b, h, s, d = q.shape
@@ -63,7 +64,7 @@ class _TTTAttention(torch.autograd.Function):
         else:
             lse, p, out = lse_c, None, out_c
         ctx.save_for_backward(q, k0, v0, bias, out, lse, p, *extra)
-        ctx.scale, ctx.causal = scale, causal
+        ctx.scale = scale
         return out
 
     @staticmethod
@@ -71,7 +72,7 @@ class _TTTAttention(torch.autograd.Function):
         q, k0, v0, bias, out, lse, p, *extra = ctx.saved_tensors
         _, bwd = _flash_ops()
         g = grad_out.contiguous()
-        dq, dk0, dv0 = bwd(g, q, k0, v0, out, lse, 0.0, ctx.causal, attn_mask=bias, scale=ctx.scale)
+        dq, dk0, dv0 = bwd(g, q, k0, v0, out, lse, 0.0, True, attn_mask=bias, scale=ctx.scale)
         grads: list[torch.Tensor] = []
         if extra:
             b, h, s, d = q.shape
@@ -107,8 +108,9 @@ def ttt_attention(
     extra: list[tuple[torch.Tensor, torch.Tensor]],
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """q [b, heads, s, d]; k0/v0 [b, kv_heads, s, d] seen through ``mask`` (None: causal; else bool
-    [b|1, 1, s, s], True = may attend, every row with at least one True); each extra (k, v)
+    """q [b, heads, s, d]; k0/v0 [b, kv_heads, s, d] seen through ``mask`` (None: causal; else a bool
+    [b|1, 1, s, s] that allows no key after the query, e.g. block-diagonal causal, True = may
+    attend, every row with at least one True); each extra (k, v)
     [b, kv_heads, s, d] seen only on the diagonal. Returns [b, heads, s, d]."""
     h = q.shape[1]
     if q.device.type != "cpu":  # the merged-softmax trick needs the kernel's log-sum-exp: CPU op only
