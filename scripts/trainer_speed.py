@@ -159,7 +159,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--arms", default=",".join(ARMS), help="specforge arms: " + ", ".join(ARMS))
     ap.add_argument("--peer", action="append", default=[], metavar="NAME=COMMAND")
+    ap.add_argument("--rescore", action="store_true", help="recompute medians and ratios of --out's runs")
     args = ap.parse_args()
+    if args.rescore:
+        report = json.loads(args.out.read_text())
+        base = next((a for a in report["runs"] if a not in ARMS), None)
+        report["median"], ratios = summarize(report["runs"], base)
+        report.pop(f"real_tokens_per_s_vs_{base}", None)
+        report[f"real_tokens_per_s_vs_{base}"] = ratios
+        args.out.write_text(json.dumps(report, indent=1))
+        print_table(report["median"], ratios, base)
+        return
     args.warmup = WARMUP_STEPS  # the trainer's own steady-state rates start after these steps
     peers = dict(p.split("=", 1) for p in args.peer)
     arms = [a for a in args.arms.split(",") if a]
@@ -197,19 +207,8 @@ def main() -> None:
                 f"{res['peak_rss_gb']:.2f} GB",
                 flush=True,
             )
-    median = {
-        name: {k: statistics.median(x[k] for x in rs) for k in ("real_tokens_per_s", "peak_rss_gb")}
-        for name, rs in runs.items()
-    }
+    median, ratios = summarize(runs, next(iter(peers), None))
     base = next(iter(peers), None)
-    ratios = (
-        {
-            name: round(m["real_tokens_per_s"] / median[base]["real_tokens_per_s"], 3)
-            for name, m in median.items()
-        }
-        if base
-        else {}
-    )
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
@@ -240,17 +239,39 @@ def main() -> None:
         "arms": {a: ARMS[a][1] for a in arms} | {p: peers[p] for p in peers},
         "runs": runs,
         "median": median,
-        f"real_tokens_per_s_vs_{base}": ratios,
+        **({f"real_tokens_per_s_vs_{base}": ratios} if base else {}),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=1))
     tmp.replace(args.out)
-    print(f"{'arm':34} {'real tok/s':>10} {'peak RSS GB':>12} {'vs ' + (base or '-'):>16}")
+    print_table(median, ratios, base)
+
+
+def summarize(runs: dict[str, list[dict]], base: str | None) -> tuple[dict, dict]:
+    """Medians per arm, and each arm's tokens/s over the base arm's: the median of the per-round
+    ratios (each round runs every arm once, interleaved) with their range."""
+    median = {
+        name: {k: round(statistics.median(x[k] for x in rs), 3) for k in ("real_tokens_per_s", "peak_rss_gb")}
+        for name, rs in runs.items()
+    }
+    ratios = {}
+    if base:
+        for name, rs in runs.items():
+            per_round = [a["real_tokens_per_s"] / b["real_tokens_per_s"] for a, b in zip(rs, runs[base])]
+            ratios[name] = {
+                "median": round(statistics.median(per_round), 3),
+                "range": [round(min(per_round), 3), round(max(per_round), 3)],
+            }
+    return median, ratios
+
+
+def print_table(median: dict, ratios: dict, base: str | None) -> None:
+    print(f"{'arm':36} {'real tok/s':>10} {'peak RSS GB':>12} {'vs ' + (base or '-'):>22}")
     for name, m in median.items():
-        print(
-            f"{name:34} {m['real_tokens_per_s']:10.0f} {m['peak_rss_gb']:12.2f} {ratios.get(name, float('nan')):16.2f}"
-        )
+        r = ratios.get(name)
+        vs = f"{r['median']:.2f} ({r['range'][0]:.2f}-{r['range'][1]:.2f})" if r else "-"
+        print(f"{name:36} {m['real_tokens_per_s']:10.0f} {m['peak_rss_gb']:12.2f} {vs:>22}")
 
 
 if __name__ == "__main__":
