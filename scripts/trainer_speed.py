@@ -160,6 +160,14 @@ def main() -> None:
     ap.add_argument("--arms", default=",".join(ARMS), help="specforge arms: " + ", ".join(ARMS))
     ap.add_argument("--peer", action="append", default=[], metavar="NAME=COMMAND")
     ap.add_argument("--rescore", action="store_true", help="recompute medians and ratios of --out's runs")
+    ap.add_argument(
+        "--quality",
+        type=Path,
+        metavar="HELDOUT",
+        help="instead: train padded and packed on the same rows and seed (--epochs) and add their "
+        "held-out loss and tau (HELDOUT: conversations JSONL) to --out as 'quality'",
+    )
+    ap.add_argument("--epochs", type=float, default=3.0, help="--quality: epochs of each run")
     args = ap.parse_args()
     if args.rescore:
         report = json.loads(args.out.read_text())
@@ -171,6 +179,9 @@ def main() -> None:
         print_table(report["median"], ratios, base)
         return
     args.warmup = WARMUP_STEPS  # the trainer's own steady-state rates start after these steps
+    if args.quality:
+        quality(args)
+        return
     peers = dict(p.split("=", 1) for p in args.peer)
     arms = [a for a in args.arms.split(",") if a]
     unknown = [a for a in arms if a not in ARMS]
@@ -246,6 +257,61 @@ def main() -> None:
     tmp.write_text(json.dumps(report, indent=1))
     tmp.replace(args.out)
     print_table(median, ratios, base)
+
+
+def quality(args: argparse.Namespace) -> None:
+    """Packed vs padded after the same tokens: the same rows, seed and epochs, evaluated on the
+    held-out conversations at the end (teacher-forced and walked tau, loss)."""
+    work = Path(tempfile.mkdtemp(prefix="trainer-quality-"))
+    recipe(args, work)
+    arms = {
+        "padded": ["optim.batch_size=5"],
+        "packed": ["optim.batch_size=1", "data.pack_length=1024"],
+    }
+    common = [
+        "hidden_states=offline",
+        f"data.eval={args.quality}",
+        "data.eval_limit=null",
+        "optim.max_steps=null",
+        f"optim.epochs={args.epochs}",
+        "optim.lr=2e-3",
+        "optim.warmup_ratio=0.05",
+        "eval_every=1000000",
+    ]
+    result = {}
+    for name, extra in arms.items():
+        out = work / name
+        cmd = [
+            sys.executable,
+            "-m",
+            "specforge.train",
+            "--config",
+            str(work / "recipe.yaml"),
+            f"output_dir={out}",
+        ]
+        rc, wall, _ = run_measured(cmd + common + extra, dict(os.environ), work / f"{name}.log")
+        if rc != 0:
+            raise SystemExit(f"quality run {name} failed (exit {rc}); see {work / f'{name}.log'}")
+        summary = json.loads((out / "train_summary.json").read_text())
+        final = summary["final"]
+        result[name] = {
+            "steps": summary["steps"],
+            "train_tokens": summary["train_tokens"],
+            "heldout_loss": round(final["eval/loss"], 4),
+            "heldout_tau_teacher_forced": round(final["eval/tau"], 4),
+            "heldout_walk_tau": round(final["eval/walk_tau"], 4),
+            "alpha": [round(final[f"eval/alpha_{k}"], 4) for k in range(7) if f"eval/alpha_{k}" in final],
+            "wall_s": round(wall, 1),
+        }
+        print(f"[trainer-speed] quality {name}: {result[name]}", flush=True)
+    report = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    report["quality"] = {
+        "setup": f"the same {args.data} rows, seed 0, {args.epochs} epochs, lr 2e-3, evaluated on all of {args.quality}",
+        **result,
+    }
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(args.out)
 
 
 def summarize(runs: dict[str, list[dict]], base: str | None) -> tuple[dict, dict]:
