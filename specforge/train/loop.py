@@ -64,6 +64,15 @@ def _steady_rates(warm: tuple[float, int, int] | None, tokens: int, loss_tokens:
     }
 
 
+def _mixed_precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    choice = choose_dtype("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = "bf16" if choice.dtype == "bfloat16" else "no"
+    print(f"[train] mixed precision {chosen}: {choice.reason}")
+    return chosen
+
+
 def peak_rss_gb() -> float:
     """This process's peak resident memory so far, in GB (Linux reports KiB, macOS bytes)."""
     import resource
@@ -133,7 +142,7 @@ def train(cfg: TrainConfig) -> dict:
         os.environ.setdefault("WANDB_MODE", cfg.wandb_mode)
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.optim.grad_accum,
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision=_mixed_precision(cfg.mixed_precision),
         log_with=log_with or None,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )

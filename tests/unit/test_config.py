@@ -45,3 +45,16 @@ def test_config_errors(tmp_path, body, overrides, message):
 def test_missing_recipe(tmp_path):
     with pytest.raises(SpecforgeError, match="does not exist"):
         load_train_config(tmp_path / "none.yaml")
+
+
+def test_mixed_precision_auto_follows_the_hardware(monkeypatch):
+    from specforge.targets import dtype as dtype_mod
+    from specforge.train import loop
+
+    monkeypatch.setattr(
+        loop, "choose_dtype", lambda device: dtype_mod.choose_dtype(device, "flags : avx2 amx_bf16")
+    )
+    assert loop._mixed_precision("auto") == "bf16"
+    monkeypatch.setattr(loop, "choose_dtype", lambda device: dtype_mod.choose_dtype(device, "flags : avx2"))
+    assert loop._mixed_precision("auto") == "no"
+    assert loop._mixed_precision("fp16") == "fp16"
