@@ -108,10 +108,9 @@ def recipe(args: argparse.Namespace, work: Path) -> Path:
     return path
 
 
-def specforge_arm(name: str, args, work: Path, run: int) -> dict:
-    overrides, _ = ARMS[name]
-    out = work / f"{name}-{run}"
-    cmd = [
+def train_command(work: Path, out: Path) -> list[str]:
+    """Our trainer on the work directory's recipe, writing to ``out``."""
+    return [
         sys.executable,
         "-m",
         "specforge.train",
@@ -119,6 +118,12 @@ def specforge_arm(name: str, args, work: Path, run: int) -> dict:
         str(work / "recipe.yaml"),
         f"output_dir={out}",
     ]
+
+
+def specforge_arm(name: str, args, work: Path, run: int) -> dict:
+    overrides, _ = ARMS[name]
+    out = work / f"{name}-{run}"
+    cmd = train_command(work, out)
     rc, wall, rss = run_measured(cmd + overrides, dict(os.environ), work / f"{name}-{run}.log")
     if rc != 0:
         raise SystemExit(f"{name} failed (exit {rc}); see {work / f'{name}-{run}.log'}")
@@ -191,16 +196,7 @@ def main() -> None:
     recipe(args, work)
     print(f"[trainer-speed] work dir {work}; capturing once (untimed)", flush=True)
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "specforge.train",
-            "--config",
-            str(work / "recipe.yaml"),
-            f"output_dir={work / 'capture-run'}",
-            "hidden_states=offline",
-            "optim.max_steps=1",
-        ],
+        [*train_command(work, work / "capture-run"), "hidden_states=offline", "optim.max_steps=1"],
         check=True,
         stdout=subprocess.DEVNULL,
     )
@@ -281,14 +277,7 @@ def quality(args: argparse.Namespace) -> None:
     result = {}
     for name, extra in arms.items():
         out = work / name
-        cmd = [
-            sys.executable,
-            "-m",
-            "specforge.train",
-            "--config",
-            str(work / "recipe.yaml"),
-            f"output_dir={out}",
-        ]
+        cmd = train_command(work, out)
         rc, wall, _ = run_measured(cmd + common + extra, dict(os.environ), work / f"{name}.log")
         if rc != 0:
             raise SystemExit(f"quality run {name} failed (exit {rc}); see {work / f'{name}.log'}")
