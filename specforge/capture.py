@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from draft_models.aux_hooks import LAST_HIDDEN, AuxHiddenHooks
 from specforge.errors import SpecforgeError
-from specforge.packing import block_causal_mask, packed_positions, same_sequence_ahead, sequence_ids
+from specforge.packing import block_causal_mask, next_is_answer, packed_positions, sequence_ids
 from specforge.targets.loader import Target
 
 MANIFEST = "manifest.json"
@@ -158,9 +158,7 @@ def target_argmax(
     sequence, -1 elsewhere: the whole-vocabulary head runs on those positions only."""
     b, s = loss_mask.shape
     positions = position_ids if position_ids is not None else torch.arange(s).expand(b, s)
-    ids = sequence_ids(positions, attention_mask).to(last_hidden_state.device)
-    nxt = torch.cat([loss_mask[:, 1:], torch.zeros_like(loss_mask[:, :1])], 1).bool()
-    need = nxt.to(ids.device) & same_sequence_ahead(ids, 1)
+    need = next_is_answer(loss_mask, sequence_ids(positions, attention_mask).to(last_hidden_state.device))
     out = torch.full((b, s), -1, dtype=torch.long, device=last_hidden_state.device)
     rows = need.nonzero(as_tuple=True)
     for lo in range(0, rows[0].numel(), 1024):  # [1024, vocab] logits at a time

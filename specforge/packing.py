@@ -79,3 +79,10 @@ def same_sequence_ahead(ids: torch.Tensor, k: int) -> torch.Tensor:
         return ids >= 0
     ahead = torch.cat([ids[:, k:], torch.full_like(ids[:, :k], -1)], dim=1)
     return (ahead == ids) & (ids >= 0)
+
+
+def next_is_answer(loss_mask: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """[batch, seq] bool: token ``t + 1`` is an assistant token of token ``t``'s sequence (``ids``
+    from :func:`sequence_ids`): where the target's prediction at ``t`` is a training label."""
+    nxt = torch.cat([loss_mask[:, 1:], torch.zeros_like(loss_mask[:, :1])], 1).bool()
+    return nxt.to(ids.device) & same_sequence_ahead(ids, 1)

@@ -216,15 +216,13 @@ def train(cfg: TrainConfig) -> dict:
             eval_shards = ShardDataset(cap_dir / "heldout", layers=layers)
         collate = lambda items: collate_captured(items, pad_id, packed=pack)  # noqa: E731
         online = None
-        # a capture made before target_argmax was stored needs the whole head for the argmax
-        head = TargetHead.of(
-            target.tensor("lm_head.weight"), vocab.t2d, keep_full="target_argmax" not in dataset[0]
-        )
     else:
         dataset = train_ds.with_format(None)
         collate = lambda rows: pad_batch(rows, pad_id, packed=pack)  # noqa: E731
         online = OnlineCapture(target, capture_cfg)
-        head = TargetHead.of(target.tensor("lm_head.weight"), vocab.t2d, keep_full=False)
+    # online capture stores the target's argmax; a capture made before it did needs the whole head
+    keep_full = online is None and "target_argmax" not in dataset[0]
+    head = TargetHead.of(target.tensor("lm_head.weight"), vocab.t2d, keep_full=keep_full)
     lengths = [len(x) for x in train_ds["input_ids"]]
     if pack:  # whole rows end to end in rows of at most pack_length tokens
         grouped = PackedBatches(lengths, cfg.data.pack_length, cfg.optim.batch_size, cfg.seed)

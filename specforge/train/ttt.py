@@ -41,7 +41,7 @@ from draft_models.eagle3 import Eagle3Draft
 from draft_models.mtp import MtpDraft
 from serving.acceptance import chain_tau
 from specforge.capture import CapturedBatch
-from specforge.packing import block_causal_mask, same_sequence_ahead, sequence_ids
+from specforge.packing import block_causal_mask, next_is_answer, same_sequence_ahead, sequence_ids
 from specforge.train.attention import ttt_attention
 
 
@@ -122,7 +122,7 @@ def ttt_forward(
     with torch.no_grad():
         seq = sequence_ids(pos0, batch.attention_mask)  # [b, s] sequence of each token, -1 on padding
         mask0 = block_causal_mask(pos0, batch.attention_mask) if packed else None  # None: causal
-        need = _shift(batch.loss_mask, 1).bool() & same_sequence_ahead(seq, 1)  # [b, s]
+        need = next_is_answer(batch.loss_mask, seq)  # [b, s]
         head = TargetHead.of(lm_head, draft.t2d) if lm_head is not None else None
         argmax_n, probs_t = _target_labels(batch, head, need, draft.t2d)  # [n], [n, Vd]
         row = torch.full((b, s), -1, dtype=torch.long, device=device)
