@@ -11,7 +11,7 @@ a copy of the target's checkpoint (``in_target``, as vLLM loads MTP layers) or a
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -32,6 +32,10 @@ class VllmLayout:
     # True: vLLM loads the head's layers from the target's own checkpoint (MTP), so the export is a
     # copy of the target with the head's tensors added; False: a separate draft checkpoint
     in_target: bool = False
+    # extra speculative_config entries the head needs (P-EAGLE: {"parallel_drafting": True})
+    speculative_options: dict = field(default_factory=dict)
+    # a config.json key that tells this layout from another with the same architecture (None: none)
+    config_marker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,3 +66,13 @@ def get_draft_type(name: str) -> DraftType:
 
 def draft_type_names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def layout_for_config(config: dict) -> VllmLayout | None:
+    """The registered vLLM layout a draft checkpoint's ``config.json`` describes: its architecture,
+    and of the layouts sharing it the one whose ``config_marker`` the file carries (None: no match)."""
+    arch = (config.get("architectures") or [""])[0]
+    matches = [t.vllm for t in _REGISTRY.values() if t.vllm is not None and t.vllm.architecture == arch]
+    marked = [m for m in matches if m.config_marker is not None and m.config_marker in config]
+    plain = [m for m in matches if m.config_marker is None]
+    return (marked or plain or [None])[0]

@@ -90,11 +90,12 @@ class Deployment:
     aux_layer_ids: list[int] | None  # what the server reads (None: unknown)
     d2t_sha256: str | None
     target: TargetFingerprint | None
+    parallel_drafting: bool | None = None  # the speculative config's flag (None: unknown)
 
 
 @dataclass(frozen=True)
 class Finding:
-    cause: str  # "method" | "aux_layers" | "d2t" | "target" | "metadata"
+    cause: str  # "method" | "parallel_drafting" | "aux_layers" | "d2t" | "target" | "metadata"
     message: str  # what is wrong and what to change
 
 
@@ -151,6 +152,17 @@ def static_findings(meta: DraftMeta, deploy: Deployment) -> list[Finding]:
                 "method",
                 f"the draft is a {meta.draft_type} head and needs method {meta.method!r}, but it is served "
                 f'with method {deploy.method!r}; set "method": "{meta.method}" in the speculative config',
+            )
+        )
+    wants = _needs_parallel_drafting(meta.draft_type)
+    if deploy.parallel_drafting is not None and wants is not None and deploy.parallel_drafting != wants:
+        out.append(
+            Finding(
+                "parallel_drafting",
+                f"the draft is a {meta.draft_type} head, trained to draft "
+                + ("every position in one forward" if wants else "one token per forward")
+                + f', but it is served with "parallel_drafting": {str(deploy.parallel_drafting).lower()}; '
+                f'set "parallel_drafting": {str(wants).lower()} in the speculative config',
             )
         )
     if deploy.aux_layer_ids is not None and list(deploy.aux_layer_ids) != list(meta.aux_layer_ids):
@@ -249,8 +261,23 @@ def fingerprint_target_dir(model_dir: str | Path) -> TargetFingerprint:
     return make_fingerprint(vocab_size, hidden, layers, vocab, rows)
 
 
+def _needs_parallel_drafting(draft_type: str) -> bool | None:
+    """Whether the registered head type is served with parallel drafting (None: unknown type)."""
+    from draft_models.registry import get_draft_type
+
+    try:
+        layout = get_draft_type(draft_type).vllm
+    except KeyError:
+        return None
+    return None if layout is None else bool(layout.speculative_options.get("parallel_drafting", False))
+
+
 def deployment_from_dirs(
-    target_dir: str | Path, draft_dir: str | Path, method: str, num_speculative_tokens: int
+    target_dir: str | Path,
+    draft_dir: str | Path,
+    method: str,
+    num_speculative_tokens: int,
+    parallel_drafting: bool | None = None,
 ) -> Deployment:
     """What a server serving ``draft_dir`` (a vLLM EAGLE checkpoint) on ``target_dir`` reads: the aux
     layer ids in the draft's config (vLLM's defaults when it names none), its ``d2t``, the target."""
@@ -273,4 +300,4 @@ def deployment_from_dirs(
             if "d2t" in st.keys():
                 d2t = d2t_sha256(st.get_tensor("d2t").tolist())
                 break
-    return Deployment(method, num_speculative_tokens, aux_ids, d2t, target)
+    return Deployment(method, num_speculative_tokens, aux_ids, d2t, target, parallel_drafting)

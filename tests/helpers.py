@@ -42,7 +42,9 @@ def write_draft_run(run_dir, draft):
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in draft.state_dict().items()}, str(run / "draft.safetensors"))
-    kind = {"EagleDraft": "eagle", "MtpDraft": "mtp"}.get(type(draft).__name__, "eagle3")
+    kind = {"EagleDraft": "eagle", "MtpDraft": "mtp", "ParallelEagle3Draft": "peagle"}.get(
+        type(draft).__name__, "eagle3"
+    )
     (run / "draft_config.json").write_text(json.dumps({"type": kind, **draft.config.to_dict()}))
     return run
 

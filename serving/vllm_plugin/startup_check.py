@@ -3,7 +3,7 @@
 ``register()`` is a ``vllm.general_plugins`` entry point. Unless ``SPECFORGE_DRAFT_CHECK=0``, it
 wraps the EAGLE proposer's constructor: when vLLM builds a proposer for a draft directory that holds
 ``specforge_draft.json``, the plugin compares it with the speculative config and the target
-(:func:`serving.draft_check.static_findings`: method, aux layer ids, ``d2t``, target fingerprint)
+(:func:`serving.draft_check.static_findings`: method, parallel drafting, aux layer ids, ``d2t``, target fingerprint)
 and logs one warning per finding. It never raises and never changes what vLLM does.
 """
 
@@ -29,7 +29,11 @@ def check_vllm_config(vllm_config) -> list[str]:
         return []
     meta = read_meta(draft_dir)
     deploy = deployment_from_dirs(
-        vllm_config.model_config.model, draft_dir, str(spec.method), int(spec.num_speculative_tokens)
+        vllm_config.model_config.model,
+        draft_dir,
+        str(spec.method),
+        int(spec.num_speculative_tokens),
+        bool(getattr(spec, "parallel_drafting", False)),
     )
     return [f.message for f in static_findings(meta, deploy)]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from serving.drafters.eagle import EagleDrafter
+from serving.drafters.parallel import make_drafter
 from serving.engine import GenerationStats, SpeculativeEngine
 from serving.shape import NO_SPECULATION, TreeShape
 from specforge.bench.vllm_chain import chat_prompts
@@ -54,7 +54,12 @@ def bench_acceptance(
         )
     eos = target.tokenizer.eos_token_id
     engines = {"plain": SpeculativeEngine(target.model, None, eos)}
-    drafted = SpeculativeEngine(target.model, EagleDrafter(draft), eos)
+    if getattr(draft, "parallel_drafting", False) and any(s.top_k > 1 for s in shapes):
+        raise SpecforgeError(
+            f"{draft_dir} holds a parallel-drafting head, which drafts chains only; drop the tree shapes "
+            f"({', '.join(s.name for s in shapes if s.top_k > 1)})"
+        )
+    drafted = SpeculativeEngine(target.model, make_drafter(draft, max(s.depth for s in shapes)), eos)
     all_shapes = [NO_SPECULATION, *shapes]
     best: dict[str, float] = {}
     results: dict[str, dict] = {}

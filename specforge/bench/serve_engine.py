@@ -30,7 +30,7 @@ import torch
 from serving.acceptance import AcceptanceTracker
 from serving.calibrate import calibrate_engine_steps
 from serving.controller import SpeculationController
-from serving.drafters.eagle import EagleDrafter
+from serving.drafters.parallel import make_drafter
 from serving.engine import GenerationStats, SpeculativeEngine
 from serving.policy import SpeculationPolicy
 from serving.shape import NO_SPECULATION, TreeShape
@@ -64,7 +64,9 @@ def bench_serve_engine(
     prompts = long_answer_prompts(target_dir, regen_data, max_tokens)
     prompts = [prompts[i % len(prompts)] for i in range(max(*sizes, MIN_REQUESTS))]
     alpha = draft_alpha(run_dir, max(s.depth for s in fixed))
-    engine = SpeculativeEngine(target.model, EagleDrafter(draft), eos_token_id=None)
+    engine = SpeculativeEngine(
+        target.model, make_drafter(draft, max(s.depth for s in fixed)), eos_token_id=None
+    )
     log(f"timing the engine's steps for {len(fixed) + 1} shapes at batch sizes {sizes}")
     steps = calibrate_engine_steps(engine, prompts, fixed, sizes, max_new_tokens=calibrate_tokens)
     configs: list[str] = ["none", *(s.name for s in fixed), "policy"]

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from serving.vllm_plugin.adaptive import ENV
-from serving.vllm_plugin.harness.request import draft_method
+from serving.vllm_plugin.harness.request import draft_speculative_fields
 from serving.vllm_plugin.harness.server import OpenAIServer, spec_counters
 from specforge.bench.sweep import serve_summary
 
@@ -151,7 +151,9 @@ def bench_serve_http(
     log: Callable[[str], None] = print,
 ) -> dict:
     k_max = max([*ks, *(k for _, _, k in table or [])] or [1])
-    method = method or draft_method(draft)
+    fields = draft_speculative_fields(draft)
+    method = method or fields["method"]
+    del fields["method"]
     arms = http_arms(k_max, ks, table, policy)
     rng = random.Random(seed)
     needed = max(max(min_requests, requests_per_client * c) for c in concurrencies)
@@ -162,7 +164,7 @@ def bench_serve_http(
         rng.shuffle(order)
         for name in order:
             spec, policy_file = arms[name]
-            config = {"method": method, "model": str(draft), **spec} if spec is not None else None
+            config = {"method": method, **fields, "model": str(draft), **spec} if spec is not None else None
             env = {ENV: str(policy_file)} if policy_file is not None else {}
             with OpenAIServer(
                 target,

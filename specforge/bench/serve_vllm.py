@@ -56,7 +56,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from serving.vllm_plugin.adaptive import ENV, STEP_LOG_ENV
-from serving.vllm_plugin.harness.request import TURN_STEPS, draft_method
+from serving.vllm_plugin.harness.request import TURN_STEPS, draft_speculative_fields
 from serving.vllm_plugin.harness.runner import run_vllm
 from serving.vllm_plugin.harness.sweeps import PLAIN
 from serving.vllm_plugin.policy_file import (
@@ -121,7 +121,7 @@ def _engine_configs(
         {**SWEEP_ENV, ENV: str(policy)},
     )
     if design == "lockstep":
-        chain = {"method": draft_method(draft), "model": str(draft)}
+        chain = {**draft_speculative_fields(draft), "model": str(draft)}
         steps: dict = {"none": {"speculative_config": None}}
         steps.update({f"k{k}": {"speculative_config": {**chain, "num_speculative_tokens": k}} for k in ks})
         steps["vllm-table"] = {

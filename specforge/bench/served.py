@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from serving.drafters.eagle import EagleDrafter
+from serving.drafters.parallel import make_drafter
 from serving.engine import GenerationStats, SpeculativeEngine
 from serving.shape import TreeShape
 
@@ -63,7 +63,7 @@ def served_estimate(
     """``draft`` is put in eval mode; the caller restores train mode if it needs it."""
     if not prompts:
         raise ValueError("a served estimate needs at least one prompt")
-    engine = SpeculativeEngine(target, EagleDrafter(draft), eos_token_id=eos_token_id)
+    engine = SpeculativeEngine(target, make_drafter(draft, k), eos_token_id=eos_token_id)
     stats, tokens = GenerationStats(), 0
     t0 = time.perf_counter()
     try:

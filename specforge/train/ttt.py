@@ -15,6 +15,12 @@ Contract: :func:`ttt_forward` unrolls an EAGLE-3 draft for ``steps`` steps over 
   ``feature_loss_weight`` (EAGLE-1) adds smooth L1 between its output feature and the target's
   last hidden state at the predicted position, with the cross-entropy weighted by its
   ``ce_loss_weight`` (EAGLE's 1.0 and 0.1). The same unrolling is EAGLE-1's training-time test.
+* A parallel-drafting head (``draft.parallel_drafting``, P-EAGLE) is unrolled the same way, with
+  one difference: steps ``i >= 1`` are mask slots, fed the head's mask token and mask feature
+  (:meth:`~draft_models.peagle.ParallelEagle3Draft.mask_inputs`) instead of token ``t+1+i`` and
+  the previous step's output. Their keys and visibility are those of serving (the verified
+  prefix's step-0 keys, plus the mask slots ``1..i`` of the same anchor), and no step depends on
+  another's output, so each depth learns to predict from the prefix alone.
 
 It also returns, per step, whether the draft's argmax equals the target's argmax at every position
 whose predicted token is an assistant token (``valid``; a target argmax outside the draft
@@ -52,6 +58,9 @@ class TTTOutput:
     correct: torch.Tensor  # [steps, batch, seq] bool: draft argmax == target argmax
     valid: torch.Tensor  # [steps, batch, seq] bool: the step's predicted token is an assistant token
     in_vocab: torch.Tensor  # [steps, batch, seq] bool: valid, and the target argmax is in the draft vocab
+    draft_tokens: (
+        torch.Tensor
+    )  # [steps, batch, seq] int64 the draft's argmax (target ids) where in_vocab, else -1
 
 
 def _shift(x: torch.Tensor, by: int, fill: float | int | bool = 0) -> torch.Tensor:
@@ -135,9 +144,12 @@ def ttt_forward(
     hidden = draft.combine(batch.aux_hidden_states)
     k0 = v0 = None
     extra: list[tuple[torch.Tensor, torch.Tensor]] = []
-    losses, correct, valid, counted = [], [], [], []
+    losses, correct, valid, counted, tokens = [], [], [], [], []
+    parallel = getattr(draft, "parallel_drafting", False)
     for i in range(steps):
         ids_i = _shift(batch.input_ids, 1 + i)
+        if parallel and i > 0:  # a mask slot: the mask token and feature, not the drafted ones
+            ids_i, hidden = draft.mask_inputs(b, s)
 
         def attn_fn(q, k, v, _first=i == 0):
             nonlocal k0, v0
@@ -167,8 +179,10 @@ def ttt_forward(
             loss_i = loss_i + feature_weight * reg.sum() / n_i
         losses.append(loss_i)
         with torch.no_grad():
-            hit = torch.zeros(b, s, dtype=torch.bool, device=mask_i.device)
-            hit[mask_i] = draft.draft_to_target(out.logits.argmax(-1)) == target_i[mask_i]
+            picked = torch.full((b, s), -1, dtype=torch.long, device=mask_i.device)
+            picked[mask_i] = draft.draft_to_target(out.logits.argmax(-1))
+            hit = (picked == target_i) & mask_i
+            tokens.append(picked)
             correct.append(hit)
             valid.append(valid_i)
             counted.append(mask_i)
@@ -181,6 +195,7 @@ def ttt_forward(
         correct=torch.stack(correct),
         valid=torch.stack(valid),
         in_vocab=torch.stack(counted),
+        draft_tokens=torch.stack(tokens),
     )
 
 

@@ -107,29 +107,36 @@ class VllmRequest(_Strict):
         if not self.draft:
             return None
         spec = {
-            "method": self.method or draft_method(self.draft),
+            **draft_speculative_fields(self.draft),
             "model": self.draft,
             "num_speculative_tokens": self.num_speculative_tokens,
         }
+        if self.method:
+            spec["method"] = self.method
         if self.num_speculative_tokens_per_batch_size:
             spec["num_speculative_tokens_per_batch_size"] = self.num_speculative_tokens_per_batch_size
         return spec
 
 
-def draft_method(draft_dir: str | Path) -> str:
-    """The vLLM speculative method a draft checkpoint is served with, from its config.json's
-    architecture and the draft registry (``eagle3`` when the file names no registered layout)."""
-    from draft_models.registry import draft_type_names, get_draft_type
+def draft_speculative_fields(draft_dir: str | Path) -> dict:
+    """The ``speculative_config`` entries a draft checkpoint needs besides its path and k: its vLLM
+    method and the layout's options (P-EAGLE: ``parallel_drafting``), from its config.json and the
+    draft registry (``{"method": "eagle3"}`` when the file names no registered layout)."""
+    from draft_models.registry import layout_for_config
 
     try:
-        arch = (json.loads((Path(draft_dir) / "config.json").read_text()).get("architectures") or [""])[0]
+        config = json.loads((Path(draft_dir) / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
-        return "eagle3"
-    for name in draft_type_names():
-        layout = get_draft_type(name).vllm
-        if layout is not None and layout.architecture == arch:
-            return layout.method
-    return "eagle3"
+        return {"method": "eagle3"}
+    layout = layout_for_config(config)
+    if layout is None:
+        return {"method": "eagle3"}
+    return {"method": layout.method, **layout.speculative_options}
+
+
+def draft_method(draft_dir: str | Path) -> str:
+    """The vLLM speculative method a draft checkpoint is served with (see :func:`draft_speculative_fields`)."""
+    return draft_speculative_fields(draft_dir)["method"]
 
 
 def parse_request(raw: dict | str) -> VllmRequest:

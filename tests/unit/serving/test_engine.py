@@ -147,6 +147,33 @@ def test_eagle1_drafter_is_lossless(target64, prompts, shape):
     assert out.stats.drafted > 0
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_parallel_drafter_is_lossless(target64, micro_target, prompts, k):
+    from draft_models.peagle import ParallelEagle3Config, ParallelEagle3Draft
+    from serving.drafters.parallel import ParallelDrafter, make_drafter
+    from specforge.vocab import build_draft_vocab
+
+    torch.manual_seed(0)
+    cfg = ParallelEagle3Config.from_target(target64.config, micro_target.vocab_size, [1, 2, 3])
+    draft = ParallelEagle3Draft(cfg).double()
+    vocab = build_draft_vocab(
+        [(list(range(cfg.vocab_size)), [1] * cfg.vocab_size)], cfg.vocab_size, cfg.vocab_size
+    )
+    draft.set_vocab(vocab.d2t, vocab.t2d)
+    draft.load_target_embedding(target64.get_input_embeddings().weight.detach())
+    draft.load_target_head(
+        target64.get_output_embeddings().weight.detach(), target64.model.norm.weight.detach()
+    )
+    plain = SpeculativeEngine(target64).generate(prompts, 16).tokens
+    drafter = make_drafter(draft, max_depth=k)
+    assert isinstance(drafter, ParallelDrafter)
+    out = SpeculativeEngine(target64, drafter).generate(prompts, 16, TreeShape.chain(k))
+    assert out.tokens == plain
+    assert out.stats.drafted > 0
+    with pytest.raises(ValueError, match="chains"):
+        drafter.propose(0, 5, 2, 2, 4)
+
+
 @pytest.mark.parametrize("modules", [1, 2])
 def test_mtp_drafter_is_lossless(target64, prompts, modules):
     """An MTP head (D = 1 applied recursively, D = 2 a module per depth) drafting EAGLE-2 trees."""

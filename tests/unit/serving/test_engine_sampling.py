@@ -212,3 +212,37 @@ def test_an_mtp_head_samples_the_targets_distribution_through_the_engine(target,
     shape = TreeShape.tree(3, 2, 6)
     p = _pvalues(_sample(target, None, shape, seed=6, drafter=EagleDrafter(draft), min_accepted=0.05), exact)
     assert min(p.values()) > 1e-3, p
+
+
+def test_a_parallel_drafting_head_samples_the_targets_distribution_through_the_engine(target, exact):
+    """A P-EAGLE head, briefly trained on the target's own samples so that its drafts are accepted,
+    drafting a chain of 3 in one forward from its mask slots: sampled tokens still follow the target."""
+    from draft_models.aux_hooks import AuxHiddenHooks
+    from draft_models.peagle import ParallelEagle3Config, ParallelEagle3Draft
+    from serving.drafters.parallel import ParallelDrafter
+    from specforge.capture import CapturedBatch
+    from specforge.train.ttt import ttt_forward
+
+    torch.manual_seed(7)
+    cfg = ParallelEagle3Config.from_target(target.config, VOCAB, [0, 1, 2], mask_token_id=3)
+    draft = ParallelEagle3Draft(cfg).double()
+    draft.load_target_embedding(target.get_input_embeddings().weight.detach())
+    draft.load_target_head(target.get_output_embeddings().weight.detach(), target.model.norm.weight.detach())
+    with torch.no_grad():
+        ids = target.generate(
+            torch.tensor([PROMPT] * 64), do_sample=True, max_new_tokens=8, top_k=0, pad_token_id=0
+        )
+        hooks = AuxHiddenHooks(target, cfg.aux_layer_ids)
+        logits = target(ids).logits
+        aux = hooks.aux()
+        hooks.close()
+    ones = torch.ones_like(ids)
+    batch = CapturedBatch(ids, ones, ones.clone(), aux, aux[..., -cfg.hidden_size :], logits)
+    opt = torch.optim.Adam([p for p in draft.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        ttt_forward(draft, batch, steps=3).loss.backward()
+        opt.step()
+    drafter = ParallelDrafter(draft.eval(), max_depth=3)
+    p = _pvalues(_sample(target, None, TreeShape.chain(3), seed=8, drafter=drafter, min_accepted=0.3), exact)
+    assert min(p.values()) > 1e-3, p
