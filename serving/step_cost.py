@@ -7,7 +7,8 @@ Contract
   forward time likewise (piecewise-linear interpolation, linear extrapolation past the last point).
   A step at batch ``B`` with shape ``(depth, top_k, N)`` costs
   ``target(B * (1 + N)) + draft(B) + (depth - 1) * draft(B * top_k)`` (``N = 0``: ``target(B)``);
-  a drafter that runs one sequence at a time pays ``B * (draft(1) + (depth - 1) * draft(top_k))``.
+  a drafter that runs one sequence at a time pays ``B * (draft(1) + (depth - 1) * draft(top_k))``;
+  a parallel drafter (P-EAGLE, chains only) pays one pass, ``draft(B * depth)``.
 * :class:`StepTable` is the other cost model: whole measured server steps (vLLM's or the reference
   engine's, drafting, verification and their own overheads included) per shape and batch size,
   interpolated over batch size. :class:`OnlineStepCost` wraps either one and corrects it with the step times the
@@ -79,11 +80,17 @@ class CostModel:
     # False for a drafter that runs one sequence at a time (the reference engine's): drafting then
     # costs batch x (draft(1) + (depth - 1) x draft(top_k)) instead of one batched pass per depth.
     batched_drafts: bool = True
+    # True for a parallel-drafting head (P-EAGLE): one draft pass a step over the verified tokens and
+    # depth - 1 mask slots, so drafting costs draft(batch * depth), about flat in depth where a
+    # forward's fixed overhead dominates, instead of one pass per depth
+    parallel_drafts: bool = False
 
     def step_time(self, batch: int, shape: TreeShape) -> float:
         if shape.is_none or self.draft is None:
             return self.target(batch)
-        if self.batched_drafts:
+        if self.parallel_drafts:
+            drafting = self.draft(batch * shape.depth)
+        elif self.batched_drafts:
             drafting = self.draft(batch) + (shape.depth - 1) * self.draft(batch * shape.top_k)
         else:
             drafting = batch * (self.draft(1) + (shape.depth - 1) * self.draft(shape.top_k))
@@ -93,6 +100,7 @@ class CostModel:
         payload = {
             "target": asdict(self.target),
             "draft": asdict(self.draft) if self.draft else None,
+            "parallel_drafts": self.parallel_drafts,
             "meta": meta or {},
         }
         p = Path(path)
@@ -103,7 +111,11 @@ class CostModel:
     @classmethod
     def load(cls, path: str | Path) -> CostModel:
         raw = json.loads(Path(path).read_text())
-        return cls(Profile(**raw["target"]), Profile(**raw["draft"]) if raw.get("draft") else None)
+        return cls(
+            Profile(**raw["target"]),
+            Profile(**raw["draft"]) if raw.get("draft") else None,
+            parallel_drafts=bool(raw.get("parallel_drafts", False)),
+        )
 
 
 class StepCost(Protocol):

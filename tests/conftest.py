@@ -51,6 +51,17 @@ def micro_target(micro_target_dir):
 
 
 @pytest.fixture(scope="session")
+def varied_micro_target_dir(tmp_path_factory):
+    """The micro target trained longer (300 steps, 10 unlikelihood steps; ~1 minute): its greedy
+    output varies from token to token where the 40-step one repeats one token, so a draft is
+    accepted at some positions and not at others (tests that compare acceptance counts need that)."""
+    from specforge.targets.tiny import TinyTargetConfig, build_tiny_target
+
+    cfg = TinyTargetConfig(**{**MICRO_TARGET, "steps": 300, "unlikelihood_steps": 10, "max_chat_rows": 200})
+    return build_tiny_target(cfg, out_dir=tmp_path_factory.mktemp("targets") / "micro-varied", progress=False)
+
+
+@pytest.fixture(scope="session")
 def micro_draft(micro_target_dir, tmp_path_factory):
     """A trained EAGLE-3 head for the micro target (40 steps, 3 TTT steps), with its data: acceptance
     is well above zero, so a lossless check through it means something. Returns (workdir, run, vLLM

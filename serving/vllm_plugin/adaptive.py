@@ -25,6 +25,8 @@ Contract
   current choices when the engine drains (at most every 5 s) and at exit; with a policy file in
   ``"mode": "explore"`` k cycles through the given values, which is how ``specforge calibrate
   --vllm`` measures vLLM's steps.
+* A parallel-drafting head (P-EAGLE) is served at every k the policy picks:
+  :mod:`serving.vllm_plugin.parallel_k` mends vLLM 0.32's per-step k path for it.
 * Anything that goes wrong (a missing or invalid policy file, an exception in the policy) logs one
   warning, naming the file and the key where the file is at fault, and falls back to the
   configured static k (vLLM's own ``num_speculative_tokens_per_batch_size`` table). It never takes
@@ -50,6 +52,7 @@ from serving.vllm_plugin.draft_skip import (
     patch_runner,
 )
 from serving.vllm_plugin.lookup import AdaptiveLookup
+from serving.vllm_plugin.parallel_k import patch_parallel_k
 from serving.vllm_plugin.policy_file import (
     ExplorePolicyFile,
     PolicyFileError,
@@ -162,6 +165,7 @@ def register() -> None:
         return
     from vllm.v1.core.sched.scheduler import Scheduler
 
+    patch_parallel_k()  # worker processes: a parallel head drafts at any k the plugin picks
     if os.environ.get(ENV) and _skip_draft_at_k0():
         patch_proposer()  # worker processes: k = 0 runs no draft forward
         patch_runner()  # ... and takes the runner's plain path

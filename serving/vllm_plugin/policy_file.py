@@ -68,6 +68,7 @@ class ProfileJson(_Strict):
 class CostJson(_Strict):
     target: ProfileJson
     draft: ProfileJson | None = None
+    parallel_drafts: bool = False  # a parallel-drafting head: one draft pass a step (serving.step_cost)
 
 
 class StartsJson(_Strict):
@@ -166,7 +167,11 @@ def write_policy_file(
         step_cost: dict = {"steps": cost.to_json()}
     else:
         step_cost = {
-            "cost": {"target": asdict(cost.target), "draft": asdict(cost.draft) if cost.draft else None}
+            "cost": {
+                "target": asdict(cost.target),
+                "draft": asdict(cost.draft) if cost.draft else None,
+                "parallel_drafts": cost.parallel_drafts,
+            }
         }
     policy = read_policy_file(
         {
@@ -226,6 +231,7 @@ def load_policy(source: str | Path | dict | ServedPolicyFile, k_max: int) -> Spe
         prior = CostModel(
             Profile(**f.cost.target.model_dump()),
             Profile(**f.cost.draft.model_dump()) if f.cost.draft else None,
+            parallel_drafts=f.cost.parallel_drafts,
         )
         usable = set(f.ks)
     shapes = [TreeShape.chain(k) for k in f.ks if 0 < k <= k_max and k in usable]

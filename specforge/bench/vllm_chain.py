@@ -143,6 +143,22 @@ def bench_vllm_chain(
         "alpha": conditional_acceptance(per_pos, 1.0),
         "speedup": speedups[str(batch_sizes[0])]["median"],
         "speedup_per_batch_size": speedups,
+        # the share of the speculative run's wall time spent drafting (vLLM's runner, timed in-process)
+        "draft_share_per_batch_size": {
+            str(b): _median(
+                [
+                    cell[("spec", b, rep)]["draft_seconds"] / cell[("spec", b, rep)]["seconds"]
+                    for rep in range(repeats)
+                ]
+            )
+            if all(cell[("spec", b, rep)].get("draft_seconds") is not None for rep in range(repeats))
+            else None
+            for b in batch_sizes
+        },
+        "spec_tokens_per_s": {
+            str(b): _median([cell[("spec", b, rep)]["tokens_per_s"] for rep in range(repeats)])
+            for b in batch_sizes
+        },
         "plain_tokens_per_s": {
             str(b): _median([cell[("plain", b, rep)]["tokens_per_s"] for rep in range(repeats)])
             for b in batch_sizes

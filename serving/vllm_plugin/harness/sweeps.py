@@ -37,6 +37,7 @@ import random
 import time
 from pathlib import Path
 
+from serving.vllm_plugin.harness import draft_timer
 from serving.vllm_plugin.harness.counters import (
     PREFIX_METRICS,
     decode_since,
@@ -176,9 +177,12 @@ def _measured(llm, measure, b: int, rep: int, arm: str | None, sched, keep_outpu
     outputs' token ids with ``keep_outputs``)."""
     before, steps_before = spec_counters(llm), recorded_steps(sched)
     prefix_before = spec_counters(llm, PREFIX_METRICS)
+    timer = draft_timer.install()
+    draft_before = timer.seconds if timer is not None else 0.0
     t0 = time.perf_counter()
     result, held_s, held_tokens = measure(b)
     elapsed = time.perf_counter() - t0
+    draft_s = timer.seconds - draft_before if timer is not None else None
     lat = [_request_latency(r, elapsed) for r in result]
     tokens = sum(len(r.outputs[0].token_ids) for r in result)
     row = {} if arm is None else {"config": arm, "decode": decode_since(sched, steps_before, b)}
@@ -187,6 +191,8 @@ def _measured(llm, measure, b: int, rep: int, arm: str | None, sched, keep_outpu
         "batch_size": b,
         "repeat": rep,
         "seconds": elapsed,
+        # wall time in the runner's draft proposal (None: the engine core ran in another process)
+        "draft_seconds": draft_s,
         "output_tokens": tokens,
         # Closed loop: tokens/s while b requests were in flight; otherwise the whole run.
         "tokens_per_s": held_tokens / held_s if held_s else tokens / elapsed,

@@ -318,3 +318,38 @@ def test_online_step_cost_learns_a_ratio_per_shape_and_batch_bucket():
     few.observe(40, k1, 4.0)  # one step at 2x weighs 1 / (1 + 5) against the overall factor
     assert few.step_time(40, k1) == pytest.approx(2.0 * (5 * few.scale + 2.0) / 6)
     assert OnlineStepCost(prior).step_time(40, k1) == 2.0  # off by default
+
+
+def test_a_parallel_drafter_costs_one_pass_and_goes_deeper():
+    """With the same forwards, a parallel drafter's step cost is about flat in k (one draft pass of
+    batch * k tokens) and the policy picks a longer chain for it than for a sequential drafter."""
+    from serving.acceptance import AcceptanceTracker
+    from serving.policy import SpeculationPolicy
+    from serving.shape import TreeShape
+    from serving.step_cost import CostModel, Profile
+
+    target = Profile([1, 8, 64], [0.040, 0.042, 0.060])
+    draft = Profile([1, 8, 64], [0.010, 0.0105, 0.015])
+    seq = CostModel(target, draft)
+    par = CostModel(target, draft, parallel_drafts=True)
+    k2, k6 = TreeShape.chain(2), TreeShape.chain(6)
+    assert par.step_time(1, k6) - par.step_time(1, k2) < 0.002
+    assert seq.step_time(1, k6) - seq.step_time(1, k2) > 0.035
+    shapes = [TreeShape.chain(k) for k in range(1, 7)]
+
+    def pick(cost):
+        tracker = AcceptanceTracker.from_alpha([0.6] * 6, shapes, per_position=True)
+        return SpeculationPolicy(cost, tracker, shapes).choose(1).num_draft_tokens
+
+    assert pick(par) > pick(seq)
+    restored = CostModel.load(_saved(par))
+    assert restored.parallel_drafts and restored.step_time(1, k6) == par.step_time(1, k6)
+
+
+def _saved(cost):
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp()) / "cost.json"
+    cost.save(path)
+    return path
