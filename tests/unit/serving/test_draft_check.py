@@ -91,3 +91,16 @@ def test_the_last_hidden_feature_id_matches_the_capture_hooks_and_the_check_impo
     code = "import sys, serving.draft_check; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "draft_type, served_parallel, found",
+    [("peagle", False, True), ("peagle", True, False), ("eagle3", True, True), ("eagle3", False, False)],
+)
+def test_parallel_drafting_must_match_the_head(draft_type, served_parallel, found):
+    """A P-EAGLE head served without parallel_drafting (vLLM then skips mask_hidden and drafts it
+    sequentially), or an EAGLE-3 head served with it, is named; an unknown flag is not checked."""
+    meta = _meta().model_copy(update={"draft_type": draft_type})
+    causes = [f.cause for f in static_findings(meta, _deploy(parallel_drafting=served_parallel))]
+    assert causes == (["parallel_drafting"] if found else [])
+    assert static_findings(meta, _deploy()) == []
