@@ -97,7 +97,10 @@ def calibrate(
         if draft is not None
         else None
     )
-    return CostModel(target_prof, draft_prof)
+    # a parallel-drafting head runs one pass a step (serving.step_cost.CostModel.parallel_drafts)
+    return CostModel(
+        target_prof, draft_prof, parallel_drafts=bool(getattr(draft, "parallel_drafting", False))
+    )
 
 
 def calibrate_engine_steps(
