@@ -97,3 +97,23 @@ def test_native_schedule_is_the_policys_table_in_vllms_own_format(tmp_path):
     dense = build_dynamic_sd_schedule_lookup(schedule, vllm_max_batch_size=128, vllm_num_speculative_tokens=3)
     assert dense[1:65] == [policy.choose(b).num_draft_tokens for b in range(1, 65)]
     assert dense[128] == 0  # vLLM carries the last range past the table
+
+
+def test_a_parallel_heads_cost_model_survives_the_policy_file(tmp_path):
+    """``cost.parallel_drafts`` is written, read back and served: the loaded policy prices drafting as
+    one pass, so its step time is about flat in k where the sequential one's grows."""
+    from serving.step_cost import CostModel
+
+    target, draft = Profile([1, 8, 64], [0.04, 0.042, 0.06]), Profile([1, 8, 64], [0.01, 0.0105, 0.015])
+    steps = {}
+    for parallel in (False, True):
+        path = write_policy_file(
+            tmp_path / f"p{parallel}.json",
+            CostModel(target, draft, parallel_drafts=parallel),
+            [0.6] * 6,
+            [2, 6],
+        )
+        assert read_policy_file(path).cost.parallel_drafts is parallel
+        cost = load_policy(path, k_max=6).cost
+        steps[parallel] = cost.step_time(1, TreeShape.chain(6)) - cost.step_time(1, TreeShape.chain(2))
+    assert steps[True] < 0.002 < 0.035 < steps[False]
