@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 from datetime import date
 from pathlib import Path
@@ -24,16 +23,7 @@ from pathlib import Path
 from specforge.bench.vllm_chain import bench_vllm_chain
 from specforge.export import export_vllm
 from specforge.files import write_json_atomic
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+from specforge.pipeline import cpu_name
 
 
 def _training(run: Path) -> dict:
@@ -108,7 +98,7 @@ def main() -> None:
         "each k paired with plain vLLM in the same process (median of interleaved repeats)",
         "date": date.today().isoformat(),
         "commit": rev,
-        "machine": f"{_cpu()}, {len(os.sched_getaffinity(0))} cores, no GPU",
+        "machine": f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores, no GPU",
         "dtype": "float32",
         "prompts": args.prompts,
         "max_tokens": args.max_tokens,

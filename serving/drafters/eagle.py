@@ -71,25 +71,34 @@ class EagleDrafter:
         out[:, self._draft_to_target] = logp
         return out
 
+    def _causal_step(
+        self, seq: _SeqCache, ids: torch.Tensor, hidden: torch.Tensor, start_pos: int, keep: int
+    ):
+        """One draft step over ``q`` queries (ids [1, q], hidden [1, q, H]) at positions start_pos..,
+        each attending to the sequence's cache and, causally, to the queries before it; the first
+        ``keep`` queries' keys and values are appended to the cache. Returns the step's output."""
+        q = ids.shape[1]
+        positions = torch.arange(start_pos, start_pos + q)[None]
+        past = seq.keys.shape[1]
+        mask = torch.ones(q, past + q, dtype=torch.bool)
+        mask[:, past:] = torch.ones(q, q, dtype=torch.bool).tril()
+
+        def attn(qs, k, v):
+            keys = torch.cat([seq.keys[None], k], dim=2)
+            vals = torch.cat([seq.values[None], v], dim=2)
+            return attend(qs, keys, vals, mask)
+
+        out = self.draft.step(ids, hidden, positions, attn)
+        seq.keys = torch.cat([seq.keys, out.key[0, :, :keep]], dim=1)
+        seq.values = torch.cat([seq.values, out.value[0, :, :keep]], dim=1)
+        return out
+
     @torch.no_grad()
     def extend(self, b: int, features: torch.Tensor, next_tokens: torch.Tensor, start_pos: int) -> None:
         """features [m, feature width] (the hooks' aux states) at positions start_pos.., next_tokens [m]."""
         seq = self._seqs[b]
         m = features.shape[0]
-        hidden = self.draft.combine(features[None])  # [1, m, H]
-        positions = torch.arange(start_pos, start_pos + m)[None]
-        past = seq.keys.shape[1]
-        mask = torch.ones(m, past + m, dtype=torch.bool)
-        mask[:, past:] = torch.ones(m, m, dtype=torch.bool).tril()
-
-        def attn(q, k, v):
-            keys = torch.cat([seq.keys[None], k], dim=2)
-            vals = torch.cat([seq.values[None], v], dim=2)
-            return attend(q, keys, vals, mask)
-
-        out = self.draft.step(next_tokens[None], hidden, positions, attn)
-        seq.keys = torch.cat([seq.keys, out.key[0]], dim=1)
-        seq.values = torch.cat([seq.values, out.value[0]], dim=1)
+        out = self._causal_step(seq, next_tokens[None], self.draft.combine(features[None]), start_pos, m)
         seq.last_hidden = out.hidden[0, -1]
         seq.last_logp = self._to_target_logp(out.logits[0, -1:])[0]
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 
-from draft_models.layers import attend
 from draft_models.peagle import ParallelEagle3Draft
 from serving.drafters.eagle import EagleDrafter
 from serving.tree import DraftTree
@@ -42,22 +41,9 @@ class ParallelDrafter(EagleDrafter):
         seq = self._seqs[b]
         m, slots = features.shape[0], self.max_depth - 1
         mask_ids, mask_hidden = self.draft.mask_inputs(1, slots)  # [1, slots], [1, slots, H]
-        hidden = torch.cat([self.draft.combine(features[None]), mask_hidden], dim=1)
+        hidden = torch.cat([self.draft.combine(features[None]), mask_hidden], dim=1)  # [1, m + slots, H]
         ids = torch.cat([next_tokens[None], mask_ids], dim=1)  # [1, m + slots]
-        positions = torch.arange(start_pos, start_pos + m + slots)[None]
-        past = seq.keys.shape[1]
-        q = m + slots
-        mask = torch.ones(q, past + q, dtype=torch.bool)  # causal over cache + verified + mask slots
-        mask[:, past:] = torch.ones(q, q, dtype=torch.bool).tril()
-
-        def attn(qs, k, v):
-            keys = torch.cat([seq.keys[None], k], dim=2)
-            vals = torch.cat([seq.values[None], v], dim=2)
-            return attend(qs, keys, vals, mask)
-
-        out = self.draft.step(ids, hidden, positions, attn)
-        seq.keys = torch.cat([seq.keys, out.key[0, :, :m]], dim=1)
-        seq.values = torch.cat([seq.values, out.value[0, :, :m]], dim=1)
+        out = self._causal_step(seq, ids, hidden, start_pos, keep=m)  # the mask slots are not cached
         seq.last_hidden = out.hidden[0, m - 1]
         logp = self._to_target_logp(out.logits[0, m - 1 :])  # [1 + slots, target_vocab]
         seq.last_logp = logp[0]

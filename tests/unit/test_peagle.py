@@ -14,24 +14,13 @@ from serving.drafters.parallel import ParallelDrafter
 from specforge.capture import CapturedBatch
 from specforge.train.ttt import ttt_forward
 from specforge.vocab import build_draft_vocab
+from tests.helpers import small_eagle3_config
 
 H, V = 16, 40
 
 
 def _config(**kw) -> ParallelEagle3Config:
-    return ParallelEagle3Config(
-        hidden_size=H,
-        intermediate_size=2 * H,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=8,
-        vocab_size=V,
-        draft_vocab_size=V,
-        target_hidden_size=H,
-        num_target_layers=8,
-        aux_layer_ids=[2, 4, 5],
-        **kw,
-    )
+    return ParallelEagle3Config(**small_eagle3_config(H, V, V, head_dim=8).to_dict(), **kw)
 
 
 def _draft(seed: int = 0, **kw) -> ParallelEagle3Draft:

@@ -134,11 +134,6 @@ def draft_speculative_fields(draft_dir: str | Path) -> dict:
     return {"method": layout.method, **layout.speculative_options}
 
 
-def draft_method(draft_dir: str | Path) -> str:
-    """The vLLM speculative method a draft checkpoint is served with (see :func:`draft_speculative_fields`)."""
-    return draft_speculative_fields(draft_dir)["method"]
-
-
 def parse_request(raw: dict | str) -> VllmRequest:
     """The validated request (``raw``: a dict or its JSON); ``ValueError`` naming every bad key."""
     try:
