@@ -121,15 +121,22 @@ def _write_dir(
 
 
 def load_draft_weights(run_dir: str | Path) -> tuple[str, Eagle3Config, dict[str, torch.Tensor]]:
-    """(type, config, state dict) from a training run (``draft_config.json`` + ``draft.safetensors``)
-    or an HF-format export (``draft_config.json`` + ``model.safetensors``)."""
+    """(type, config, state dict) from a training run (``draft_config.json`` + ``draft.safetensors``),
+    an HF-format export (``draft_config.json`` + ``model.safetensors``) or one of a run's checkpoints
+    (``checkpoints/step-N``: ``draft_config.json`` + what ``accelerator.save_state`` wrote, FSDP
+    shards in ``pytorch_model_fsdp_0/`` or an unsharded ``model.safetensors``)."""
+    from specforge.train.checkpoints import SHARDED_MODEL_DIR, checkpoint_draft_state, is_training_checkpoint
+
     d = Path(run_dir)
     cfg_path = d / "draft_config.json"
     weights = d / "draft.safetensors" if (d / "draft.safetensors").is_file() else d / "model.safetensors"
-    if not cfg_path.is_file() or not weights.is_file():
+    checkpoint = not (d / "draft.safetensors").is_file() and is_training_checkpoint(d)
+    if not cfg_path.is_file() or not (weights.is_file() or checkpoint):
         raise SpecforgeError(
-            f"{d} is not a finished training run or draft export: it needs draft_config.json and "
-            "draft.safetensors (or model.safetensors); train with `python -m specforge.train` first"
+            f"{d} is not a finished training run, draft export or training checkpoint: it needs "
+            "draft_config.json and draft.safetensors (a run), model.safetensors (an export or an unsharded "
+            f"checkpoint) or {SHARDED_MODEL_DIR}/ (an FSDP sharded checkpoint); train with "
+            "`python -m specforge.train` first"
         )
     try:
         raw = json.loads(cfg_path.read_text())
@@ -137,6 +144,8 @@ def load_draft_weights(run_dir: str | Path) -> tuple[str, Eagle3Config, dict[str
         cfg = get_draft_type(draft_type).config_cls(**raw)
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise SpecforgeError(f"{cfg_path} is corrupt ({e}); re-export or retrain") from e
+    if checkpoint:
+        return draft_type, cfg, checkpoint_draft_state(d)
     try:
         state = load_file(str(weights))
     except Exception as e:

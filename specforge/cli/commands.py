@@ -280,7 +280,12 @@ def add_parsers(sub) -> None:
     tr.set_defaults(func=cmd_train)
 
     ex = sub.add_parser("export", help="export a trained draft")
-    ex.add_argument("--run", required=True, help="training output_dir (or an HF-format draft export)")
+    ex.add_argument(
+        "--run",
+        required=True,
+        help="training output_dir, one of its checkpoints (output_dir/checkpoints/step-N, FSDP-sharded or "
+        "not) or an HF-format draft export",
+    )
     ex.add_argument("--format", choices=["vllm", "hf"], default="vllm")
     ex.add_argument("--out", required=True)
     ex.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

@@ -4,19 +4,26 @@ Contract: a run keeps its checkpoints under ``<output_dir>/checkpoints/step-NNNN
 ``accelerator.save_state`` to a temporary directory renamed into place) and names the newest in
 ``latest.json``. :func:`latest_checkpoint` reads that pointer; :func:`resume` loads it, falling
 back to the newest older checkpoint that loads, and says in one line which settings changed when
-a checkpoint no longer fits the model.
+a checkpoint no longer fits the model. :func:`checkpoint_draft_state` reads the draft's whole state
+dict out of a checkpoint, sharded (FSDP ``SHARDED_STATE_DICT``) or not, for ``specforge export``.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
+
+import torch
 
 from specforge.config import TrainConfig
 from specforge.errors import SpecforgeError
 
 CKPT_DIR = "checkpoints"
 LATEST = "latest.json"
+SHARDED_MODEL_DIR = "pytorch_model_fsdp_0"  # accelerate's torch.distributed.checkpoint of the model
+FULL_MODEL_FILE = "model.safetensors"  # accelerate's unsharded model file
+DRAFT_PREFIX = "draft."  # the draft's keys inside the training loop's TTTModule
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -96,3 +103,59 @@ def flat_hparams(tree: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{k}"] = v if isinstance(v, int | float | str | bool) else str(v)
     return flat
+
+
+def is_training_checkpoint(ckpt: Path) -> bool:
+    """Whether ``ckpt`` holds a model ``accelerator.save_state`` wrote for a training run: FSDP shards,
+    or ``model.safetensors`` whose keys are the training module's (``draft.*``)."""
+    if (ckpt / SHARDED_MODEL_DIR).is_dir():
+        return True
+    if not (ckpt / FULL_MODEL_FILE).is_file():
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(ckpt / FULL_MODEL_FILE), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception:  # a damaged file is not recognisably a checkpoint; the caller reports it
+        return False
+    return bool(keys) and all(k.startswith(DRAFT_PREFIX) for k in keys)
+
+
+def checkpoint_draft_state(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The draft's whole state dict from a checkpoint (see :func:`is_training_checkpoint`): the FSDP
+    shards merged by accelerate's ``merge_fsdp_weights`` (torch.distributed.checkpoint's reader, one
+    process), or the unsharded ``model.safetensors``; the ``draft.`` key prefix dropped."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+
+    sharded = ckpt / SHARDED_MODEL_DIR
+    source = sharded if sharded.is_dir() else ckpt / FULL_MODEL_FILE
+    if sharded.is_dir() and not (sharded / ".metadata").is_file():
+        raise SpecforgeError(
+            f"{sharded} cannot be read as a training checkpoint's model (no .metadata: not a complete "
+            "torch.distributed.checkpoint); export another checkpoint or the finished run"
+        )
+    try:
+        if sharded.is_dir():
+            from accelerate.utils import merge_fsdp_weights
+
+            with tempfile.TemporaryDirectory() as tmp:
+                merge_fsdp_weights(str(sharded), tmp, safe_serialization=True)
+                state = load_file(str(Path(tmp) / FULL_MODEL_FILE))
+        else:
+            state = load_file(str(source))
+    except (Exception, CheckpointException) as e:  # torch.distributed.checkpoint, safetensors: many types
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        problem = (lines[-1] if isinstance(e, CheckpointException) else lines[0])[:300]
+        raise SpecforgeError(
+            f"{source} cannot be read as a training checkpoint's model ({problem}); export another "
+            "checkpoint or the finished run"
+        ) from None
+    other = [k for k in state if not k.startswith(DRAFT_PREFIX)]
+    if other or not state:
+        raise SpecforgeError(
+            f"{source} is not a specforge training checkpoint: its tensors are not the draft's "
+            f"({DRAFT_PREFIX}*), e.g. {other[:3]}"
+        )
+    return {k[len(DRAFT_PREFIX) :]: v for k, v in state.items()}

@@ -3,8 +3,10 @@
 Contract: :func:`train` builds the draft vocabulary from the training data, creates the draft head
 named by ``cfg.draft.type`` (from the registry), and trains it with the training-time-test loss
 against a frozen target whose hidden states come online (captured per batch) or offline (shards).
-Gradient accumulation, mixed precision, clipping, a cosine schedule with warm-up and DDP come
-from accelerate. Every ``save_every`` optimizer steps, ``accelerator.save_state`` writes a
+Gradient accumulation, mixed precision, clipping, a cosine schedule with warm-up, DDP and FSDP 2
+(the draft sharded, the frozen target whole on every process: :mod:`specforge.train.sharding`)
+come from accelerate. ``train/loss`` is each optimizer step's loss averaged over its micro-batches
+and processes. Every ``save_every`` optimizer steps, ``accelerator.save_state`` writes a
 checkpoint to a temporary directory that is renamed into place, then ``latest.json`` is replaced
 atomically; the resolved config sits beside every checkpoint. Resuming reloads model, optimizer,
 scheduler, RNG and the loop's own position (:class:`LoopState`) and skips the batches already seen
@@ -48,6 +50,7 @@ from specforge.targets.loader import Target, load_target
 from specforge.train.batching import LengthGroupedBatches, PackedBatches
 from specforge.train.checkpoints import CKPT_DIR, LATEST, flat_hparams, latest_checkpoint, resume
 from specforge.train.estimates import estimate_logs, online_batches, teacher_forced
+from specforge.train.sharding import full_draft_state, plain_draft, setup_fsdp, step_loss, use_cpu
 from specforge.train.ttt import TargetHead, ttt_forward
 from specforge.vocab import build_draft_vocab
 
@@ -141,11 +144,13 @@ def train(cfg: TrainConfig) -> dict:
     if "wandb" in log_with:
         os.environ.setdefault("WANDB_MODE", cfg.wandb_mode)
     accelerator = Accelerator(
+        cpu=use_cpu(),
         gradient_accumulation_steps=cfg.optim.grad_accum,
         mixed_precision=_mixed_precision(cfg.mixed_precision),
         log_with=log_with or None,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
+    fsdp = setup_fsdp(accelerator)
     set_seed(cfg.seed)
     if cfg.target is None:
         from specforge.targets.tiny import build_tiny_target
@@ -251,6 +256,7 @@ def train(cfg: TrainConfig) -> dict:
         total_steps * accelerator.num_processes,
     )
     module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
+    trainable = [p for p in module.parameters() if p.requires_grad]  # FSDP replaced them with shards
     state = LoopState()
     accelerator.register_for_checkpointing(state)
 
@@ -301,7 +307,7 @@ def train(cfg: TrainConfig) -> dict:
             )
         else:
             batches = online_batches(target, eval_ds[:], online, bs)
-        tf = teacher_forced(accelerator.unwrap_model(module), batches, head)
+        tf = teacher_forced(module if fsdp else accelerator.unwrap_model(module), batches, head)
         module.train()
         return estimate_logs(tf, walk_k, cfg.served_eval.max_new_tokens)
 
@@ -312,11 +318,14 @@ def train(cfg: TrainConfig) -> dict:
     )
 
     def served() -> dict[str, ServedEstimate]:
-        """The head served closed loop by the reference engine on the held-out prompts (main process)."""
-        if not served_prompts or not accelerator.is_main_process:
+        """The head served closed loop by the reference engine on the held-out prompts (main process;
+        under FSDP every process gathers the draft's shards first)."""
+        if not served_prompts:
+            return {}
+        draft_now = plain_draft(accelerator, module, lambda: dtype.model_cls(draft_cfg), fsdp)
+        if draft_now is None:
             return {}
         se = cfg.served_eval
-        draft_now = accelerator.unwrap_model(module).draft
         out = {
             served_key(t): served_estimate(
                 target.model,
@@ -333,6 +342,8 @@ def train(cfg: TrainConfig) -> dict:
         module.train()
         return out
 
+    draft_json = {"type": cfg.draft.type, **draft_cfg.to_dict()}
+
     def save_checkpoint() -> None:
         accelerator.wait_for_everyone()
         ckpt_root = out / CKPT_DIR
@@ -345,6 +356,7 @@ def train(cfg: TrainConfig) -> dict:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             cfg.save(tmp / "config.yaml")
+            write_json_atomic(tmp / "draft_config.json", draft_json)  # `specforge export` reads it
             final = ckpt_root / name
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
@@ -373,6 +385,7 @@ def train(cfg: TrainConfig) -> dict:
     slots_seen = 0  # token slots of the batches, padding included
     first_step = state.step
     warm: tuple[float, int, int] | None = None  # (time, tokens, loss tokens) after WARMUP_STEPS steps
+    loss_sums, micro_batches = torch.zeros(()), 0  # this optimizer step's losses so far: total, per TTT step
     while state.step < total_steps:
         if grouped is not None:  # this epoch's order, before any batches of it are skipped
             grouped.set_epoch(state.epoch)
@@ -391,6 +404,8 @@ def train(cfg: TrainConfig) -> dict:
                 slots_seen += captured.attention_mask.numel()
                 res = module(captured, head)
                 accelerator.backward(res.loss)
+                loss_sums = loss_sums + torch.cat([res.loss.detach().view(1), res.step_losses.detach()]).cpu()
+                micro_batches += 1
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(trainable, cfg.optim.max_grad_norm)
                 optimizer.step()
@@ -400,17 +415,19 @@ def train(cfg: TrainConfig) -> dict:
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
+            losses = step_loss(accelerator, loss_sums, micro_batches)
+            loss_sums, micro_batches = torch.zeros(()), 0
             if state.step - first_step == WARMUP_STEPS:
                 warm = (time.time(), tokens_seen, loss_tokens_seen)
             elapsed = max(1e-9, time.time() - t0)
             logs = {
-                "train/loss": res.loss.item(),
+                "train/loss": losses[0],
                 "lr": scheduler.get_last_lr()[0],
                 "train/tokens_per_s": tokens_seen * accelerator.num_processes / elapsed,
                 "train/loss_tokens_per_s": loss_tokens_seen * accelerator.num_processes / elapsed,
                 "train/padding_fraction": 1 - tokens_seen / max(1, slots_seen),
                 "train/peak_rss_gb": peak_rss_gb(),
-                **{f"train/loss_{i}": v for i, v in enumerate(res.step_losses.tolist())},
+                **{f"train/loss_{i}": v for i, v in enumerate(losses[1:])},
             }
             if state.step % cfg.eval_every == 0 or state.step == total_steps:
                 logs.update(evaluate())
@@ -439,16 +456,15 @@ def train(cfg: TrainConfig) -> dict:
     bar.close()
     if online is not None:
         online.close()
+    weights = full_draft_state(accelerator, module)  # under FSDP a collective: before end_training
     accelerator.end_training()
     final = {k: v for k, v in history[-1].items()} if history else {}
     if accelerator.is_main_process:
-        final_draft = accelerator.unwrap_model(module).draft
         from safetensors.torch import save_file
 
-        weights = {k: v.detach().cpu().contiguous() for k, v in final_draft.state_dict().items()}
         save_file(weights, str(out / "draft.safetensors.tmp"))
         os.replace(out / "draft.safetensors.tmp", out / "draft.safetensors")
-        write_json_atomic(out / "draft_config.json", {"type": cfg.draft.type, **draft_cfg.to_dict()})
+        write_json_atomic(out / "draft_config.json", draft_json)
         write_json_atomic(
             out / "train_summary.json",
             {
