@@ -227,6 +227,9 @@ class Manifest:
     shards: list[ShardInfo] = field(default_factory=list)
     complete: bool = False
     version: int = MANIFEST_VERSION
+    engine: str = "hf"  # what ran the target: "hf" (forward hooks) or "vllm" (specforge.capture_vllm)
+    engine_seconds: float = 0.0  # vLLM's own time over the runs that built it (vllm only)
+    wall_seconds: float = 0.0  # the runs' wall time, from vLLM's start-up to the last shard (vllm only)
 
     @property
     def num_shards(self) -> int:
@@ -257,19 +260,24 @@ class Manifest:
             raise SpecforgeError(f"{path} is corrupt ({e}); delete the directory and capture again") from e
 
 
-def _fingerprint(
-    target: Target, layers: list[int], cfg: CaptureConfig, ds: datasets.Dataset, per_shard: int
+def capture_fingerprint(
+    target: Target,
+    layers: list[int],
+    cfg: CaptureConfig,
+    ds: datasets.Dataset,
+    per_shard: int,
+    engine: str = "hf",
 ) -> str:
+    """What a capture directory is of: the target, layers, dtype, rows, shard size and engine."""
     h = hashlib.sha256()
-    h.update(
-        json.dumps([str(target.path.resolve()), layers, cfg.dtype, cfg.store_logits, per_shard]).encode()
-    )
+    key = [str(target.path.resolve()), layers, cfg.dtype, cfg.store_logits, per_shard]
+    h.update(json.dumps(key if engine == "hf" else [*key, engine]).encode())
     h.update(json.dumps(target.config.to_dict(), sort_keys=True, default=str).encode())
     h.update(ds._fingerprint.encode() if getattr(ds, "_fingerprint", None) else str(len(ds)).encode())
     return h.hexdigest()[:16]
 
 
-def _widened(target: Target, cfg: CaptureConfig, out: Path) -> CaptureConfig:
+def widened_config(target: Target, cfg: CaptureConfig, out: Path) -> CaptureConfig:
     """``cfg`` with the layers of the capture already in ``out`` when those include every layer
     ``cfg`` asks for: one capture of layers (2, 15, 27, 30) serves EAGLE-3, EAGLE-1 and MTP heads."""
     if not (out / MANIFEST).is_file():
@@ -279,6 +287,25 @@ def _widened(target: Target, cfg: CaptureConfig, out: Path) -> CaptureConfig:
     if stored != wanted and all(k in stored or k == LAST_HIDDEN for k in wanted):
         return replace(cfg, aux_layers=list(stored))
     return cfg
+
+
+def publish_shard(
+    out: Path, name: str, tensors: dict[str, list[torch.Tensor]], lengths: list[int], manifest: Manifest
+) -> None:
+    """Write one shard (per-sequence tensors of :data:`_STORED`, laid end to end, with ``offsets``)
+    to a temporary file renamed into place, then record it in the manifest."""
+    flat = {k: torch.cat(v).contiguous() for k, v in tensors.items()}
+    flat["offsets"] = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.long)
+    tmp = out / (name + ".tmp")
+    save_file(flat, str(tmp), metadata={"fingerprint": manifest.fingerprint})
+    os.replace(tmp, out / name)
+    manifest.shards.append(ShardInfo(name, len(lengths), int(sum(lengths)), (out / name).stat().st_size))
+    manifest.shards.sort(key=lambda s: s.file)  # the dataset's row order, whatever order shards finish in
+    manifest.save(out)
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.safetensors"
 
 
 def write_shards(
@@ -296,9 +323,9 @@ def write_shards(
     cfg = cfg or CaptureConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = _widened(target, cfg, out)
+    cfg = widened_config(target, cfg, out)
     layers = cfg.resolved_layers(target.num_layers)
-    fp = _fingerprint(target, layers, cfg, ds, sequences_per_shard)
+    fp = capture_fingerprint(target, layers, cfg, ds, sequences_per_shard)
     manifest = None
     if (out / MANIFEST).is_file():
         manifest = Manifest.load(out)
@@ -327,7 +354,7 @@ def write_shards(
     bar = tqdm(total=len(ds), desc="capture", unit="seq", disable=not progress)
     try:
         for shard_idx in range(manifest.num_shards):
-            name = f"shard-{shard_idx:05d}.safetensors"
+            name = shard_name(shard_idx)
             lo = shard_idx * sequences_per_shard
             hi = min(len(ds), lo + sequences_per_shard)
             if name in done:
@@ -347,13 +374,7 @@ def write_shards(
                         if value is not None:
                             tensors.setdefault(key, []).append(value[i, :n])
                 bar.update(len(rows))
-            flat = {k: torch.cat(v).contiguous() for k, v in tensors.items()}
-            flat["offsets"] = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.long)
-            tmp = out / (name + ".tmp")
-            save_file(flat, str(tmp), metadata={"fingerprint": fp})
-            os.replace(tmp, out / name)
-            manifest.shards.append(ShardInfo(name, hi - lo, int(sum(lengths)), (out / name).stat().st_size))
-            manifest.save(out)
+            publish_shard(out, name, tensors, lengths, manifest)
     finally:
         bar.close()
         capture.close()

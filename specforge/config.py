@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from draft_models.registry import draft_type_names
 from specforge.errors import SpecforgeError
@@ -99,6 +99,9 @@ class TrainConfig(_Strict):
     output_dir: str = "runs/draft"
     hidden_states: Literal["online", "offline"] = "online"
     capture_dir: str | None = None  # offline: shards of data.train (written if missing)
+    # offline: what writes missing shards: "hf" (forward hooks, this process) or "vllm" (the real
+    # vLLM's extract_hidden_states, specforge.capture_vllm); the shards are the same
+    capture_engine: Literal["hf", "vllm"] = "hf"
     data: DataConfig
     draft: DraftConfig = DraftConfig()
     ttt: TTTConfig = TTTConfig()
@@ -124,6 +127,14 @@ class TrainConfig(_Strict):
     @classmethod
     def _yaml_no(cls, v):
         return "no" if v is False else v  # YAML 1.1 reads a bare `no` as false
+
+    @model_validator(mode="after")
+    def _engine_needs_offline(self) -> TrainConfig:
+        if self.capture_engine != "hf" and self.hidden_states != "offline":
+            raise ValueError(
+                f"capture_engine {self.capture_engine} writes shards: set hidden_states: offline"
+            )
+        return self
 
     def save(self, path: Path) -> None:
         tmp = Path(path).with_suffix(".tmp")

@@ -92,6 +92,8 @@ def cmd_data_regenerate(args: argparse.Namespace) -> None:
             args.out,
             dtype=dtype,
             max_num_seqs=args.batch_size or 64,
+            tensor_parallel_size=args.tensor_parallel_size,
+            data_parallel_size=args.data_parallel_size,
             **common,
         )
     else:
@@ -115,25 +117,32 @@ def run_capture(
     store_logits: bool,
     limit: int | None,
     skip_bad_rows: bool,
+    vllm: dict | None = None,
 ) -> dict:
+    """``vllm``: capture through vLLM with these settings of
+    :func:`~specforge.capture_vllm.write_shards_vllm` (engine_dtype, parallel sizes); None: forward hooks."""
     from specforge.capture import CaptureConfig, write_shards
+    from specforge.capture_vllm import write_shards_vllm
     from specforge.data.tokenize import load_tokenized
     from specforge.targets.loader import load_target
 
-    target = load_target(target_dir, need_chat_template=False)  # plain text needs none; tokenizing checks
+    # plain text needs no chat template (tokenizing checks); vLLM runs the model in its own process
+    target = load_target(target_dir, need_chat_template=False, lazy=vllm is not None)
     ds, report = load_tokenized(data, target.tokenizer, max_length, skip_bad_rows, limit)
     t0 = time.time()
-    manifest = write_shards(
-        target,
-        ds,
-        out,
-        CaptureConfig(aux_layers=layers, store_logits=store_logits, dtype=dtype),
-        batch_size=batch_size,
-        sequences_per_shard=sequences_per_shard,
-    )
+    cfg = CaptureConfig(aux_layers=layers, store_logits=store_logits, dtype=dtype)
+    if vllm is None:
+        manifest = write_shards(
+            target, ds, out, cfg, batch_size=batch_size, sequences_per_shard=sequences_per_shard
+        )
+    else:
+        manifest = write_shards_vllm(
+            target, ds, out, cfg, sequences_per_shard=sequences_per_shard, max_num_seqs=batch_size, **vllm
+        )
     tokens = sum(s.num_tokens for s in manifest.shards)
     return {
         "out": str(out),
+        "engine": manifest.engine,
         "sequences": manifest.num_sequences,
         "tokens": tokens,
         "shards": len(manifest.shards),
@@ -148,7 +157,11 @@ def run_capture(
 
 
 def cmd_capture(args: argparse.Namespace) -> None:
+    from specforge.errors import SpecforgeError
+
     layers = int_list(args.layers, "--layers", minimum=0) if args.layers else None
+    if args.engine == "hf" and (args.tensor_parallel_size > 1 or args.pipeline_parallel_size > 1):
+        raise SpecforgeError("--tensor/--pipeline-parallel-size are vLLM settings: add --engine vllm")
     res = run_capture(
         target_path(args.target),
         Path(args.data),
@@ -161,6 +174,13 @@ def cmd_capture(args: argparse.Namespace) -> None:
         args.store_logits,
         args.limit,
         args.skip_bad_rows,
+        vllm=None
+        if args.engine == "hf"
+        else {
+            "engine_dtype": args.engine_dtype,
+            "tensor_parallel_size": args.tensor_parallel_size,
+            "pipeline_parallel_size": args.pipeline_parallel_size,
+        },
     )
     print(json.dumps(res, indent=1))
 
@@ -193,6 +213,15 @@ def cmd_export(args: argparse.Namespace) -> None:
     else:
         out = export_hf(args.run, args.out, force=args.force)
     print(json.dumps({"format": args.format, "out": str(out)}))
+
+
+def add_vllm_parallel(parser: argparse.ArgumentParser, pipeline: bool) -> None:
+    """vLLM's parallel settings, passed through as given (docs/scale-out.md says which work)."""
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="(vllm) GPUs per model replica")
+    if pipeline:
+        parser.add_argument("--pipeline-parallel-size", type=int, default=1, help="(vllm) pipeline stages")
+    else:
+        parser.add_argument("--data-parallel-size", type=int, default=1, help="(vllm) model replicas")
 
 
 def add_parsers(sub) -> None:
@@ -252,6 +281,7 @@ def add_parsers(sub) -> None:
     r.add_argument(
         "--batch-size", type=int, default=None, help="conversations at once (default: vllm 64, hf 16)"
     )
+    add_vllm_parallel(r, pipeline=False)
     r.add_argument("--max-new-tokens", type=int, default=256)
     r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     r.add_argument("--top-p", type=float, default=1.0)
@@ -266,7 +296,20 @@ def add_parsers(sub) -> None:
     c.add_argument("--out", required=True)
     c.add_argument("--layers", help="comma-separated aux layer ids (default: 2,L/2,L-3)")
     c.add_argument("--max-length", type=int, default=1024)
-    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument(
+        "--engine",
+        choices=["hf", "vllm"],
+        default="hf",
+        help="hf: forward hooks in this process; vllm: the real vLLM's extract_hidden_states (same shards)",
+    )
+    c.add_argument(
+        "--engine-dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="(vllm) the dtype vLLM computes in (--dtype: the one stored)",
+    )
+    add_vllm_parallel(c, pipeline=True)
+    c.add_argument("--batch-size", type=int, default=8, help="rows per forward (hf) or max_num_seqs (vllm)")
     c.add_argument("--sequences-per-shard", type=int, default=256)
     c.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     c.add_argument("--store-logits", action="store_true")

@@ -3,7 +3,8 @@
 Contract: :func:`regenerate` reads a dataset (any format :mod:`formats` accepts) and writes an
 OpenAI-messages JSONL in which every assistant turn is replaced by the target's response to the
 conversation so far (earlier turns already regenerated), decoded greedily (``temperature=0``) or
-sampled. Conversations are processed in batches with left padding and a KV cache. Output is
+sampled; a conversation that ends in a user turn (a prompt-only row) gets the target's answer
+appended, as :mod:`specforge.data.regenerate_vllm` does. Conversations are processed in batches with left padding and a KV cache. Output is
 appended to ``<out>.partial`` batch by batch and renamed to ``out`` when complete, so a killed run
 resumes after the last finished batch. ``<out>.meta.json`` records the input's hash, the target and
 the settings; an existing output made from anything else is refused, never silently reused.
@@ -152,7 +153,7 @@ def regenerate(
             "skipped_bad_rows": 0,
             "cached": True,
         }
-    ds, report = load_rows(data_path, skip_bad_rows=skip_bad_rows)
+    ds, report = load_rows(data_path, skip_bad_rows=skip_bad_rows, allow_prompt_only=True)
     n = len(ds) if limit is None else min(limit, len(ds))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(meta_path, meta)
@@ -172,6 +173,9 @@ def regenerate(
             torch.manual_seed(seed + lo)
             rows = [ds[i] for i in range(lo, min(n, lo + batch_size))]
             convs = [[dict(m) for m in r["messages"]] if r["messages"] is not None else None for r in rows]
+            for c in convs:
+                if c is not None and c[-1]["role"] != "assistant":
+                    c.append({"role": "assistant", "content": ""})  # the answer to write
             turn_idx = [[i for i, m in enumerate(c) if m["role"] == "assistant"] if c else [] for c in convs]
             for t in range(max((len(x) for x in turn_idx), default=0)):
                 todo = [(ci, turn_idx[ci][t]) for ci in range(len(convs)) if len(turn_idx[ci]) > t]

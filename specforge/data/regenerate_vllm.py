@@ -11,7 +11,10 @@ the input's hash, the target and the settings (as :func:`specforge.data.regenera
 does); an output made from anything else is refused. A conversation whose prompt would leave less
 than ``max_new_tokens`` of room in ``max_model_len`` keeps only the turns before it (counted in
 ``cut_conversations``); one left without an assistant turn, or whose answer came out empty, is
-dropped (``dropped_conversations``). Plain-text rows are copied unchanged. Loss masks come later,
+dropped (``dropped_conversations``). Plain-text rows are copied unchanged. ``data_parallel_size``
+N runs N independent engines at once, each on every N-th prompt with its own devices (its
+``tensor_parallel_size`` GPUs, or its share of the CPU cores) and its own stream file
+(``turn-T.dpR.jsonl``); vLLM's offline engine has no in-process data parallelism. Loss masks come later,
 from :mod:`specforge.data.tokenize`: the regenerated assistant turns are what a draft learns.
 """
 
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from serving.vllm_plugin.harness.runner import run_vllm
+from serving.vllm_plugin.harness.runner import device_env, run_vllm, stop_all_runs
 from specforge.data.formats import load_rows
 from specforge.data.regenerate import _count_complete_lines, check_reuse, regeneration_meta
 from specforge.data.tokenize import chat_prompt_ids
@@ -43,6 +46,84 @@ def _read_stream(path: Path) -> dict[int, list[int]]:
     return done
 
 
+def _read_streams(parts: Path, turn: int) -> dict[int, list[int]]:
+    """The answers of turn ``turn`` streamed so far, by every replica."""
+    done: dict[int, list[int]] = {}
+    for path in sorted(parts.glob(f"turn-{turn}*.jsonl")):
+        done.update(_read_stream(path))
+    return done
+
+
+def _run_replicas(
+    request: dict,
+    todo: list[int],
+    prompts: list[list[int]],
+    parts: Path,
+    turn: int,
+    seed: int,
+    replicas: int,
+    kv_cache_gib: int,
+    poll,
+) -> list[dict]:
+    """Answer ``prompts`` (conversation ``todo[i]``'s is ``prompts[i]``) with ``replicas`` independent
+    vLLM engines at once (data parallelism: every ``replicas``-th prompt to each), each streaming to
+    its own file; return their results."""
+    import threading
+
+    gpus_needed = replicas * request["tensor_parallel_size"]
+    if replicas > 1:
+        import torch
+
+        have = torch.cuda.device_count() or len(os.sched_getaffinity(0))
+        if have < gpus_needed:
+            raise SpecforgeError(
+                f"data parallel size {replicas} x tensor parallel size {request['tensor_parallel_size']} "
+                f"needs {gpus_needed} devices (GPUs, or CPU cores on a machine without one); {have} here"
+            )
+    results: list[dict | BaseException] = [RuntimeError("not run")] * replicas
+
+    def run(rank: int) -> None:
+        stream = parts / (f"turn-{turn}.jsonl" if replicas == 1 else f"turn-{turn}.dp{rank}.jsonl")
+        mine = list(range(rank, len(todo), replicas))
+        req = {
+            **request,
+            "prompts": [prompts[i] for i in mine],
+            "stream_to": str(stream.resolve()),
+            "stream_ids": [todo[i] for i in mine],
+            "seed": seed + 7919 * rank,
+        }
+        env = {
+            "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
+            **device_env(rank, replicas, request["tensor_parallel_size"]),
+        }
+        try:
+            results[rank] = run_vllm(
+                req,
+                parts / f"vllm-turn-{turn}-dp{rank}",
+                timeout=24 * 3600,
+                env=env,
+                poll=poll if rank == 0 else None,
+            )
+        except BaseException as e:  # reported below, once every replica has stopped
+            results[rank] = e
+
+    threads = [
+        threading.Thread(target=run, args=(r,)) for r in range(replicas) if range(r, len(todo), replicas)
+    ]
+    for th in threads:
+        th.start()
+    try:
+        for th in threads:
+            th.join()
+    except BaseException:  # interrupted: the replicas' vLLM processes stop with this one
+        stop_all_runs()
+        raise
+    failed = [r for r in results[: len(threads)] if isinstance(r, BaseException)]
+    if failed:
+        raise failed[0]
+    return [r for r in results[: len(threads)] if isinstance(r, dict)]
+
+
 def regenerate_vllm(
     target_dir: str | Path,
     data_path: str | Path,
@@ -58,9 +139,12 @@ def regenerate_vllm(
     max_model_len: int = 2048,
     chunk: int = 256,
     kv_cache_gib: int = 4,
+    tensor_parallel_size: int = 1,
+    data_parallel_size: int = 1,
     progress: bool = True,
 ) -> dict:
-    """Rewrite assistant turns through vLLM; return counts (rows, answers generated, resumed, cut and
+    """Rewrite assistant turns through vLLM (``tensor_parallel_size`` / ``data_parallel_size``: vLLM's
+    own settings, passed through); return counts (rows, answers generated, resumed, cut and
     dropped conversations, seconds and tokens per second of the vLLM runs, ``cached``)."""
     target_dir, out_path = Path(target_dir), Path(out_path)
     parts = out_path.with_name(out_path.name + ".parts")
@@ -94,8 +178,7 @@ def regenerate_vllm(
     write_json_atomic(meta_path, meta)
     stats = {"answers": 0, "resumed": 0, "cut_conversations": 0, "vllm_seconds": 0.0, "output_tokens": 0}
     for t in range(max((len(x) for x in turns), default=0)):
-        stream = parts / f"turn-{t}.jsonl"
-        done = _read_stream(stream)
+        done = _read_streams(parts, t)
         stats["resumed"] += len(done)
         todo, prompts = [], []
         for ci, conv in enumerate(convs):
@@ -119,38 +202,31 @@ def regenerate_vllm(
                 disable=not progress,
             )
 
-            def advance(bar=bar, stream=stream) -> None:
-                lines = stream.read_bytes().count(b"\n") if stream.exists() else 0
-                bar.n = min(bar.total, lines)
+            def advance(bar=bar, t=t) -> None:
+                files = parts.glob(f"turn-{t}*.jsonl")
+                bar.n = min(bar.total, sum(f.read_bytes().count(b"\n") for f in files))
                 bar.refresh()
 
             request = {
                 "target": str(target_dir),
-                "prompts": prompts,
                 "max_tokens": max_new_tokens,
                 "temperature": temperature,
                 "top_p": top_p,
-                "seed": seed + t,
                 "seed_requests": False,
                 "dtype": dtype,
                 "max_num_seqs": max_num_seqs,
                 "max_model_len": max_model_len,
-                "stream_to": str(stream.resolve()),
-                "stream_ids": todo,
                 "stream_chunk": chunk,
+                "tensor_parallel_size": tensor_parallel_size,
             }
-            result = run_vllm(
-                request,
-                parts / f"vllm-turn-{t}",
-                timeout=24 * 3600,
-                env={"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)},
-                poll=advance,
+            results = _run_replicas(
+                request, todo, prompts, parts, t, seed + t, data_parallel_size, kv_cache_gib, advance
             )
             bar.close()
-            stats["vllm_seconds"] += result["seconds"]
-            stats["output_tokens"] += result["output_tokens"]
+            stats["vllm_seconds"] += max(r["seconds"] for r in results)
+            stats["output_tokens"] += sum(r["output_tokens"] for r in results)
             stats["answers"] += len(todo)
-            done = _read_stream(stream)
+            done = _read_streams(parts, t)
         missing = [ci for ci in range(n) if convs[ci] is not None and len(turns[ci]) > t and ci not in done]
         if missing:
             raise SpecforgeError(

@@ -36,8 +36,8 @@ from specforge.capture import (
     ShardDataset,
     collate_captured,
     pad_batch,
-    write_shards,
 )
+from specforge.capture_vllm import shard_writer
 from specforge.config import TrainConfig
 from specforge.data.formats import load_rows
 from specforge.data.tokenize import load_tokenized, served_prompt_ids
@@ -210,10 +210,11 @@ def train(cfg: TrainConfig) -> dict:
     if offline:
         cap_dir = Path(cfg.capture_dir or out / "capture")
         if accelerator.is_main_process:
-            stored = write_shards(target, train_ds, cap_dir, capture_cfg, progress=cfg.progress).aux_layers
+            write = shard_writer(cfg.capture_engine, target_dtype)
+            stored = write(target, train_ds, cap_dir, capture_cfg, progress=cfg.progress).aux_layers
             if eval_ds is not None:  # held-out rows too (the same layers), so evaluation needs no model
                 heldout_cfg = replace(capture_cfg, aux_layers=stored)
-                write_shards(target, eval_ds, cap_dir / "heldout", heldout_cfg, progress=cfg.progress)
+                write(target, eval_ds, cap_dir / "heldout", heldout_cfg, progress=cfg.progress)
         accelerator.wait_for_everyone()
         target.unload()  # the shards hold all training needs of it
         dataset = ShardDataset(cap_dir, layers=layers)

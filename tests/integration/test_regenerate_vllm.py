@@ -81,3 +81,20 @@ def test_regenerate_vllm_answers_resumes_and_refuses_other_settings(micro_target
     assert again["cached"] is True
     with pytest.raises(SpecforgeError, match="max_new_tokens 12 -> 16"):
         regenerate_vllm(micro_target_dir, data, out, progress=False, **{**settings, "max_new_tokens": 16})
+
+
+def test_data_parallel_replicas_give_the_single_engine_answers(micro_target_dir, tmp_path):
+    """Two replicas (each on its own CPU core here) answer every prompt once, greedily as one engine does."""
+    from specforge.data.regenerate_vllm import regenerate_vllm
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    settings = dict(max_new_tokens=12, dtype="float32", max_model_len=512, progress=False)
+    one = regenerate_vllm(micro_target_dir, data, tmp_path / "one.jsonl", **settings)
+    two = regenerate_vllm(micro_target_dir, data, tmp_path / "two.jsonl", data_parallel_size=2, **settings)
+    assert two["answers"] == one["answers"] == 5 + 1  # turn 1: 5 prompts; turn 2: the two-turn row
+    assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
+    assert sorted(p.name for p in (tmp_path / "two.jsonl.parts").glob("turn-0*.jsonl")) == [
+        "turn-0.dp0.jsonl",
+        "turn-0.dp1.jsonl",
+    ]

@@ -31,6 +31,7 @@ def test_recipe_and_overrides(tmp_path):
         ("data:\n  train: a.jsonl\n", ["optim.nope=1"], "unknown key 'optim.nope'"),
         ("data:\n  train: a.jsonl\n", ["ttt.steps=0"], "ttt.steps"),
         ("data:\n  train: a.jsonl\n", ["hidden_states=cloud"], "hidden_states"),
+        ("data:\n  train: a.jsonl\n", ["capture_engine=vllm"], "set hidden_states: offline"),
         ("optim:\n  lr: 1\n", [], "required key 'data'"),
         ("data: [unclosed\n", [], "not valid YAML"),
         ("- a\n- b\n", [], "must be a mapping"),

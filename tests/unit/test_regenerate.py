@@ -103,3 +103,19 @@ def test_resume_after_kill_gives_same_output(micro_target, tmp_path, monkeypatch
     )
     assert res["resumed_from"] == 4
     assert out.read_text() == ref.read_text()
+
+
+def test_a_prompt_only_row_gets_the_target_answer_appended(micro_target, tmp_path):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "question 0"}]}) + "\n")
+    out = tmp_path / "out.jsonl"
+    regenerate(micro_target, data, out, batch_size=2, max_new_tokens=12, progress=False)
+    answered = json.loads(out.read_text())["messages"]
+    assert [m["role"] for m in answered] == ["user", "assistant"]
+    tok = micro_target.tokenizer
+    prompt = tok.apply_chat_template(answered[:1], add_generation_prompt=True, tokenize=False)
+    ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
+    new = micro_target.model.generate(
+        ids, max_new_tokens=12, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=0
+    )
+    assert answered[1]["content"] == tok.decode(new[0, ids.shape[1] :], skip_special_tokens=True).strip()

@@ -14,7 +14,10 @@ execution and then, by the request:
   entry in ``stream_ids``, or its position) (so a caller can
   follow progress and resume after a kill); the result holds the seconds and token count only;
 * a sweep (``"sweep": {...}``): :mod:`serving.vllm_plugin.harness.sweeps`;
-* a lockstep sweep (``"sweep": {"design": "lockstep", ...}``): :mod:`serving.vllm_plugin.harness.lockstep`.
+* a lockstep sweep (``"sweep": {"design": "lockstep", ...}``): :mod:`serving.vllm_plugin.harness.lockstep`;
+* a capture (``"capture": {...}``): the target's hidden states, :mod:`serving.vllm_plugin.harness.capture`.
+
+``tensor_parallel_size`` and ``pipeline_parallel_size`` go to vLLM as given.
 """
 
 from __future__ import annotations
@@ -42,7 +45,15 @@ def main(request_path: str, result_path: str) -> None:
         "seed": req.seed,
         "disable_log_stats": False,
         "max_num_seqs": req.max_num_seqs,
+        "tensor_parallel_size": req.tensor_parallel_size,
+        "pipeline_parallel_size": req.pipeline_parallel_size,
     }
+    if req.capture is not None:
+        from serving.vllm_plugin.harness.capture import capture_engine_args, run_capture
+
+        llm = LLM(**capture_engine_args(req, engine_args))
+        Path(result_path).write_text(json.dumps(run_capture(llm, req)))
+        return
     if req.sweep is not None and req.sweep.design == "lockstep":
         rows = _lockstep(req, engine_args)
         Path(result_path).write_text(json.dumps({"sweep": rows}))

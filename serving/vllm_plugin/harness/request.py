@@ -68,6 +68,26 @@ class SweepSpec(_Strict):
         return self
 
 
+class CaptureChunk(_Strict):
+    name: str  # the chunk's directory under CaptureSpec.out_dir
+    prompts: list[Count] = Field(min_length=1)  # indices into VllmRequest.prompts
+    ids: list[Count] | None = None  # the file name of each prompt's states (default: its index)
+
+    @model_validator(mode="after")
+    def _one_id_per_prompt(self) -> CaptureChunk:
+        if self.ids is not None and len(self.ids) != len(self.prompts):
+            raise ValueError(f"capture chunk {self.name}: ids needs one id per prompt")
+        return self
+
+
+class CaptureSpec(_Strict):
+    """Capture mode (:mod:`.capture`): hidden states through vLLM's ``extract_hidden_states``."""
+
+    layers: list[Count] = Field(min_length=1)  # vLLM's eagle_aux_hidden_state_layer_ids
+    out_dir: str
+    chunks: list[CaptureChunk] = Field(min_length=1)
+
+
 class VllmRequest(_Strict):
     target: str  # the target's HF directory
     prompts: list[list[int]]  # token ids
@@ -91,6 +111,11 @@ class VllmRequest(_Strict):
     stream_ids: list[int] | None = None  # the "index" written for each prompt (default: its position)
     stream_chunk: Positive = 128
     sweep: SweepSpec | None = None
+    capture: CaptureSpec | None = None
+    # vLLM's parallel settings within one engine, passed through as they are (1: off); data
+    # parallelism is several engines (specforge.data.regenerate_vllm runs them)
+    tensor_parallel_size: Positive = 1
+    pipeline_parallel_size: Positive = 1
 
     @model_validator(mode="after")
     def _draft_has_k(self) -> VllmRequest:
@@ -100,6 +125,12 @@ class VllmRequest(_Strict):
             raise ValueError("stream_to is for one plain generate (no sweep, repeats 1)")
         if self.stream_ids is not None and len(self.stream_ids) != len(self.prompts):
             raise ValueError("stream_ids needs one id per prompt")
+        if self.capture is not None and (self.draft or self.sweep is not None or self.stream_to):
+            raise ValueError("capture is a mode of its own (no draft, sweep or stream_to)")
+        if self.capture is not None:
+            bad = [i for c in self.capture.chunks for i in c.prompts if i >= len(self.prompts)]
+            if bad:
+                raise ValueError(f"capture chunks name prompts {bad[:5]} past the {len(self.prompts)} given")
         return self
 
     def speculative_config(self) -> dict | None:

@@ -10,14 +10,41 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from serving.vllm_plugin.harness.request import VllmRequest, parse_request
+
+
+def device_env(rank: int, replicas: int, ranks_per_replica: int) -> dict[str, str]:
+    """The environment that gives engine replica ``rank`` of ``replicas`` its own devices: its
+    ``ranks_per_replica`` GPUs (TP x PP), or on a machine without one its share of the CPU cores,
+    one core list per rank as vLLM's ``VLLM_CPU_OMP_THREADS_BIND`` takes them (vLLM's automatic
+    binding refuses several ranks on one NUMA node). Empty where vLLM's defaults do: one replica of
+    one rank, or a binding the caller set."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus:
+        if replicas == 1:
+            return {}
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(gpus)))).split(",")
+        mine = visible[rank * ranks_per_replica : (rank + 1) * ranks_per_replica]
+        return {"CUDA_VISIBLE_DEVICES": ",".join(mine)}
+    if replicas * ranks_per_replica == 1 or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+        return {}
+    cores = sorted(os.sched_getaffinity(0))
+    share = len(cores) // replicas
+    mine = cores[rank * share : (rank + 1) * share]
+    per_rank = max(1, len(mine) // ranks_per_replica)
+    lists = [mine[i * per_rank : (i + 1) * per_rank] for i in range(ranks_per_replica)]
+    return {"VLLM_CPU_OMP_THREADS_BIND": "|".join(",".join(map(str, c)) for c in lists)}
 
 
 def vllm_env() -> dict[str, str]:
@@ -28,6 +55,34 @@ def vllm_env() -> dict[str, str]:
     env.setdefault("DO_NOT_TRACK", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
+
+
+def _exit_on_term(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+_LIVE: set[int] = set()  # process groups of the runs in flight (their children's pids)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the child and every process it started (vLLM's EngineCore and workers outlive a killed
+    parent otherwise, holding memory and cores)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    _LIVE.discard(proc.pid)
+
+
+def stop_all_runs() -> None:
+    """Kill every run in flight (from any thread): for a caller interrupted while runs go on in
+    other threads."""
+    for pid in list(_LIVE):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def run_vllm(
@@ -55,8 +110,13 @@ def run_vllm(
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,  # its own process group: vLLM's engine processes go with it
         )
+        _LIVE.add(proc.pid)
         deadline = time.monotonic() + timeout
+        on_term = None
+        if threading.current_thread() is threading.main_thread():  # a terminated caller takes vLLM along
+            on_term = signal.signal(signal.SIGTERM, _exit_on_term)
         try:
             while proc.poll() is None:
                 if time.monotonic() > deadline:
@@ -65,9 +125,9 @@ def run_vllm(
                     poll()
                 time.sleep(1.0)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            _kill_group(proc)
+            if on_term is not None:
+                signal.signal(signal.SIGTERM, on_term)
         if poll is not None:
             poll()
         log.seek(0)

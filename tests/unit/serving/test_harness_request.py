@@ -70,3 +70,15 @@ def test_a_bad_request_names_its_key_before_vllm_starts(tmp_path, change, names)
     for name in names:
         assert name in str(e.value)
     assert not (tmp_path / "run" / "vllm_request.json").exists()
+
+
+def test_a_capture_request_is_a_mode_of_its_own():
+    capture = {"layers": [2, 8], "out_dir": "/o", "chunks": [{"name": "shard-0", "prompts": [0], "ids": [7]}]}
+    req = parse_request({**BASE, "capture": capture, "tensor_parallel_size": 2})
+    assert req.capture.chunks[0].ids == [7] and req.tensor_parallel_size == 2
+    with pytest.raises(ValueError, match="capture is a mode of its own"):
+        parse_request({**BASE, "capture": capture, "draft": "/d", "num_speculative_tokens": 1})
+    with pytest.raises(ValueError, match="past the 1 given"):
+        parse_request({**BASE, "capture": {**capture, "chunks": [{"name": "c", "prompts": [3]}]}})
+    with pytest.raises(ValueError, match="one id per prompt"):
+        parse_request({**BASE, "capture": {**capture, "chunks": [{"name": "c", "prompts": [0], "ids": []}]}})
