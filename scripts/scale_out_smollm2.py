@@ -53,11 +53,50 @@ def answer_tokens(path: Path, tokenizer) -> int:
     )
 
 
-def timed(stage: dict, fn, *args, **kwargs):
+def timed(stage: dict, output: Path, fn, *args, **kwargs):
+    """Run a stage and time it; a stage whose output a former run left is reused and not timed."""
+    if output.exists():
+        stage["reused"] = True  # delete the output to measure it again
+        return fn(*args, **kwargs)
     t0 = time.perf_counter()
     result = fn(*args, **kwargs)
     stage["wall_seconds"] = round(time.perf_counter() - t0, 1)
     return result
+
+
+def per_second(stage: dict, amount: int) -> float | None:
+    return round(amount / stage["wall_seconds"], 1) if "wall_seconds" in stage else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def identical_answers(a: Path, b: Path) -> float:
+    """The share of conversations whose answers are the same text in both files."""
+    x = load_rows(a, allow_prompt_only=True)[0]["messages"]
+    y = load_rows(b, allow_prompt_only=True)[0]["messages"]
+    return round(sum(p == q for p, q in zip(x, y)) / max(1, len(x)), 4)
+
+
+def loss_curves(a_run: Path, b_run: Path) -> dict:
+    """The two runs' training losses step by step (tensorboard logs), and how far apart they are."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def losses(run: Path) -> dict[int, float]:
+        acc = EventAccumulator(str(run / "logs"), size_guidance={"scalars": 0})
+        acc.Reload()
+        tag = next(t for t in acc.Tags()["scalars"] if t.endswith("train/loss"))
+        return {e.step: e.value for e in acc.Scalars(tag)}
+
+    a, b = losses(a_run), losses(b_run)
+    steps = sorted(set(a) & set(b))
+    gaps = [abs(a[s] - b[s]) / abs(a[s]) for s in steps]
+    return {
+        "steps_compared": len(steps),
+        "max_relative_gap": float(f"{max(gaps):.3g}"),
+        "first_last": {"hf": [a[steps[0]], a[steps[-1]]], "vllm": [b[steps[0]], b[steps[-1]]]},
+    }
 
 
 def compare_captures(a_dir: Path, b_dir: Path) -> dict:
@@ -138,42 +177,50 @@ def main() -> None:
     data.mkdir(parents=True, exist_ok=True)
     common = {"max_new_tokens": args.max_new_tokens, "progress": False}
     res = timed(
-        regen["vllm"], regenerate_vllm, target_dir, prompts / "train.jsonl", data / "train.jsonl", **common
+        regen["vllm"],
+        data / "train.jsonl",
+        regenerate_vllm,
+        target_dir,
+        prompts / "train.jsonl",
+        data / "train.jsonl",
+        **common,
     )
     regen["vllm"]["engine_seconds"] = res.get("vllm_seconds")
     regenerate_vllm(target_dir, prompts / "heldout.jsonl", data / "heldout.jsonl", **common)
     hf_out = work / "data-hf" / "train.jsonl"
     hf_out.parent.mkdir(parents=True, exist_ok=True)
-    timed(regen["hf"], regenerate, target, prompts / "train.jsonl", hf_out, batch_size=16, **common)
+    timed(regen["hf"], hf_out, regenerate, target, prompts / "train.jsonl", hf_out, batch_size=16, **common)
     target.unload()
     for name, path in (("vllm", data / "train.jsonl"), ("hf", hf_out)):
         regen[name]["answer_tokens"] = answer_tokens(path, tok)
-        regen[name]["tokens_per_second"] = round(
-            regen[name]["answer_tokens"] / regen[name]["wall_seconds"], 1
-        )
-    regen["vllm_over_hf"] = round(regen["vllm"]["tokens_per_second"] / regen["hf"]["tokens_per_second"], 2)
+        regen[name]["tokens_per_second"] = per_second(regen[name], regen[name]["answer_tokens"])
+    regen["vllm_over_hf"] = ratio(regen["vllm"]["tokens_per_second"], regen["hf"]["tokens_per_second"])
+    regen["identical_answers"] = identical_answers(data / "train.jsonl", hf_out)
     print(json.dumps(regen), flush=True)
 
     ds, _ = load_tokenized(data / "train.jsonl", tok, 512)
     cap = report["capture"] = {"vllm": {}, "hf": {"batch_size": 8}}
     cfg = CaptureConfig(aux_layers=LAYERS, dtype="float32")
     hf_dir, vllm_dir = work / "capture-hf", work / "capture-vllm"
-    timed(cap["hf"], write_shards, target, ds, hf_dir, cfg, progress=False)
+    timed(cap["hf"], hf_dir / "manifest.json", write_shards, target, ds, hf_dir, cfg, progress=False)
     target.unload()
-    manifest = timed(cap["vllm"], write_shards_vllm, target, ds, vllm_dir, cfg, progress=False)
+    manifest = timed(
+        cap["vllm"], vllm_dir / "manifest.json", write_shards_vllm, target, ds, vllm_dir, cfg, progress=False
+    )
     cap["vllm"]["engine_seconds"] = manifest.engine_seconds
     tokens = sum(len(r) for r in ds["input_ids"])
     for name, d in (("hf", hf_dir), ("vllm", vllm_dir)):
-        cap[name]["tokens_per_second"] = round(tokens / cap[name]["wall_seconds"], 1)
+        cap[name]["tokens_per_second"] = per_second(cap[name], tokens)
         cap[name]["disk_mib"] = round(sum(f.stat().st_size for f in d.glob("*.safetensors")) / 2**20, 1)
     cap["rows"], cap["tokens"] = len(ds), tokens
-    cap["vllm_over_hf"] = round(cap["vllm"]["tokens_per_second"] / cap["hf"]["tokens_per_second"], 2)
+    cap["vllm_over_hf"] = ratio(cap["vllm"]["tokens_per_second"], cap["hf"]["tokens_per_second"])
     cap["agreement"] = compare_captures(hf_dir, vllm_dir)
     print(json.dumps(cap), flush=True)
 
     heads = report["heads"] = {}
     for name, d in (("hf", hf_dir), ("vllm", vllm_dir)):
         heads[name] = train_head(work, name, d, name, data, target_dir)
+    heads["loss_curves"] = loss_curves(work / "run-hf", work / "run-vllm")
     write_json_atomic(args.out, report)
     print(json.dumps(report, indent=1))
 
