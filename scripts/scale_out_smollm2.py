@@ -40,6 +40,7 @@ from specforge.targets.install import installed_dir  # noqa: E402
 from specforge.targets.loader import load_target  # noqa: E402
 
 LAYERS = [2, 15, 27]  # EAGLE-3's default for a 30-layer target
+PREVIOUS: dict = {}  # the report a former run wrote, whose timings reused stages keep
 
 
 def answer_tokens(path: Path, tokenizer) -> int:
@@ -53,10 +54,14 @@ def answer_tokens(path: Path, tokenizer) -> int:
     )
 
 
-def timed(stage: dict, output: Path, fn, *args, **kwargs):
-    """Run a stage and time it; a stage whose output a former run left is reused and not timed."""
+def timed(stage: dict, output: Path, fn, *args, earlier: dict | None = None, **kwargs):
+    """Run a stage and time it. A stage whose output a former run left is reused: it keeps the
+    timing that run reported (``earlier``, from the report on disk) and is not timed again."""
     if output.exists():
         stage["reused"] = True  # delete the output to measure it again
+        if earlier and "wall_seconds" in earlier:
+            stage["wall_seconds"] = earlier["wall_seconds"]
+            stage["timed_by_commit"] = earlier.get("timed_by_commit", PREVIOUS.get("commit"))
         return fn(*args, **kwargs)
     t0 = time.perf_counter()
     result = fn(*args, **kwargs)
@@ -84,7 +89,7 @@ def loss_curves(a_run: Path, b_run: Path) -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     def losses(run: Path) -> dict[int, float]:
-        acc = EventAccumulator(str(run / "logs"), size_guidance={"scalars": 0})
+        acc = EventAccumulator(str(run / "logs" / "specforge"), size_guidance={"scalars": 0})
         acc.Reload()
         tag = next(t for t in acc.Tags()["scalars"] if t.endswith("train/loss"))
         return {e.step: e.value for e in acc.Scalars(tag)}
@@ -142,7 +147,18 @@ def train_head(work: Path, name: str, capture_dir: Path, engine: str, data: Path
             "progress=false",
         ]
         subprocess.run(cmd, check=True, cwd=REPO)
-    return json.loads(summary.read_text())
+    run = json.loads(summary.read_text())
+    final = run["final"]
+    return {  # training time is left out: a resumed run's summary times only its last leg
+        "steps": run["steps"],
+        "train_loss": round(final["train/loss"], 4),
+        "eval_tau": round(final["eval/tau"], 4),
+        "eval_alpha": [round(final[f"eval/alpha_{i}"], 4) for i in range(4)],
+        "served": {
+            key: {"tau": round(est["tau"], 4), "acceptance_per_position": est["acceptance_per_position"]}
+            for key, est in run["served"].items()
+        },
+    }
 
 
 def main() -> None:
@@ -153,6 +169,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/scale-out.json")
     args = ap.parse_args()
     work = args.work
+    if args.out.is_file():
+        PREVIOUS.update(json.loads(args.out.read_text()))
     target_dir = installed_dir("smollm2-135m-instruct")
     if target_dir is None:
         sys.exit("install the target first: specforge target install smollm2-135m-instruct")
@@ -183,13 +201,26 @@ def main() -> None:
         target_dir,
         prompts / "train.jsonl",
         data / "train.jsonl",
+        earlier=PREVIOUS.get("regeneration", {}).get("vllm"),
         **common,
     )
-    regen["vllm"]["engine_seconds"] = res.get("vllm_seconds")
+    regen["vllm"]["engine_seconds"] = res.get("vllm_seconds") or PREVIOUS.get("regeneration", {}).get(
+        "vllm", {}
+    ).get("engine_seconds")
     regenerate_vllm(target_dir, prompts / "heldout.jsonl", data / "heldout.jsonl", **common)
     hf_out = work / "data-hf" / "train.jsonl"
     hf_out.parent.mkdir(parents=True, exist_ok=True)
-    timed(regen["hf"], hf_out, regenerate, target, prompts / "train.jsonl", hf_out, batch_size=16, **common)
+    timed(
+        regen["hf"],
+        hf_out,
+        regenerate,
+        target,
+        prompts / "train.jsonl",
+        hf_out,
+        batch_size=16,
+        earlier=PREVIOUS.get("regeneration", {}).get("hf"),
+        **common,
+    )
     target.unload()
     for name, path in (("vllm", data / "train.jsonl"), ("hf", hf_out)):
         regen[name]["answer_tokens"] = answer_tokens(path, tok)
@@ -202,10 +233,29 @@ def main() -> None:
     cap = report["capture"] = {"vllm": {}, "hf": {"batch_size": 8}}
     cfg = CaptureConfig(aux_layers=LAYERS, dtype="float32")
     hf_dir, vllm_dir = work / "capture-hf", work / "capture-vllm"
-    timed(cap["hf"], hf_dir / "manifest.json", write_shards, target, ds, hf_dir, cfg, progress=False)
+    earlier = PREVIOUS.get("capture", {})
+    timed(
+        cap["hf"],
+        hf_dir / "manifest.json",
+        write_shards,
+        target,
+        ds,
+        hf_dir,
+        cfg,
+        progress=False,
+        earlier=earlier.get("hf"),
+    )
     target.unload()
     manifest = timed(
-        cap["vllm"], vllm_dir / "manifest.json", write_shards_vllm, target, ds, vllm_dir, cfg, progress=False
+        cap["vllm"],
+        vllm_dir / "manifest.json",
+        write_shards_vllm,
+        target,
+        ds,
+        vllm_dir,
+        cfg,
+        progress=False,
+        earlier=earlier.get("vllm"),
     )
     cap["vllm"]["engine_seconds"] = manifest.engine_seconds
     tokens = sum(len(r) for r in ds["input_ids"])

@@ -308,6 +308,46 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.safetensors"
 
 
+def open_capture(
+    target: Target,
+    ds: datasets.Dataset,
+    out_dir: str | Path,
+    cfg: CaptureConfig,
+    sequences_per_shard: int,
+    engine: str = "hf",
+) -> tuple[Path, CaptureConfig, Manifest]:
+    """Open ``out_dir`` for a capture of ``ds`` by ``engine``: the directory, the config widened to
+    the layers already stored there (:func:`widened_config`), and its manifest: the one on disk,
+    keeping the shards whose files exist, or a new one. A directory holding a capture of something
+    else is refused rather than overwritten."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = widened_config(target, cfg, out)
+    layers = cfg.resolved_layers(target.num_layers)
+    fp = capture_fingerprint(target, layers, cfg, ds, sequences_per_shard, engine=engine)
+    if (out / MANIFEST).is_file():
+        manifest = Manifest.load(out)
+        if manifest.fingerprint != fp:
+            raise SpecforgeError(
+                f"{out} holds a capture of another target, dataset, engine or capture config; "
+                "choose a new output directory or delete this one"
+            )
+        manifest.shards = [s for s in manifest.shards if (out / s.file).is_file()]
+    else:
+        manifest = Manifest(
+            fingerprint=fp,
+            target=str(target.path),
+            aux_layers=layers,
+            hidden_size=target.hidden_size,
+            dtype=cfg.dtype,
+            store_logits=cfg.store_logits,
+            num_sequences=len(ds),
+            sequences_per_shard=sequences_per_shard,
+            engine=engine,
+        )
+    return out, cfg, manifest
+
+
 def write_shards(
     target: Target,
     ds: datasets.Dataset,
@@ -320,33 +360,8 @@ def write_shards(
     """Capture ``ds`` (``input_ids`` / ``loss_mask`` rows) into shards; resume where a run stopped.
     A capture of the same target and rows whose layers include ``cfg``'s is kept as it is (read it
     with ``ShardDataset(out_dir, layers=...)``)."""
-    cfg = cfg or CaptureConfig()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = widened_config(target, cfg, out)
-    layers = cfg.resolved_layers(target.num_layers)
-    fp = capture_fingerprint(target, layers, cfg, ds, sequences_per_shard)
-    manifest = None
-    if (out / MANIFEST).is_file():
-        manifest = Manifest.load(out)
-        if manifest.fingerprint != fp:
-            raise SpecforgeError(
-                f"{out} holds a capture of another target, dataset or capture config; "
-                "choose a new output directory or delete this one"
-            )
-    if manifest is None:
-        manifest = Manifest(
-            fingerprint=fp,
-            target=str(target.path),
-            aux_layers=layers,
-            hidden_size=target.hidden_size,
-            dtype=cfg.dtype,
-            store_logits=cfg.store_logits,
-            num_sequences=len(ds),
-            sequences_per_shard=sequences_per_shard,
-        )
-    done = {s.file for s in manifest.shards if (out / s.file).is_file()}
-    manifest.shards = [s for s in manifest.shards if s.file in done]
+    out, cfg, manifest = open_capture(target, ds, out_dir, cfg or CaptureConfig(), sequences_per_shard)
+    done = {s.file for s in manifest.shards}
     if manifest.complete and len(done) == manifest.num_shards:
         return manifest  # nothing to capture: the target model need not be loaded
     capture = OnlineCapture(target, cfg)

@@ -38,14 +38,12 @@ from draft_models.aux_hooks import LAST_HIDDEN
 from serving.vllm_plugin.harness.capture import DONE
 from serving.vllm_plugin.harness.runner import device_env, run_vllm
 from specforge.capture import (
-    MANIFEST,
     CaptureConfig,
     Manifest,
-    capture_fingerprint,
+    open_capture,
     publish_shard,
     shard_name,
     target_argmax,
-    widened_config,
     write_shards,
 )
 from specforge.errors import SpecforgeError
@@ -143,32 +141,9 @@ def write_shards_vllm(
         raise SpecforgeError(
             "capture --engine vllm does not store logits (the shards hold target_argmax): use --engine hf"
         )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = widened_config(target, cfg, out)
-    layers = cfg.resolved_layers(target.num_layers)
-    fp = capture_fingerprint(target, layers, cfg, ds, sequences_per_shard, engine="vllm")
-    if (out / MANIFEST).is_file():
-        manifest = Manifest.load(out)
-        if manifest.fingerprint != fp:
-            raise SpecforgeError(
-                f"{out} holds a capture of another target, dataset, engine or capture config; "
-                "choose a new output directory or delete this one"
-            )
-    else:
-        manifest = Manifest(
-            fingerprint=fp,
-            target=str(target.path),
-            aux_layers=layers,
-            hidden_size=target.hidden_size,
-            dtype=cfg.dtype,
-            store_logits=False,
-            num_sequences=len(ds),
-            sequences_per_shard=sequences_per_shard,
-            engine="vllm",
-        )
-    done = {s.file for s in manifest.shards if (out / s.file).is_file()}
-    manifest.shards = [s for s in manifest.shards if s.file in done]
+    out, cfg, manifest = open_capture(target, ds, out_dir, cfg, sequences_per_shard, engine="vllm")
+    layers = manifest.aux_layers
+    done = {s.file for s in manifest.shards}
     todo = [i for i in range(manifest.num_shards) if shard_name(i) not in done]
     if manifest.complete and not todo:
         return manifest

@@ -11,11 +11,12 @@ similar lengths.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from specforge.packing import pack_bins
+from specforge.config import TrainConfig
+from specforge.packing import PackedRows, pack_bins
 
 
 class LengthGroupedBatches(torch.utils.data.Sampler[list[int]]):
@@ -87,3 +88,26 @@ class PackedBatches(torch.utils.data.Sampler[list[tuple[int, ...]]]):
 
     def __iter__(self) -> Iterator[list[tuple[int, ...]]]:
         yield from self._batches()
+
+
+def make_loader(
+    dataset: torch.utils.data.Dataset, lengths: Sequence[int], collate: Callable, cfg: TrainConfig
+) -> tuple[torch.utils.data.DataLoader, LengthGroupedBatches | PackedBatches | None]:
+    """The training loader, and its batch sampler when that orders batches itself (packed rows, or
+    rows grouped by length) and so needs ``set_epoch`` each epoch."""
+    if cfg.data.pack_length is not None:  # whole rows end to end in rows of at most pack_length tokens
+        packed = PackedBatches(lengths, cfg.data.pack_length, cfg.optim.batch_size, cfg.seed)
+        return torch.utils.data.DataLoader(
+            PackedRows(dataset), batch_sampler=packed, collate_fn=collate
+        ), packed
+    if cfg.data.group_by_length:  # rows of similar length together: little compute lost to padding
+        grouped = LengthGroupedBatches(lengths, cfg.optim.batch_size, cfg.seed)
+        return torch.utils.data.DataLoader(dataset, batch_sampler=grouped, collate_fn=collate), grouped
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.optim.batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    return loader, None

@@ -11,6 +11,7 @@ dict out of a checkpoint, sharded (FSDP ``SHARDED_STATE_DICT``) or not, for ``sp
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 
 from specforge.config import TrainConfig
 from specforge.errors import SpecforgeError
+from specforge.files import write_json_atomic
 
 CKPT_DIR = "checkpoints"
 LATEST = "latest.json"
@@ -92,6 +94,36 @@ def resume(accelerator, output_dir: Path, latest: Path, cfg: TrainConfig) -> Pat
                 f"checkpoint {older} instead"
             )
     raise AssertionError("unreachable")
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, cfg: TrainConfig, draft_json: dict) -> None:
+    """Write step ``step``'s checkpoint (every process takes part): ``accelerator.save_state`` into
+    a temporary directory, with the resolved config and ``draft_config.json`` (what ``specforge
+    export`` reads), renamed into place; then point ``latest.json`` at it atomically and drop all
+    but the newest ``cfg.keep_checkpoints``."""
+    accelerator.wait_for_everyone()
+    ckpt_root = output_dir / CKPT_DIR
+    name = f"step-{step:07d}"
+    tmp = ckpt_root / (name + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        cfg.save(tmp / "config.yaml")
+        write_json_atomic(tmp / "draft_config.json", draft_json)
+        final = ckpt_root / name
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        pointer = ckpt_root / (LATEST + ".tmp")
+        pointer.write_text(json.dumps({"dir": name, "step": step}))
+        pointer.replace(ckpt_root / LATEST)
+        for old in sorted(p for p in ckpt_root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))[
+            : -cfg.keep_checkpoints
+        ]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
 
 
 def flat_hparams(tree: dict, prefix: str = "") -> dict:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -43,12 +42,12 @@ from specforge.data.formats import load_rows
 from specforge.data.tokenize import load_tokenized, served_prompt_ids
 from specforge.errors import SpecforgeError
 from specforge.files import write_json_atomic
-from specforge.packing import PackedRows
 from specforge.targets.dtype import choose_dtype
 from specforge.targets.fingerprint import target_fingerprint
 from specforge.targets.loader import Target, load_target
-from specforge.train.batching import LengthGroupedBatches, PackedBatches
-from specforge.train.checkpoints import CKPT_DIR, LATEST, flat_hparams, latest_checkpoint, resume
+from specforge.train.batching import make_loader
+from specforge.train.checkpoints import flat_hparams, latest_checkpoint, resume, save_checkpoint
+from specforge.train.draft_init import init_from_target
 from specforge.train.estimates import estimate_logs, online_batches, teacher_forced
 from specforge.train.sharding import full_draft_state, plain_draft, setup_fsdp, step_loss, use_cpu
 from specforge.train.ttt import TargetHead, ttt_forward
@@ -109,24 +108,6 @@ class TTTModule(nn.Module):
 
     def forward(self, batch: CapturedBatch, head: TargetHead | nn.Module | None):
         return ttt_forward(self.draft, batch, head, self.steps, self.decay)
-
-
-def _init_from_target(draft: nn.Module, target: Target, how: str) -> None:
-    if how == "random":
-        return
-    if not hasattr(draft, "load_target_head"):
-        raise SpecforgeError(
-            f"draft.init={how!r} is not supported by draft type {type(draft).__name__}; use random"
-        )
-    draft.load_target_head(target.tensor("lm_head.weight"), target.tensor("model.norm.weight"))
-    if how == "target_head_layer":
-        base = target.model.get_decoder() if hasattr(target.model, "get_decoder") else target.model.model
-        draft.load_target_layer({k: v.detach().cpu() for k, v in base.layers[-1].state_dict().items()})
-    if how == "target_mtp":
-        from specforge.export import load_target_mtp
-
-        state = load_target_mtp(target.path, draft)
-        draft.load_state_dict(state, strict=False)
 
 
 def _tokenized(path: str, target: Target, cfg: TrainConfig, limit: int | None = None):
@@ -201,7 +182,7 @@ def train(cfg: TrainConfig) -> dict:
     init = cfg.draft.init
     if getattr(draft, "frozen_target_head", False) and init != "target_mtp":
         init = "target_head"  # a head that shares the target's norm and LM head always loads them
-    _init_from_target(draft, target, init)
+    init_from_target(draft, target, init)
     module = TTTModule(draft, cfg.ttt.steps, cfg.ttt.decay)
 
     pad_id = target.tokenizer.pad_token_id
@@ -230,21 +211,7 @@ def train(cfg: TrainConfig) -> dict:
     keep_full = online is None and "target_argmax" not in dataset[0]
     head = TargetHead.of(target.tensor("lm_head.weight"), vocab.t2d, keep_full=keep_full)
     lengths = [len(x) for x in train_ds["input_ids"]]
-    if pack:  # whole rows end to end in rows of at most pack_length tokens
-        grouped = PackedBatches(lengths, cfg.data.pack_length, cfg.optim.batch_size, cfg.seed)
-        loader = torch.utils.data.DataLoader(PackedRows(dataset), batch_sampler=grouped, collate_fn=collate)
-    elif cfg.data.group_by_length:  # rows of similar length together: little compute lost to padding
-        grouped = LengthGroupedBatches(lengths, cfg.optim.batch_size, cfg.seed)
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=grouped, collate_fn=collate)
-    else:
-        grouped = None
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=cfg.optim.batch_size,
-            shuffle=True,
-            collate_fn=collate,
-            generator=torch.Generator().manual_seed(cfg.seed),
-        )
+    loader, grouped = make_loader(dataset, lengths, collate, cfg)
     steps_per_epoch = max(1, math.ceil(len(loader) / accelerator.num_processes / cfg.optim.grad_accum))
     total_steps = cfg.optim.max_steps or max(1, int(cfg.optim.epochs * steps_per_epoch))
     trainable = [p for p in module.parameters() if p.requires_grad]
@@ -345,31 +312,6 @@ def train(cfg: TrainConfig) -> dict:
 
     draft_json = {"type": cfg.draft.type, **draft_cfg.to_dict()}
 
-    def save_checkpoint() -> None:
-        accelerator.wait_for_everyone()
-        ckpt_root = out / CKPT_DIR
-        name = f"step-{state.step:07d}"
-        tmp = ckpt_root / (name + ".tmp")
-        if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            cfg.save(tmp / "config.yaml")
-            write_json_atomic(tmp / "draft_config.json", draft_json)  # `specforge export` reads it
-            final = ckpt_root / name
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-            pointer = ckpt_root / (LATEST + ".tmp")
-            pointer.write_text(json.dumps({"dir": name, "step": state.step}))
-            pointer.replace(ckpt_root / LATEST)
-            for old in sorted(
-                p for p in ckpt_root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")
-            )[: -cfg.keep_checkpoints]:
-                shutil.rmtree(old)
-        accelerator.wait_for_everyone()
-
     module.train()
     bar = tqdm(
         total=total_steps,
@@ -448,7 +390,7 @@ def train(cfg: TrainConfig) -> dict:
                 rss_gb=f"{logs['train/peak_rss_gb']:.2f}",
             )
             if state.step % cfg.save_every == 0 or state.step == total_steps:
-                save_checkpoint()
+                save_checkpoint(accelerator, out, state.step, cfg, draft_json)
             if state.step >= total_steps:
                 break
         else:

@@ -11,7 +11,7 @@ import torch
 from serving.acceptance import chain_tau
 from specforge import capture as capture_mod
 from specforge.data.demo import write_demo_dataset
-from specforge.train import loop as loop_mod
+from specforge.train import checkpoints as checkpoints_mod
 from specforge.train.loop import train
 from tests.helpers import micro_train_config
 
@@ -104,9 +104,9 @@ def test_offline_mode_matches_online(micro_target_dir, demo_data, tmp_path):
 def test_corrupt_latest_pointer(micro_target_dir, demo_data, tmp_path):
     from specforge.errors import SpecforgeError
 
-    ck = tmp_path / "r" / loop_mod.CKPT_DIR
+    ck = tmp_path / "r" / checkpoints_mod.CKPT_DIR
     ck.mkdir(parents=True)
-    (ck / loop_mod.LATEST).write_text("{not json")
+    (ck / checkpoints_mod.LATEST).write_text("{not json")
     with pytest.raises(SpecforgeError, match="corrupt"):
         train(_cfg(micro_target_dir, demo_data, tmp_path / "r"))
 

@@ -161,7 +161,7 @@ def test_resume_refuses_other_config(micro_target, token_ds, tmp_path):
     write_shards(
         micro_target, token_ds, tmp_path, CaptureConfig(), batch_size=4, sequences_per_shard=5, progress=False
     )
-    with pytest.raises(SpecforgeError, match="another target, dataset or capture config"):
+    with pytest.raises(SpecforgeError, match="another target, dataset, engine or capture config"):
         write_shards(micro_target, token_ds, tmp_path, CaptureConfig(aux_layers=[1, 2, 3]), progress=False)
 
 

@@ -124,7 +124,7 @@ def test_length_grouped_batches_cover_every_row_once_and_group_lengths():
 def test_draft_starts_from_the_targets_head_and_last_layer(micro_target):
     """draft.init: the lm_head rows are the target's output rows of the draft vocabulary, the
     decoder layer's feature half is the target's last layer; the embedding half stays random."""
-    from specforge.train.loop import _init_from_target
+    from specforge.train.draft_init import init_from_target
 
     model = micro_target.model
     cfg = Eagle3Config.from_target(model.config, 16, [1, 4, 5])
@@ -132,7 +132,7 @@ def test_draft_starts_from_the_targets_head_and_last_layer(micro_target):
     d2t = torch.arange(16) * 3  # draft id d -> target id 4 d
     draft.set_vocab(d2t, torch.zeros(cfg.vocab_size, dtype=torch.bool))
     before = draft.midlayer.self_attn.q_proj.weight[:, : cfg.hidden_size].clone()
-    _init_from_target(draft, micro_target, "target_head_layer")
+    init_from_target(draft, micro_target, "target_head_layer")
     out_rows = model.get_output_embeddings().weight
     torch.testing.assert_close(draft.lm_head.weight, out_rows[torch.arange(16) * 4])
     last = model.model.layers[-1]
