@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: set up (once), then run the demo on the embedded tiny target.
+# The main job: set up (once), then run the demo on SmolLM2-135M-Instruct (--target tiny: the embedded toy target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -39,6 +39,7 @@ from typing import Any
 
 from serving.vllm_plugin.adaptive import CLOCK_ATTR
 from serving.vllm_plugin.harness.counters import decode_since, diff, digest, recorded_steps
+from serving.vllm_plugin.harness.progress import SweepProgress
 from serving.vllm_plugin.harness.request import SweepSpec
 
 
@@ -188,12 +189,19 @@ def lockstep_sweep(
             )
         return rows
 
+    progress = SweepProgress(len(sizes) * (sweep.repeats + bool(sweep.warmup)))
     for b in sizes if sweep.warmup else []:
         measure(b, -1)
+        progress.measured(batch_size=b, repeat=-1)
     rows: list[dict] = []
     for rep in range(sweep.repeats):
         for b in sizes if rep % 2 == 0 else sizes[::-1]:
             rows += measure(b, rep)
+            progress.measured(
+                batch_size=b,
+                repeat=rep,
+                tokens_per_s={r["config"]: round(r["tokens_per_s"], 1) for r in rows[-len(engines) :]},
+            )
     for sched in schedulers.values():
         setattr(sched, CLOCK_ATTR, None)
     return rows

@@ -48,6 +48,7 @@ from serving.vllm_plugin.harness.counters import (
     scheduler,
     spec_counters,
 )
+from serving.vllm_plugin.harness.progress import SweepProgress
 from serving.vllm_plugin.harness.request import LockstepArm, PairedArm, PolicyVariant, SweepSpec
 
 # A paired sweep's arm served by a second engine in the same process, one without a draft: no
@@ -146,12 +147,14 @@ def run_sweep(llm, params, prompts: list[dict], sweep: SweepSpec, plain=None) ->
                 sched.dynamic_sd_lookup = served
                 served.pin(pins[arm])
 
+    progress = SweepProgress(len(sizes) * len(engines) * (sweep.repeats + bool(sweep.warmup)))
     # Warm-up: one full unrecorded pass. The first time a kernel meets a shape (token count,
     # sequence length) costs extra on CPU; a shorter warm-up left the first repeat up to 1.6x slower.
     for b in sizes if sweep.warmup else []:
         for arm, (engine, _) in engines.items():  # every arm meets every shape before anything is recorded
             pin(arm)
             measure(b, engine)
+            progress.measured(batch_size=b, arm=arm, repeat=-1)
     rows = []
     for rep in range(sweep.repeats):
         for b in sizes if rep % 2 == 0 else sizes[::-1]:
@@ -166,6 +169,9 @@ def run_sweep(llm, params, prompts: list[dict], sweep: SweepSpec, plain=None) ->
                 if engine is plain:  # vLLM's registry holds the other engine's counters (see main)
                     row["spec"], row["prefix_cache"] = {}, None
                 rows.append(row)
+                progress.measured(
+                    batch_size=b, arm=arm, repeat=rep, tokens_per_s=round(row["tokens_per_s"], 1)
+                )
     if sched is not None and isinstance(served, AdaptiveLookup):
         sched.dynamic_sd_lookup = served
         served.pin(None)
