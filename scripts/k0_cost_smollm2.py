@@ -87,9 +87,8 @@ def main() -> None:
         num_speculative_tokens_per_batch_size=[[1, max(sizes), 2]],
     )
     req["sweep"]["arms"] = ARMS
-    explore = write_explore_file(
-        args.out / "explore.json", [0], hold=1, time_mixed=True, skip_draft_at_k0=True
-    )
+    # pure decode steps only in both engines (the plain engine's recorder never times mixed steps)
+    explore = write_explore_file(args.out / "explore.json", [0], hold=1, skip_draft_at_k0=True)
     progress = ProgressReader(args.out / "progress.jsonl")
 
     def show() -> None:
