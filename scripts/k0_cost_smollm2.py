@@ -6,7 +6,9 @@ batch size, alternated in a shuffled order per repeat after a warm-up pass. Per 
 output tokens/s and the steady decode steps at exactly B (steps, mean seconds), so the gap splits
 into decode steps and everything else (prefill, scheduling, the engine loop). The plugin's adaptive
 policy can do no better than this arm wherever it chooses no speculation: it is the ceiling of
-"plugin >= best static" at the batch sizes where no speculation wins. Writes --out/k0-cost.json.
+"plugin >= best static" at the batch sizes where no speculation wins. ``--no-prefix-caching`` and
+``--block-size`` set vLLM's prefix cache and KV block size in both engines (the prompts are cycled,
+so the prefix cache matters: docs/adaptive-speculation.md). Writes --out/k0-cost.json.
 
     python scripts/k0_cost_smollm2.py --target TARGET --draft DRAFT_VLLM \
         --data outputs/demo/data/heldout.regen.jsonl --out outputs/k0-cost
@@ -74,6 +76,10 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,16,64")
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument(
+        "--no-prefix-caching", action="store_true", help="switch vLLM's prefix cache off in both engines"
+    )
+    ap.add_argument("--block-size", type=int, help="vLLM's KV block size in both engines (default: vLLM's)")
     args = ap.parse_args()
     sizes = [int(x) for x in args.batch_sizes.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -87,6 +93,10 @@ def main() -> None:
         num_speculative_tokens_per_batch_size=[[1, max(sizes), 2]],
     )
     req["sweep"]["arms"] = ARMS
+    if args.no_prefix_caching:
+        req["enable_prefix_caching"] = False
+    if args.block_size:
+        req["block_size"] = args.block_size
     # pure decode steps only in both engines (the plain engine's recorder never times mixed steps)
     explore = write_explore_file(args.out / "explore.json", [0], hold=1, skip_draft_at_k0=True)
     progress = ProgressReader(args.out / "progress.jsonl")
@@ -109,6 +119,8 @@ def main() -> None:
         "draft": str(args.draft),
         "dtype": "float32",
         "max_tokens": args.max_tokens,
+        "prefix_caching": not args.no_prefix_caching,
+        "block_size": args.block_size or "vLLM's default (128 on CPU)",
         "repeats": args.repeats,
         "batch_sizes": sizes,
         "per_batch_size": summarise(res["sweep"], sizes),

@@ -68,6 +68,7 @@ def calibrate_vllm(
     workload: str = "burst",
     lengths: str = "fixed",
     skip_draft_at_k0: bool = True,
+    prefix_caching: bool = True,
 ) -> tuple[Path, StepTable]:
     """Measure vLLM's step time per (batch size, k <= k_max) and write ``workdir/policy.json``.
 
@@ -138,6 +139,8 @@ def calibrate_vllm(
         order = [b for b in sizes for _ in ks for _ in range(1 + repeats)]
         req["sweep"] = {**req["sweep"], "batch_sizes": order, "warmup": False}
     req["ignore_eos"] = lengths != "natural"
+    if not prefix_caching:
+        req["enable_prefix_caching"] = False
     res = run_vllm(
         req,
         workdir / "explore",

@@ -216,6 +216,7 @@ def bench_serve_vllm(
     log: Callable[[str], None] = print,
     turn_steps: int = TURN_STEPS,
     variants: list[str] | None = None,
+    prefix_caching: bool = True,
 ) -> dict:
     check_choice("workload", workload, WORKLOADS)
     check_choice("calibration", calibration, CALIBRATE_WORKLOADS)
@@ -247,9 +248,12 @@ def bench_serve_vllm(
             workload=calibration,
             lengths=lengths,
             skip_draft_at_k0=skip_draft_at_k0,
+            prefix_caching=prefix_caching,
         )
     base = sweep_request(target, prompts, max_tokens, sizes, repeats, per_slot=WORKLOADS[workload])
     base["ignore_eos"] = lengths != "natural"
+    if not prefix_caching:  # every engine alike (see the option in `specforge bench serve --help`)
+        base["enable_prefix_caching"] = False
     native = native_table(policy, ks, sizes)
     configs = _engine_configs(draft, ks, sizes, policy, design, native, arms_of_variants)
     rows, choices = [], []
@@ -320,6 +324,7 @@ def bench_serve_vllm(
         "workload": workload,
         "design": design,
         "lengths": lengths,
+        "prefix_caching": prefix_caching,
         "calibration": calibration if policy_given is None else "given",
         "prompts": len(prompts),
         "batch_sizes": sizes,

@@ -173,6 +173,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> None:
             lengths=args.lengths,
             skip_draft_at_k0=args.skip_draft_at_k0,
             variants=[v for v in (args.variants or "").split(",") if v],
+            prefix_caching=args.prefix_caching,
         )
         title = "vLLM: throughput vs no speculation"
     elif args.engine == "http":
@@ -415,6 +416,16 @@ def add_parsers(sub) -> None:
         "specforge-NAME, each compared with the plugin: probe (step ratios per batch size, learnt by "
         "probing the runner-up k), noprobe (without them), or NAME=POLICY.json (the plugin on another "
         "policy file, e.g. another calibration)",
+    )
+    bs.add_argument(
+        "--prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="(vLLM) vLLM's prefix cache in every engine (default on, as vLLM). The sweep cycles its "
+        "held-out prompts, so a resent prompt hits the cache; on CPU (KV blocks of 128 tokens) an "
+        "EAGLE engine resumes only a block back from the prompt's last whole block, so prompts under "
+        "256 tokens never hit, while an engine without a draft reuses all but one token: "
+        "--no-prefix-caching compares the engines' decoding alone",
     )
     add_skip_flag(bs)
     bs.set_defaults(func=cmd_bench_serve)

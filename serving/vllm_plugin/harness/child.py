@@ -48,6 +48,10 @@ def main(request_path: str, result_path: str) -> None:
         "tensor_parallel_size": req.tensor_parallel_size,
         "pipeline_parallel_size": req.pipeline_parallel_size,
     }
+    if req.enable_prefix_caching is not None:
+        engine_args["enable_prefix_caching"] = req.enable_prefix_caching
+    if req.block_size is not None:
+        engine_args["block_size"] = req.block_size
     if req.capture is not None:
         from serving.vllm_plugin.harness.capture import capture_engine_args, run_capture
 

@@ -116,6 +116,11 @@ class VllmRequest(_Strict):
     # parallelism is several engines (specforge.data.regenerate_vllm runs them)
     tensor_parallel_size: Positive = 1
     pipeline_parallel_size: Positive = 1
+    # vLLM's prefix cache (None: vLLM's default, on). With a draft on CPU (blocks of 128 tokens) an
+    # EAGLE engine resumes a resent prompt only at a block boundary one block back, so a prompt under
+    # 256 tokens never hits, where an engine without a draft reuses all but its last token
+    enable_prefix_caching: bool | None = None
+    block_size: Positive | None = None  # vLLM's KV block size (None: its default, 128 on CPU)
 
     @model_validator(mode="after")
     def _draft_has_k(self) -> VllmRequest:

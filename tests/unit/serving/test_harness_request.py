@@ -82,3 +82,11 @@ def test_a_capture_request_is_a_mode_of_its_own():
         parse_request({**BASE, "capture": {**capture, "chunks": [{"name": "c", "prompts": [3]}]}})
     with pytest.raises(ValueError, match="one id per prompt"):
         parse_request({**BASE, "capture": {**capture, "chunks": [{"name": "c", "prompts": [0], "ids": []}]}})
+
+
+def test_engine_cache_settings_are_optional_and_checked():
+    assert parse_request(BASE).enable_prefix_caching is None and parse_request(BASE).block_size is None
+    req = parse_request({**BASE, "enable_prefix_caching": False, "block_size": 32})
+    assert req.enable_prefix_caching is False and req.block_size == 32
+    with pytest.raises(ValueError, match="block_size"):
+        parse_request({**BASE, "block_size": 0})
