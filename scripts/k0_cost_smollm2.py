@@ -29,7 +29,7 @@ from serving.vllm_plugin.harness.runner import run_vllm
 from serving.vllm_plugin.policy_file import write_explore_file
 from specforge.bench.vllm_workload import SWEEP_ENV, WORKLOADS, long_answer_prompts, sweep_request
 from specforge.files import write_json_atomic
-from specforge.pipeline import cpu_name
+from specforge.targets.dtype import cpu_name
 
 ARMS = {"none": "plain", "k0-skip": 0}
 

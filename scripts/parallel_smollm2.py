@@ -23,7 +23,7 @@ from pathlib import Path
 from specforge.bench.vllm_chain import bench_vllm_chain
 from specforge.export import export_vllm
 from specforge.files import write_json_atomic
-from specforge.pipeline import cpu_name
+from specforge.targets.dtype import cpu_name
 
 
 def _training(run: Path) -> dict:

@@ -35,7 +35,7 @@ from specforge.data.regenerate import regenerate  # noqa: E402
 from specforge.data.regenerate_vllm import regenerate_vllm  # noqa: E402
 from specforge.data.tokenize import load_tokenized  # noqa: E402
 from specforge.files import write_json_atomic  # noqa: E402
-from specforge.pipeline import cpu_name  # noqa: E402
+from specforge.targets.dtype import cpu_name  # noqa: E402
 from specforge.targets.install import installed_dir  # noqa: E402
 from specforge.targets.loader import load_target  # noqa: E402
 

@@ -21,7 +21,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import psutil
 
+from specforge.targets.dtype import cpu_flags, cpu_name
 from specforge.train.loop import WARMUP_STEPS
 
 ARMS = {  # name -> (overrides, what it is)
@@ -219,15 +219,7 @@ def main() -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    flags = Path("/proc/cpuinfo").read_text()
+    cpu, flags = cpu_name(), cpu_flags()
     report = {
         "date": datetime.date.today().isoformat(),
         "commit": commit,

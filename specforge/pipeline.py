@@ -19,13 +19,13 @@ Every stage is cached or resumable, so a second run only repeats what changed.
 from __future__ import annotations
 
 import json
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from specforge.config import load_train_config
 from specforge.files import write_json_atomic
+from specforge.targets.dtype import cpu_name
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -50,16 +50,6 @@ DEMOS = {
 
 def _log(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _prepare_smollm2(

@@ -30,8 +30,7 @@ from pathlib import Path
 
 from serving.shape import TreeShape
 from serving.step_cost import StepTable
-from specforge.pipeline import cpu_name
-from specforge.targets.dtype import cpu_flags
+from specforge.targets.dtype import cpu_flags, cpu_name
 
 SETTINGS = (
     "engine",

@@ -289,7 +289,6 @@ def bench_serve_vllm(
                     )
 
             try:
-                wd.mkdir(parents=True, exist_ok=True)
                 res = run_vllm(
                     req,
                     wd,

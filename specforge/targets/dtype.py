@@ -39,17 +39,28 @@ class DtypeChoice:
     reason: str
 
 
+def _cpuinfo() -> str:
+    """``/proc/cpuinfo`` ("" where unreadable)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     """The CPU feature flags of ``/proc/cpuinfo`` (or of the given text); empty where unreadable."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return set()
-    for line in cpuinfo.splitlines():
+    for line in (_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
         if line.startswith("flags"):
             return set(line.split(":", 1)[1].split())
     return set()
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows)."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def _time_matmul(dtype: torch.dtype, repeats: int = 5) -> float:
@@ -69,19 +80,8 @@ def _time_matmul(dtype: torch.dtype, repeats: int = 5) -> float:
 
 
 def _cpu_key(flags: set[str]) -> str:
-    model = next(
-        (line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
-        platform.processor() or platform.machine(),
-    )
     bf16 = sorted(f for f in flags if "bf16" in f or f.startswith("amx"))
-    return f"{model} | {' '.join(bf16)} | torch {torch.__version__}"
-
-
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
+    return f"{cpu_name()} | {' '.join(bf16)} | torch {torch.__version__}"
 
 
 def bf16_speedup(flags: set[str], cache_dir: Path | None = None, timer: Callable = _time_matmul) -> float:

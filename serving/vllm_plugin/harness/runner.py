@@ -64,25 +64,20 @@ def _exit_on_term(signum, frame) -> None:
 _LIVE: set[int] = set()  # process groups of the runs in flight (their children's pids)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """Kill the child and every process it started (vLLM's EngineCore and workers outlive a killed
-    parent otherwise, holding memory and cores)."""
+def _kill_group(pid: int) -> None:
+    """Kill the child ``pid`` and every process it started (vLLM's EngineCore and workers outlive a
+    killed parent otherwise, holding memory and cores)."""
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    proc.wait()
-    _LIVE.discard(proc.pid)
 
 
 def stop_all_runs() -> None:
     """Kill every run in flight (from any thread): for a caller interrupted while runs go on in
     other threads."""
     for pid in list(_LIVE):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _kill_group(pid)
 
 
 def run_vllm(
@@ -125,7 +120,9 @@ def run_vllm(
                     poll()
                 time.sleep(1.0)
         finally:
-            _kill_group(proc)
+            _kill_group(proc.pid)
+            proc.wait()
+            _LIVE.discard(proc.pid)
             if on_term is not None:
                 signal.signal(signal.SIGTERM, on_term)
         if poll is not None:
