@@ -22,7 +22,8 @@ Contract
   and then runs the runner-up k for a few steps (:meth:`serving.controller.SpeculationController._probe`). Timing assumes
   vLLM's synchronous scheduling (the CPU default).
 * ``SPECFORGE_STEP_LOG=/path/steps.json`` writes the timed steps (per batch size and k) and the
-  current choices when the engine drains (at most every 5 s) and at exit; with a policy file in
+  current choices when the engine drains (at most every 5 s), when the scheduler shuts down (a
+  server's engine-core process skips atexit) and at exit; with a policy file in
   ``"mode": "explore"`` k cycles through the given values, which is how ``specforge calibrate
   --vllm`` measures vLLM's steps.
 * A parallel-drafting head (P-EAGLE) is served at every k the policy picks:
@@ -178,6 +179,7 @@ def register() -> None:
     original_update = Scheduler.update_from_output
     original_drafts = Scheduler.update_draft_token_ids
     original_free = Scheduler._free_request
+    original_shutdown = Scheduler.shutdown
 
     def __init__(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
@@ -220,6 +222,18 @@ def register() -> None:
             stale.on_free(request)
         return original_free(self, request, *args, **kwargs)
 
+    def shutdown(self, *args, **kwargs):
+        # A server's engine core runs in a multiprocessing child, which exits without running
+        # atexit handlers: write the log's final state here.
+        recorder = getattr(self, "_specforge_recorder", None)
+        if recorder is not None and recorder.path:
+            lookup = getattr(self, "dynamic_sd_lookup", None)
+            try:
+                recorder.flush(lookup if isinstance(lookup, AdaptiveLookup) else None)
+            except Exception as e:  # never in the way of vLLM's own shutdown
+                logger.warning("specforge step log not written at shutdown: %s", e)
+        return original_shutdown(self, *args, **kwargs)
+
     def update_from_output(self, scheduler_output, model_runner_output):
         result = original_update(self, scheduler_output, model_runner_output)
         recorder = getattr(self, "_specforge_recorder", None)
@@ -243,5 +257,6 @@ def register() -> None:
     Scheduler.update_from_output = update_from_output
     Scheduler.update_draft_token_ids = update_draft_token_ids
     Scheduler._free_request = _free_request
+    Scheduler.shutdown = shutdown
     Scheduler._specforge_patched = True
     _PATCHED = True

@@ -8,15 +8,19 @@ request decodes at that k: batch size, requests started, seconds); and the token
 request emitted. It feeds each step, each request's acceptance and each finished request back to
 the :class:`~serving.vllm_plugin.lookup.AdaptiveLookup`, and writes its summary as JSON: on
 :meth:`StepRecorder.flush`, and when the engine drains (:meth:`StepRecorder.on_drain`) at most every
-:data:`FLUSH_EVERY_S` seconds, never while :attr:`StepRecorder.hold` is set, and at exit if anything
-is left unwritten. It never imports vllm: it reads the scheduler's output objects by attribute.
+:data:`FLUSH_EVERY_S` seconds, never while :attr:`StepRecorder.hold` is set. A drain too soon after
+the last write leaves a timer that writes the log when the period is up, if the engine is still
+idle then (a server's engine-core process is killed at shutdown without running atexit); a write
+at exit covers the rest. It never imports vllm: it reads the scheduler's output objects by attribute.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import statistics
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +33,18 @@ if TYPE_CHECKING:
 # A drain writes the step log at most this often (the write runs inside a step; at batch 1 the
 # engine drains after every request: docs/adaptive-speculation.md); benchmarks hold writes.
 FLUSH_EVERY_S = 5.0
+
+
+def _locked(method):
+    """Run ``method`` holding the recorder's lock: the engine's thread records steps, a timer thread
+    may write the log while the engine is idle."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 class StepRecorder:
@@ -76,14 +92,19 @@ class StepRecorder:
         self._written_at = float("-inf")  # clock time of the last write on a drain
         self._dirty = False  # a drain left the log unwritten (held or too soon): written at exit
         self._lookup: AdaptiveLookup | None = None  # the last drain's lookup, for that write
+        self._lock = threading.RLock()
+        self._idle = False  # drained, and no step scheduled since
+        self._timer: threading.Timer | None = None  # writes what a drain left, once the period is up
         if path:
-            atexit.register(self._flush_unwritten)
+            atexit.register(self.flush_unwritten)
 
     def _busy(self, now: float, t0: float) -> bool:
         """Whether the engine went straight from the step begun at ``t0`` to the next one."""
         return now - self.t_done <= max(self.max_gap, 0.5 * (self.t_done - t0))
 
+    @_locked
     def on_schedule(self, now: float, lookup: AdaptiveLookup | None) -> None:
+        self._idle = False
         if self.pending is not None and self._busy(now, self.pending[3]):
             batch, k, emitted, t0 = self.pending
             seconds, emits = self.cells.setdefault((batch, k), ([], []))
@@ -102,6 +123,7 @@ class StepRecorder:
         self.pending = self.pending_start = None
         self.t_schedule = now
 
+    @_locked
     def on_output(
         self, now: float, scheduler_output, model_runner_output, lookup: AdaptiveLookup | None = None
     ) -> tuple[int, int, float] | None:
@@ -251,24 +273,45 @@ class StepRecorder:
             out["probes"] = lookup.probes
         return out
 
+    @_locked
     def on_drain(self, now: float, lookup: AdaptiveLookup | None) -> None:
         """The engine has no request left: write the log, unless held or written less than
-        ``flush_every`` seconds ago (then it is written at the next drain after that, or at exit)."""
+        ``flush_every`` seconds ago (then a timer writes it when the period is up, if the engine is
+        still idle; else the next drain after that, or the exit, does)."""
         if not self.path:
             return
-        self._dirty, self._lookup = True, lookup
-        if self.hold or now - self._written_at < self.flush_every:
+        self._dirty, self._lookup, self._idle = True, lookup, True
+        if self.hold:
+            return
+        wait = self.flush_every - (now - self._written_at)
+        if wait > 0:
+            self._arm(wait)
             return
         self._written_at = now
         self.flush(lookup)
 
-    def _flush_unwritten(self) -> None:
+    def _arm(self, delay: float) -> None:
+        if self._timer is not None and self._timer.is_alive():
+            return
+        self._timer = threading.Timer(delay, self._flush_if_idle)
+        self._timer.daemon = True
+        self._timer.start()
+
+    @_locked
+    def _flush_if_idle(self) -> None:
+        if self._idle and not self.hold:
+            self.flush_unwritten()
+
+    @_locked
+    def flush_unwritten(self) -> None:
+        """Write the log if a drain left it unwritten (the drain timer, and at exit)."""
         if self._dirty:
             try:
                 self.flush(self._lookup)
             except OSError:  # at exit: the log's folder may be gone; nothing to report to
                 pass
 
+    @_locked
     def flush(self, lookup: AdaptiveLookup | None) -> None:
         """Write the summary now (atomically: a reader never sees half a file)."""
         self._dirty = False

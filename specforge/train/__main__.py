@@ -23,7 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     except SpecforgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"final": result["final"], "steps": result["steps"], "coverage": result["coverage"]}))
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # one summary line, not one per process (they interleave)
+        print(json.dumps({"final": result["final"], "steps": result["steps"], "coverage": result["coverage"]}))
     return 0
 
 

@@ -406,10 +406,11 @@ def test_step_log_written_on_drains_at_most_every_few_seconds_and_never_while_he
     log.unlink()
     rec.on_drain(10.0 + rec.flush_every / 2, None)  # too soon after the last write
     assert not log.exists()
-    rec._flush_unwritten()  # the exit hook writes what was left
+    rec._timer.cancel()  # (its own test below)
+    rec.flush_unwritten()  # the exit hook writes what was left
     assert json.loads(log.read_text())["steps"] == []
     log.unlink()
-    rec._flush_unwritten()  # nothing left: nothing written
+    rec.flush_unwritten()  # nothing left: nothing written
     assert not log.exists()
     rec.on_drain(10.0 + 2 * rec.flush_every, None)
     assert log.is_file()
@@ -420,3 +421,25 @@ def test_step_log_written_on_drains_at_most_every_few_seconds_and_never_while_he
     rec.hold = False
     rec.flush(None)  # the benchmark writes it when it is done measuring
     assert log.is_file()
+
+
+def test_a_drain_too_soon_is_written_by_a_timer_while_the_engine_stays_idle(tmp_path):
+    """A server's engine core is killed at shutdown without running atexit: what the last drain left
+    unwritten is written once the period is up, if no step was scheduled since (else a later drain
+    writes it)."""
+    import time
+
+    log = tmp_path / "steps.json"
+    rec = StepRecorder(str(log))
+    rec.flush_every = 0.3
+    rec.on_drain(10.0, None)
+    log.unlink()
+    rec.on_drain(10.1, None)  # too soon: a timer is armed
+    assert not log.exists()
+    time.sleep(0.6)
+    assert json.loads(log.read_text())["finished"] == {"requests": 0, "tokens": 0}
+    log.unlink()
+    rec.on_drain(10.2, None)  # too soon again, and then the engine steps: the timer leaves it
+    rec.on_schedule(10.25, None)
+    time.sleep(0.6)
+    assert not log.exists() and rec._dirty
