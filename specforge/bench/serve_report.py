@@ -43,6 +43,7 @@ SETTINGS = (
     "repeats",
     "target",
     "draft",
+    "prefix_caching",
 )
 
 

@@ -54,7 +54,7 @@ def cmd_bench_acceptance(args: argparse.Namespace) -> None:
     from specforge.bench.vllm_chain import bench_vllm_chain
 
     shapes = shapes_arg(args.shapes)
-    target = target_path(args.target)
+    target = target_path(args.target, run=args.draft)
     res = bench_acceptance(
         target,
         Path(args.draft),
@@ -89,7 +89,7 @@ def cmd_bench_fidelity(args: argparse.Namespace) -> None:
     from specforge.bench.fidelity import bench_fidelity
 
     res = bench_fidelity(
-        target_path(args.target),
+        target_path(args.target, run=args.run),
         Path(args.run),
         Path(args.draft),
         Path(args.data),
@@ -111,7 +111,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     from specforge.export import load_draft
     from specforge.targets.loader import default_cache_root, load_target
 
-    target_dir = target_path(args.target)
+    target_dir = target_path(args.target, run=args.draft)
     target = load_target(target_dir, need_chat_template=False)
     draft = (
         load_draft(args.draft, target.model.get_input_embeddings().weight.detach()) if args.draft else None
@@ -141,7 +141,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> None:
-    target = target_path(args.target)
+    target = target_path(args.target, run=args.run)
     run = need_dir(args.run, "the draft's training run (with train_summary.json)", "--run")
     data = need_file(args.data, "held-out conversations with regenerated answers", "--data")
     sizes = int_list(args.batch_sizes, "--batch-sizes")
@@ -249,7 +249,7 @@ def cmd_calibrate_vllm(args: argparse.Namespace) -> None:
     from specforge.bench.calibrate_vllm import calibrate_vllm
     from specforge.bench.vllm_workload import draft_alpha, long_answer_prompts, min_answer_tokens
 
-    target = target_path(args.target)
+    target = target_path(args.target, run=args.draft)
     run = need_dir(args.draft, "the draft's training run (with train_summary.json)", "--draft")
     draft = need_dir(args.vllm, "the vLLM export of the draft", "--vllm")
     data = (
@@ -322,7 +322,7 @@ def add_parsers(sub) -> None:
         "fidelity",
         help="training's estimates (teacher-forced, walked, served) against vLLM's tau, and each cause of a gap",
     )
-    add_target(bf)
+    add_target(bf, "--run")
     bf.add_argument("--run", required=True, help="the training run directory")
     bf.add_argument("--draft", required=True, help="its vLLM export")
     bf.add_argument("--data", required=True, help="held-out conversations with the target's own answers")
@@ -337,7 +337,7 @@ def add_parsers(sub) -> None:
     ba = be.add_parser(
         "acceptance", help="tau / acceptance / speed of chains and trees in the reference engine"
     )
-    add_target(ba)
+    add_target(ba, "--draft")
     ba.add_argument("--draft", required=True, help="training run or HF-format draft export")
     ba.add_argument("--data", required=True, help=HELD_OUT_PROMPTS_HELP)
     ba.add_argument("--out", required=True, help="output directory: result.json and acceptance.png")
@@ -368,7 +368,7 @@ def add_parsers(sub) -> None:
         "(concurrency = --batch-sizes; reports time to first token and per output token too); "
         "reference: the reference engine, trees included",
     )
-    add_target(bs)
+    add_target(bs, "--run")
     bs.add_argument("--run", required=True, help="the draft's training run directory (weights, alpha_k)")
     bs.add_argument("--draft", help="vLLM-format export of the draft (--engine vllm)")
     bs.add_argument("--data", required=True, help="held-out conversations with regenerated answers (JSONL)")
@@ -443,7 +443,7 @@ def add_parsers(sub) -> None:
     ca = sub.add_parser(
         "calibrate", help="profile target/draft step times into a cost model (per model and machine)"
     )
-    add_target(ca)
+    add_target(ca, "--draft")
     ca.add_argument("--draft", help="training run or HF-format draft export")
     ca.add_argument("--out", help="JSON path (default: the cache, keyed by model and machine)")
     ca.add_argument("--token-counts", default="1,2,4,8,16,32,64,128,256")

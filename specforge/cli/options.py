@@ -37,9 +37,38 @@ def default_target(progress: bool = True) -> Path:
     return build_tiny_target(progress=progress)
 
 
-def target_path(arg: str | None) -> Path:
-    """``--target``: the directory given, or the default target."""
-    return Path(arg) if arg else default_target()
+def target_path(arg: str | None, run: str | Path | None = None) -> Path:
+    """``--target``: the directory given; else the target the training run ``run`` recorded in its
+    ``config.yaml`` (a run trained on the default target records none); else the default target."""
+    if arg:
+        return Path(arg)
+    recorded = run_target(run) if run is not None else None
+    if recorded is not None:
+        print(
+            f"[specforge] target: {recorded} (recorded by the run {run}; --target to change)", file=sys.stderr
+        )
+        return recorded
+    return default_target()
+
+
+def run_target(run: str | Path) -> Path | None:
+    """The target directory a training run was trained on (its ``config.yaml``), if it names one;
+    a recorded directory that is gone is an error that says so."""
+    import yaml
+
+    config = Path(run) / "config.yaml"
+    try:
+        recorded = (yaml.safe_load(config.read_text()) or {}).get("target")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    if not recorded:
+        return None
+    if not Path(recorded).is_dir():
+        raise SpecforgeError(
+            f"the run {run} was trained on the target {recorded}, which is gone: "
+            "install it again (specforge target install) or pass --target DIR"
+        )
+    return Path(recorded)
 
 
 def parse_overrides(pairs: list[str], model_cls):
@@ -98,8 +127,12 @@ def need_file(path: str, what: str, flag: str) -> Path:
     return p
 
 
-def add_target(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", help="target model directory (default: the embedded tiny target)")
+def add_target(parser: argparse.ArgumentParser, run_option: str | None = None) -> None:
+    """``--target``; ``run_option``: the option naming a training run whose recorded target is the default."""
+    default = f"the target the {run_option} run was trained on, else " if run_option else ""
+    parser.add_argument(
+        "--target", help=f"target model directory (default: {default}the embedded tiny target)"
+    )
 
 
 def add_batch_sizes(parser: argparse.ArgumentParser, prefix: str = "") -> None:
