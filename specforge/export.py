@@ -240,18 +240,35 @@ def load_target_mtp(target_dir: str | Path, draft: torch.nn.Module) -> dict[str,
         ) from None
 
 
-def _run_target(run_dir: str | Path) -> Path:
-    """The target directory a training run's ``config.yaml`` names."""
+def recorded_target(run_dir: str | Path) -> Path | None:
+    """The target directory a training run was trained on, as its ``config.yaml`` names it; None
+    where it names none (a run on the default target) or is not a run. A named directory that is
+    gone is an error that says so."""
     import yaml
 
-    cfg_file = Path(run_dir) / "config.yaml"
-    target = (yaml.safe_load(cfg_file.read_text()) or {}).get("target") if cfg_file.is_file() else None
-    if not target or not Path(target).is_dir():
+    try:
+        target = (yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}).get("target")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    if not target:
+        return None
+    if not Path(target).is_dir():
         raise SpecforgeError(
-            f"{run_dir} does not name an existing target directory (config.yaml target: {target!r}); "
-            "pass the target (--target) the head was trained on"
+            f"the run {run_dir} was trained on the target {target}, which is gone: "
+            "install it again (specforge target install) or pass --target DIR"
         )
     return Path(target)
+
+
+def _run_target(run_dir: str | Path) -> Path:
+    """The target directory a training run's ``config.yaml`` names (one is needed here)."""
+    target = recorded_target(run_dir)
+    if target is None:
+        raise SpecforgeError(
+            f"{run_dir} does not name a target directory (config.yaml target); "
+            "pass the target (--target) the head was trained on"
+        )
+    return target
 
 
 # Tokenizer and generation files a served copy of the target keeps.

@@ -90,7 +90,7 @@ class StepRecorder:
         self.hold = False
         self.flush_every = FLUSH_EVERY_S
         self._written_at = float("-inf")  # clock time of the last write on a drain
-        self._dirty = False  # a drain left the log unwritten (held or too soon): written at exit
+        self._dirty = False  # a drain left the log unwritten (held or too soon): the timer or exit writes it
         self._lookup: AdaptiveLookup | None = None  # the last drain's lookup, for that write
         self._lock = threading.RLock()
         self._idle = False  # drained, and no step scheduled since

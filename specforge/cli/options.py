@@ -42,33 +42,17 @@ def target_path(arg: str | None, run: str | Path | None = None) -> Path:
     ``config.yaml`` (a run trained on the default target records none); else the default target."""
     if arg:
         return Path(arg)
-    recorded = run_target(run) if run is not None else None
+    recorded = None
+    if run is not None:
+        from specforge.export import recorded_target
+
+        recorded = recorded_target(run)
     if recorded is not None:
         print(
             f"[specforge] target: {recorded} (recorded by the run {run}; --target to change)", file=sys.stderr
         )
         return recorded
     return default_target()
-
-
-def run_target(run: str | Path) -> Path | None:
-    """The target directory a training run was trained on (its ``config.yaml``), if it names one;
-    a recorded directory that is gone is an error that says so."""
-    import yaml
-
-    config = Path(run) / "config.yaml"
-    try:
-        recorded = (yaml.safe_load(config.read_text()) or {}).get("target")
-    except (OSError, yaml.YAMLError, AttributeError):
-        return None
-    if not recorded:
-        return None
-    if not Path(recorded).is_dir():
-        raise SpecforgeError(
-            f"the run {run} was trained on the target {recorded}, which is gone: "
-            "install it again (specforge target install) or pass --target DIR"
-        )
-    return Path(recorded)
 
 
 def parse_overrides(pairs: list[str], model_cls):

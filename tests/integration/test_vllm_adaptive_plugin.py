@@ -314,8 +314,8 @@ def test_openai_server_with_the_plugin_answers_correctly_and_k_follows_the_load(
     """The OpenAI-compatible server as users start it (``python -m vllm.entrypoints.openai.api_server
     --speculative-config ...``), the plugin switched on by its environment variable, driven over HTTP
     by the ``openai`` client: greedy answers equal the plain server's at concurrency 1 and 32, vLLM's
-    own counters (``/metrics``) show drafts alone, and the plugin's step log, written when the server
-    stops, shows k following the batch the engine actually ran: k = 3 alone, none at batch >= 3."""
+    own counters (``/metrics``) show drafts alone, and the plugin's step log, written by the idle
+    engine core, shows k following the batch the engine actually ran: k = 3 alone, none at batch >= 3."""
     from serving.vllm_plugin.harness.server import OpenAIServer
     from serving.vllm_plugin.policy_file import write_policy_file
     from specforge.bench.serve_http import MODEL_NAME, drive

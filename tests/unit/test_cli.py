@@ -84,7 +84,8 @@ def test_commands_given_a_run_default_to_the_target_it_was_trained_on(tmp_path, 
     """bench serve / fidelity / acceptance and calibrate take the run's recorded target when
     --target is not given (the README's commands after the SmolLM2 demo name no target); a recorded
     target that is gone is one clear error."""
-    from specforge.cli.options import run_target, target_path
+    from specforge.cli.options import target_path
+    from specforge.export import recorded_target
 
     run, target = tmp_path / "run", tmp_path / "smollm2"
     run.mkdir()
@@ -93,9 +94,9 @@ def test_commands_given_a_run_default_to_the_target_it_was_trained_on(tmp_path, 
     assert target_path(None, run=run) == target
     assert "recorded by the run" in capsys.readouterr().err
     assert target_path(str(tmp_path / "mine"), run=run) == tmp_path / "mine"  # --target wins
-    assert run_target(tmp_path) is None  # not a run: the default target
+    assert recorded_target(tmp_path) is None  # not a run: the default target
     (run / "config.yaml").write_text("target: null\n")  # trained on the default target
-    assert run_target(run) is None
+    assert recorded_target(run) is None
     (run / "config.yaml").write_text(f"target: {tmp_path / 'gone'}\n")
     rc = main(["bench", "serve", "--run", str(run), "--data", str(tmp_path / "x.jsonl")])
     err = capsys.readouterr().err
