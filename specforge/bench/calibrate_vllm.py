@@ -17,11 +17,13 @@ metadata). The workloads (``--workload``):
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from serving.acceptance import alpha_from_histograms
 from serving.step_cost import StepTable
 from serving.vllm_plugin.adaptive import ENV, STEP_LOG_ENV
+from serving.vllm_plugin.harness.progress import PROGRESS_ENV, ProgressReader
 from serving.vllm_plugin.harness.runner import run_vllm
 from serving.vllm_plugin.policy_file import (
     load_policy,
@@ -69,6 +71,7 @@ def calibrate_vllm(
     lengths: str = "fixed",
     skip_draft_at_k0: bool = True,
     prefix_caching: bool = True,
+    log: Callable[[str], None] = print,
 ) -> tuple[Path, StepTable]:
     """Measure vLLM's step time per (batch size, k <= k_max) and write ``workdir/policy.json``.
 
@@ -88,14 +91,15 @@ def calibrate_vllm(
     grow and batches shrink as answers end, and every batch size passed on the way is timed). ``skip_draft_at_k0``: k = 0 is timed, and served, without the draft (see
     :mod:`serving.vllm_plugin.draft_skip`). ``alpha``, the head's offline acceptance, seeds the
     policy only at positions the run measured too rarely: the acceptance measured on ``prompts``
-    seeds the rest (``meta`` in the file keeps both)."""
+    seeds the rest (``meta`` in the file keeps both). ``log`` gets one line per measured batch (or
+    closed-loop measurement) as the engine finishes it."""
     check_choice("workload", workload, CALIBRATE_WORKLOADS)
     check_choice("lengths", lengths, LENGTHS)
     sizes = batch_sizes or BATCH_SIZES
     workdir.mkdir(parents=True, exist_ok=True)
     ks = list(range(k_max + 1))
-    log = workdir / "explore_steps.json"
-    log.unlink(missing_ok=True)
+    steps_log = workdir / "explore_steps.json"
+    steps_log.unlink(missing_ok=True)
     spec = {
         "draft": str(draft),
         "num_speculative_tokens": k_max,
@@ -141,13 +145,26 @@ def calibrate_vllm(
     req["ignore_eos"] = lengths != "natural"
     if not prefix_caching:
         req["enable_prefix_caching"] = False
+    progress = ProgressReader(workdir / "progress.jsonl")
+
+    def show() -> None:
+        for p in progress.new():  # a calibration runs for tens of minutes on a real target
+            if workload == "burst":  # the batches run in `order`: 1 + repeats at each k in turn
+                arm = f" k={ks[(p['done'] - 1) // (1 + repeats) % len(ks)]}"
+            else:
+                arm = f" {p['arm']}" if "arm" in p else ""
+            rate = f": {p['tokens_per_s']} tok/s" if "tokens_per_s" in p else " (warm-up)"
+            log(f"calibrating [{p['done']}/{p['total']}] b={p['batch_size']}{arm}{rate}")
+
+    log(f"calibrating vLLM step times ({workload}): k = 0..{k_max} at batch sizes {sizes}")
     res = run_vllm(
         req,
         workdir / "explore",
         timeout=ROUND_TIMEOUT_S,
-        env={**SWEEP_ENV, ENV: str(explore), STEP_LOG_ENV: str(log)},
+        env={**SWEEP_ENV, ENV: str(explore), STEP_LOG_ENV: str(steps_log), PROGRESS_ENV: str(progress.path)},
+        poll=show,
     )
-    recorded = json.loads(log.read_text())
+    recorded = json.loads(steps_log.read_text())
     cells = recorded["steps"] if workload != "held" else held_cells(res["sweep"])
     table = step_table(cells, ks)
     # The acceptance the engine measured on these prompts seeds the policy; the head's offline

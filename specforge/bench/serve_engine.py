@@ -68,7 +68,9 @@ def bench_serve_engine(
         target.model, make_drafter(draft, max(s.depth for s in fixed)), eos_token_id=None
     )
     log(f"timing the engine's steps for {len(fixed) + 1} shapes at batch sizes {sizes}")
-    steps = calibrate_engine_steps(engine, prompts, fixed, sizes, max_new_tokens=calibrate_tokens)
+    steps = calibrate_engine_steps(
+        engine, prompts, fixed, sizes, max_new_tokens=calibrate_tokens, progress=log
+    )
     configs: list[str] = ["none", *(s.name for s in fixed), "policy"]
     by_name: dict[str, TreeShape] = {"none": NO_SPECULATION, **{s.name: s for s in fixed}}
     rows: list[dict] = []

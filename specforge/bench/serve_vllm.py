@@ -235,7 +235,6 @@ def bench_serve_vllm(
     alpha = draft_alpha(run_dir, k_max)
     policy_given = policy
     if policy is None:
-        log(f"calibrating vLLM step times for k <= {k_max} at batch sizes {sizes}")
         policy, _ = calibrate_vllm(
             target,
             draft,
@@ -249,6 +248,7 @@ def bench_serve_vllm(
             lengths=lengths,
             skip_draft_at_k0=skip_draft_at_k0,
             prefix_caching=prefix_caching,
+            log=log,
         )
     base = sweep_request(target, prompts, max_tokens, sizes, repeats, per_slot=WORKLOADS[workload])
     base["ignore_eos"] = lengths != "natural"

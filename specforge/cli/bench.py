@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from specforge.cli.bench_heads import add_heads_parser
@@ -274,6 +275,8 @@ def cmd_calibrate_vllm(args: argparse.Namespace) -> None:
         workload=args.workload,
         lengths=args.lengths,
         skip_draft_at_k0=args.skip_draft_at_k0,
+        prefix_caching=args.prefix_caching,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
         **({"repeats": args.repeats} if args.repeats else {}),
     )
     native = json.loads((out / "vllm_schedule.json").read_text())
@@ -480,5 +483,11 @@ def add_parsers(sub) -> None:
         "steps at B only",
     )
     add_lengths(ca, "(--vllm) ")
+    ca.add_argument(
+        "--prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="(--vllm) vLLM's prefix cache (default on); time with the setting the server will run",
+    )
     add_skip_flag(ca)
     ca.set_defaults(func=cmd_calibrate)

@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # one summary line, not one per process (they interleave)
-        print(json.dumps({"final": result["final"], "steps": result["steps"], "coverage": result["coverage"]}))
+        print(
+            json.dumps({"final": result["final"], "steps": result["steps"], "coverage": result["coverage"]})
+        )
     return 0
 
 

@@ -220,6 +220,7 @@ def test_held_calibration_times_every_k_held_in_a_closed_loop(micro_target_dir, 
 
     tmp, draft = served
     prompts = long_answer_prompts(micro_target_dir, tmp / "data" / "heldout.jsonl", 1)
+    lines: list[str] = []
     policy, table = calibrate_vllm(
         micro_target_dir,
         draft,
@@ -231,7 +232,12 @@ def test_held_calibration_times_every_k_held_in_a_closed_loop(micro_target_dir, 
         max_tokens=12,
         repeats=1,
         workload="held",
+        log=lines.append,
     )
+    # one progress line per measurement as the engine finishes it: a warm-up pass and one timed pass
+    progress = [line for line in lines if line.startswith("calibrating [")]
+    assert len(progress) == 12 and progress[-1].startswith("calibrating [12/12] b=")
+    assert sum("tok/s" in line for line in progress) == 6
     assert table.ks == [0, 1, 2] and all(p.tokens == [1, 4] for p in table.seconds.values())
     assert all(s > 0 for p in table.seconds.values() for s in p.seconds)
     rows = json.loads((tmp / "cal-held" / "explore" / "vllm_result.json").read_text())["sweep"]
