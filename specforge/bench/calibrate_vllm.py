@@ -23,7 +23,7 @@ from pathlib import Path
 from serving.acceptance import alpha_from_histograms
 from serving.step_cost import StepTable
 from serving.vllm_plugin.adaptive import ENV, STEP_LOG_ENV
-from serving.vllm_plugin.harness.progress import PROGRESS_ENV, ProgressReader
+from serving.vllm_plugin.harness.progress import PROGRESS_ENV, ProgressReader, describe
 from serving.vllm_plugin.harness.runner import run_vllm
 from serving.vllm_plugin.policy_file import (
     load_policy,
@@ -105,6 +105,7 @@ def calibrate_vllm(
         "num_speculative_tokens": k_max,
         "num_speculative_tokens_per_batch_size": [[1, max(sizes), k_max]],
     }
+    burst_ks: list[str] = []  # burst: what each measurement runs (its progress line names no arm)
     if workload == "closed":
         explore = write_explore_file(
             workdir / "explore.json",
@@ -140,8 +141,9 @@ def calibrate_vllm(
             skip_draft_at_k0=skip_draft_at_k0,
         )
         req = {**sweep_request(target, prompts, max_tokens, sizes, repeats=1), **spec}
-        order = [b for b in sizes for _ in ks for _ in range(1 + repeats)]
-        req["sweep"] = {**req["sweep"], "batch_sizes": order, "warmup": False}
+        order = [(b, k) for b in sizes for k in ks for _ in range(1 + repeats)]
+        burst_ks = [f"k={k}" for _, k in order]  # the k the plugin runs each measurement at
+        req["sweep"] = {**req["sweep"], "batch_sizes": [b for b, _ in order], "warmup": False}
     req["ignore_eos"] = lengths != "natural"
     if not prefix_caching:
         req["enable_prefix_caching"] = False
@@ -149,12 +151,7 @@ def calibrate_vllm(
 
     def show() -> None:
         for p in progress.new():  # a calibration runs for tens of minutes on a real target
-            if workload == "burst":  # the batches run in `order`: 1 + repeats at each k in turn
-                arm = f" k={ks[(p['done'] - 1) // (1 + repeats) % len(ks)]}"
-            else:
-                arm = f" {p['arm']}" if "arm" in p else ""
-            rate = f": {p['tokens_per_s']} tok/s" if "tokens_per_s" in p else " (warm-up)"
-            log(f"calibrating [{p['done']}/{p['total']}] b={p['batch_size']}{arm}{rate}")
+            log(f"calibrating {describe(p, burst_ks[p['done'] - 1] if burst_ks else None)}")
 
     log(f"calibrating vLLM step times ({workload}): k = 0..{k_max} at batch sizes {sizes}")
     res = run_vllm(

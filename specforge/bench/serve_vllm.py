@@ -56,7 +56,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from serving.vllm_plugin.adaptive import ENV, STEP_LOG_ENV
-from serving.vllm_plugin.harness.progress import PROGRESS_ENV, ProgressReader
+from serving.vllm_plugin.harness.progress import PROGRESS_ENV, ProgressReader, describe
 from serving.vllm_plugin.harness.request import TURN_STEPS, draft_speculative_fields
 from serving.vllm_plugin.harness.runner import run_vllm
 from serving.vllm_plugin.harness.sweeps import PLAIN
@@ -282,11 +282,7 @@ def bench_serve_vllm(
 
             def show(rnd: int = rnd, name: str = name, progress: ProgressReader = progress) -> None:
                 for p in progress.new():  # one line per measurement: a sweep runs for hours
-                    arm = f" {p['arm']}" if "arm" in p else ""
-                    rate = f": {p['tokens_per_s']} tok/s" if "tokens_per_s" in p else " (warm-up)"
-                    log(
-                        f"round {rnd + 1}/{rounds} {name} [{p['done']}/{p['total']}] b={p['batch_size']}{arm}{rate}"
-                    )
+                    log(f"round {rnd + 1}/{rounds} {name} {describe(p)}")
 
             try:
                 res = run_vllm(

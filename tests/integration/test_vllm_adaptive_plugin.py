@@ -137,6 +137,7 @@ def test_bench_serve_sweep_with_calibrated_plugin(micro_target_dir, served):
     from specforge.bench.vllm_workload import MIN_REQUESTS, WORKLOADS
 
     tmp, draft = served
+    lines: list[str] = []
     res = bench_serve_vllm(
         micro_target_dir,
         draft,
@@ -148,9 +149,12 @@ def test_bench_serve_sweep_with_calibrated_plugin(micro_target_dir, served):
         max_tokens=12,
         rounds=1,
         repeats=1,
-        log=lambda _m: None,
+        log=lines.append,
         variants=["probe"],
     )
+    # burst calibration: 1 + 2 batches at each k = 0..2 per batch size, each line naming its k
+    calibrating = [line.split(":")[0].split()[2:4] for line in lines if line.startswith("calibrating [")]
+    assert calibrating == [[f"b={b}", f"k={k}"] for b in (1, 4) for k in range(3) for _ in range(3)]
     table = StepTable.from_json(res["policy"]["steps"])  # measured vLLM step seconds per k and batch size
     assert table.ks == [0, 1, 2] and all(p.tokens == [1, 4] for p in table.seconds.values())
     assert all(s > 0 for p in table.seconds.values() for s in p.seconds)

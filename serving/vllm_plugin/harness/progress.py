@@ -46,3 +46,11 @@ class ProgressReader:
         whole = text[: text.rfind("\n") + 1]  # a line still being written waits for the next call
         self.offset += len(whole)
         return [json.loads(line) for line in whole.splitlines() if line.strip()]
+
+
+def describe(p: dict, arm: str | None = None) -> str:
+    """``[done/total] b=B ARM: N tok/s`` (or ``(warm-up)``) for one progress line; ``arm`` names
+    what the line's own ``arm`` field does not (e.g. the k a burst calibration ran)."""
+    arm = arm if arm is not None else p.get("arm")
+    rate = f": {p['tokens_per_s']} tok/s" if "tokens_per_s" in p else " (warm-up)"
+    return f"[{p['done']}/{p['total']}] b={p['batch_size']}{f' {arm}' if arm else ''}{rate}"

@@ -32,3 +32,13 @@ def test_without_the_variable_nothing_is_written(tmp_path, monkeypatch):
     progress = SweepProgress(total=2)
     progress.measured(batch_size=1)
     assert progress.done == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_a_progress_line_is_described_with_its_arm_or_the_one_given():
+    from serving.vllm_plugin.harness.progress import describe
+
+    warm = {"done": 1, "total": 12, "batch_size": 4, "arm": "k2", "repeat": -1}
+    timed = {"done": 7, "total": 12, "batch_size": 1, "tokens_per_s": 20.5}
+    assert describe(warm) == "[1/12] b=4 k2 (warm-up)"
+    assert describe(timed) == "[7/12] b=1: 20.5 tok/s"  # a burst line names no arm
+    assert describe(timed, "k=3") == "[7/12] b=1 k=3: 20.5 tok/s"
