@@ -17,6 +17,7 @@ pytestmark = [
 ]
 
 K = 3
+TOLERANCE = 2  # accepted drafts per position by which vLLM and the engine may differ (see below)
 
 
 @pytest.fixture(scope="module")
@@ -71,17 +72,23 @@ def test_vllm_serves_the_parallel_head_losslessly_and_as_the_engine_does(
     )
     out = engine.generate(prompts, 32, TreeShape.chain(K))
     assert out.tokens == plain["outputs"]
-    # the same greedy run: vLLM's drafts at every position are accepted exactly as the engine's. (vLLM
-    # counts no draft on a request's last step when one token is left, where the engine drafts
-    # anyway: at most one step per request apart.)
+    # the same greedy run: vLLM's drafts at every position are accepted as the engine's are. Counts may
+    # differ by a step or two: vLLM counts no draft on a request's last step when one token is left,
+    # where the engine drafts anyway, and its CPU attention rounds differently from the engine's SDPA,
+    # which can flip a near-tie in the draft's argmax (one first-position acceptance in 90 did on
+    # 2026-12-07: [90, 6, 6] against vLLM's [89, 6, 6]).
     ours = [round(out.stats.sequence_steps * p) for p in out.stats.acceptance_per_position]
-    assert ours == vllm["accepted_per_pos"], (ours, vllm["accepted_per_pos"])
+    assert all(abs(a - b) <= TOLERANCE for a, b in zip(ours, vllm["accepted_per_pos"], strict=True)), (
+        ours,
+        vllm["accepted_per_pos"],
+    )
     assert 0 <= out.stats.sequence_steps - vllm["drafts"] <= len(prompts)
     # the check has power: the same head drafting sequentially (its own tokens and features at
-    # depth >= 1, not the mask slots) is accepted differently
+    # depth >= 1, not the mask slots) is accepted far outside that tolerance ([49, 49, 48] then)
     seq = SpeculativeEngine(target.model, EagleDrafter(draft), target.tokenizer.eos_token_id)
     seq_out = seq.generate(prompts, 32, TreeShape.chain(K))
-    assert [round(seq_out.stats.sequence_steps * p) for p in seq_out.stats.acceptance_per_position] != ours
+    sequential = [round(seq_out.stats.sequence_steps * p) for p in seq_out.stats.acceptance_per_position]
+    assert max(abs(a - b) for a, b in zip(sequential, ours, strict=True)) > 4 * TOLERANCE, (sequential, ours)
 
 
 def test_the_adaptive_plugin_serves_a_parallel_head_at_every_k(varied_micro_target_dir, peagle, tmp_path):
