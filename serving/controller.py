@@ -102,7 +102,7 @@ class SpeculationController:
             policy.freeze_costs(self.max_batch)
             self._frozen_at = self.steps
             self._population.clear()
-        if is_stale is not None and self._population_choice(batch) == NO_SPECULATION:
+        if is_stale is not None and self.load_says_no_speculation(batch):
             self.choices[batch] = NO_SPECULATION
             return Decision(NO_SPECULATION, skip_draft=True)
         if requests is None:
@@ -127,6 +127,12 @@ class SpeculationController:
             shape = self._probe(batch, shape, tau)
         # without request ids no speculation is the population's choice: the load's
         return Decision(shape, skip_draft=requests is None and shape == NO_SPECULATION)
+
+    def load_says_no_speculation(self, batch: int) -> bool:
+        """Whether the policy, on the population's acceptance, chooses no speculation for a step of
+        ``batch`` sequences: the load's k = 0, which a server with draft skipping serves without the
+        draft."""
+        return self._population_choice(batch) == NO_SPECULATION
 
     def _population_choice(self, batch: int) -> TreeShape:
         """The policy's choice on the population's acceptance, cached per batch size until the next

@@ -127,7 +127,7 @@ def _install(scheduler) -> None:
     try:
         f = read_policy_file(path)
         if f.skip_draft_at_k0:
-            stale = StaleDrafts(scheduler, evict=f.evict_skipped_blocks)
+            stale = StaleDrafts(scheduler, blocks=f.skipped_blocks)
         if isinstance(f, ExplorePolicyFile):
             explore = ExploreSchedule(
                 tuple(f.ks),
@@ -150,6 +150,8 @@ def _install(scheduler) -> None:
         lookup._fail(e)
     scheduler.dynamic_sd_lookup = lookup
     scheduler._specforge_stale = stale
+    if stale is not None:
+        stale.admits_without_draft = lookup.admits_without_draft
 
 
 def _skip_draft_at_k0() -> bool:

@@ -23,15 +23,23 @@ Contract
   (``update_draft_token_ids``), so they never speculate again, and their acceptance counts as
   none. Output stays lossless either way (verification never trusts a draft); this keeps the
   target from verifying drafts that attend to garbage.
-* The prefix cache must not hand a stale request's blocks to another request, whose draft would
-  then read the holes. Each stale request remembers the first position computed without the
-  draft; the blocks from the one holding it on leave the prefix cache (the blocks stay with their
-  request): at once for a prompt prefilled in a skipped step, and with the blocks decoded since
-  when the request is freed. Blocks wholly before that position (a prefix-cache hit, a shared
-  system prompt) stay cached: their draft KV is whole.
+* The prefix cache must not hand a block with draft-KV holes to a request that will draft, whose
+  drafts would then read the holes. With ``"skipped_blocks": "mark"`` (the default) every block a
+  stale request writes stays cached but is marked (until vLLM hands the block out afresh):
+  - a request admitted while the load calls for k = 0 (:meth:`AdaptiveLookup.admits_without_draft`,
+    at the batch of the running and waiting requests) takes the whole cached prefix, marked blocks
+    included and without the block EAGLE engines recompute before the first new token (vLLM's
+    ``drop_eagle_block``), and is stale from there: at large batch a resent prompt or a shared system
+    prompt hits the cache as it would on an engine without a draft;
+  - any other request's lookup evicts the marked blocks on its cached chain first, so it recomputes
+    them with the draft (or hits a clean copy) and may speculate.
+  ``"evict"`` instead drops a stale request's blocks from the first draft-less position on (at once
+  for a prompt prefilled in a skipped step, the rest when the request is freed); ``"keep"`` leaves
+  the prefix cache alone, at the risk above. "mark" needs vLLM's single-group KV cache (one
+  attention type), and falls back to "evict" elsewhere.
 * Switched by ``"skip_draft_at_k0"`` in the policy file: ``specforge calibrate --vllm`` and ``bench
   serve`` write true unless given ``--no-skip-draft-at-k0``; a file without the key leaves vLLM's
-  own k = 0. ``"evict_skipped_blocks": false`` keeps the prefix cache as it is, at the risk above.
+  own k = 0.
 * Measured (docs/adaptive-speculation.md): with all three, a k = 0 step costs what an engine without
   a draft pays. The trade-off: a request made stale never speculates again, even when the batch
   shrinks. Only this package imports vllm.
@@ -39,7 +47,9 @@ Contract
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Callable
 
 import torch
 
@@ -52,6 +62,10 @@ SKIP_ATTR = "specforge_skip_draft"
 # Set by the scheduler on itself: whether the step it scheduled last is a marked k = 0 step (read by
 # the engine core after the step, patch_engine_core).
 LAST_SKIP_ATTR = "_specforge_last_skip"
+# What becomes of the KV blocks a skipped step wrote (their draft KV has holes), the policy file's
+# "skipped_blocks": "mark" keeps them in the prefix cache, marked; "evict" drops them from it; "keep"
+# leaves the prefix cache alone (a later request may draft over the holes: slower, still lossless).
+SKIPPED_BLOCKS = ("mark", "evict", "keep")
 # The model runner's verdict for the step it is executing, read by the proposer (same worker).
 _STEP = {"skip": False}
 
@@ -166,23 +180,98 @@ def patch_engine_core() -> None:
 
 
 class StaleDrafts:
-    """The scheduler's record of requests whose draft KV cache missed a step (see module doc)."""
+    """The scheduler's record of requests whose draft KV cache missed a step, and of the KV blocks that
+    hold such holes (see module doc). ``blocks``: what happens to those blocks in the prefix cache
+    (``"mark"``, ``"evict"`` or ``"keep"``, :data:`SKIPPED_BLOCKS`); ``"mark"`` needs vLLM's
+    single-group KV cache and falls back to ``"evict"`` elsewhere."""
 
-    def __init__(self, scheduler, evict: bool = True):
-        self.scheduler, self.evict = scheduler, evict
-        # request id -> the first token position computed without the draft: positions before it
-        # hold valid draft KV (computed with the draft, or a prefix-cache hit on such blocks)
+    def __init__(self, scheduler, blocks: str = "mark"):
+        if blocks not in SKIPPED_BLOCKS:
+            raise ValueError(f"skipped_blocks must be one of {SKIPPED_BLOCKS}, not {blocks!r}")
+        self.scheduler, self.blocks = scheduler, blocks
+        # request id -> the first token position computed without the draft (or after a hit taken
+        # without the draft's rules): positions before it hold valid draft KV
         self.stale: dict[str, int] = {}
+        # ids of the KV blocks whose draft KV has holes ("mark"): cleared when vLLM hands the block out
+        # afresh
+        self.holes: set[int] = set()
+        # set by the plugin: whether a request admitted now, with this many requests running and
+        # waiting, will be served with the draft skipped (AdaptiveLookup.admits_without_draft)
+        self.admits_without_draft: Callable[[int], bool] = lambda batch: False
+        self._admitting = False
+        if blocks == "mark":
+            self._hook_prefix_cache()
+
+    def _hook_prefix_cache(self) -> None:
+        """Wrap this scheduler's KV cache manager (instance attributes, not vLLM's classes): a
+        request admitted under the draft-skipping load takes the whole prefix-cache hit, holes and
+        EAGLE's recomputed last block included, and is stale; any other request's lookup evicts the
+        marked blocks it meets (another copy of the block, or a recomputation, serves it)."""
+        kv = self.scheduler.kv_cache_manager
+        coordinator = getattr(kv, "coordinator", None)
+        if not getattr(kv, "enable_caching", False):  # no prefix cache: nothing to keep apart
+            self.blocks = "evict"
+            return
+        if len(getattr(coordinator, "single_type_managers", ())) != 1:  # vLLM's UnitaryKVCacheCoordinator
+            logger.info("specforge: skipped_blocks 'mark' needs a single-group KV cache; evicting instead")
+            self.blocks = "evict"
+            return
+        pool, holes = coordinator.block_pool, self.holes
+        get_new_blocks, find_hit = pool.get_new_blocks, coordinator.find_longest_cache_hit
+        get_computed_blocks = kv.get_computed_blocks
+
+        def new_blocks(num_blocks: int):
+            blocks = get_new_blocks(num_blocks)
+            holes.difference_update(b.block_id for b in blocks)  # fresh contents, written from now on
+            return blocks
+
+        def computed_blocks(request):
+            sched = self.scheduler
+            load = min(len(sched.running) + len(sched.waiting), int(sched.max_num_running_reqs))
+            self._admitting = self.admits_without_draft(load)
+            try:
+                blocks, hit, *rest = get_computed_blocks(request)
+            finally:
+                admitting, self._admitting = self._admitting, False
+            if admitting and hit > 0:  # hit taken without the draft's rules: no drafts for this one
+                self.stale.setdefault(request.request_id, hit)
+            return (blocks, hit, *rest)
+
+        def longest_hit(block_hashes, max_cache_hit_length):
+            if self._admitting:  # the whole hit: no EAGLE drop of the last block
+                eagle, coordinator.eagle_group_ids = coordinator.eagle_group_ids, set()
+                try:
+                    return find_hit(block_hashes, max_cache_hit_length)
+                finally:
+                    coordinator.eagle_group_ids = eagle
+            if holes:
+                self._evict_holes_on(block_hashes, max_cache_hit_length // coordinator.block_size)
+            return find_hit(block_hashes, max_cache_hit_length)
+
+        pool.get_new_blocks = new_blocks
+        kv.get_computed_blocks = computed_blocks
+        coordinator.find_longest_cache_hit = longest_hit
+
+    def _evict_holes_on(self, block_hashes, max_blocks: int) -> None:
+        """Evict from the prefix cache the marked blocks on the cached chain of ``block_hashes`` (a
+        clean copy under the same hash, if vLLM holds one, then serves the hit)."""
+        pool = self.scheduler.kv_cache_manager.coordinator.block_pool
+        for block_hash in itertools.islice(block_hashes, max_blocks):
+            while (cached := pool.get_cached_block(block_hash, [0])) and cached[0].block_id in self.holes:
+                pool.evict_blocks({cached[0].block_id})
+            if not cached:
+                return
 
     def after_schedule(self, scheduler_output) -> None:
         """Call after ``schedule()``: a step at k = 0 that skips the draft (``SKIP_ATTR`` set) makes
-        every request in it stale."""
+        every request in it stale; with ``"mark"``, every block a stale request writes is marked."""
         scheduled = scheduler_output.num_scheduled_tokens or {}
-        if (
-            not scheduled
-            or not getattr(scheduler_output, SKIP_ATTR, False)
-            or int(scheduler_output.num_spec_tokens_to_schedule or 0) != 0
-        ):
+        if not scheduled:
+            return
+        skip = getattr(scheduler_output, SKIP_ATTR, False) and not int(
+            scheduler_output.num_spec_tokens_to_schedule or 0
+        )
+        if not skip and not (self.blocks == "mark" and self.stale):
             return
         prefilled = []
         for rid, n in scheduled.items():
@@ -190,10 +279,14 @@ class StaleDrafts:
             if req is None:
                 continue
             start = req.num_computed_tokens - n  # num_computed_tokens already counts this step's tokens
-            self.stale.setdefault(rid, start)
-            if start < req.num_prompt_tokens:
-                prefilled.append(rid)
-        self._evict(prefilled)
+            if skip:
+                self.stale.setdefault(rid, start)
+                if start < req.num_prompt_tokens:
+                    prefilled.append(rid)
+            if self.blocks == "mark" and rid in self.stale:
+                self._mark(rid, max(start, self.stale[rid]), req.num_computed_tokens)
+        if self.blocks == "evict":
+            self._evict(prefilled)
 
     def drop_drafts(self, req_ids) -> None:
         """Call after ``update_draft_token_ids``: stale requests keep no drafts."""
@@ -207,17 +300,27 @@ class StaleDrafts:
         """Call before a request's blocks are freed."""
         rid = request.request_id
         if rid in self.stale:
-            self._evict([rid])
+            if self.blocks == "evict":
+                self._evict([rid])
             del self.stale[rid]
 
     def is_stale(self, rid: str) -> bool:
         return rid in self.stale
 
+    def _mark(self, rid: str, start: int, end: int) -> None:
+        """Mark the blocks of ``rid`` that hold positions ``start .. end - 1``."""
+        block_size = int(self.scheduler.block_size)
+        try:
+            (group,) = self.scheduler.kv_cache_manager.get_block_ids(rid)
+        except (KeyError, AssertionError, ValueError):  # no blocks (yet)
+            return
+        self.holes.update(group[start // block_size : -(-end // block_size)])
+
     def _evict(self, req_ids: list[str]) -> None:
         """Evict from the prefix cache the blocks of ``req_ids`` that hold a position computed without
         the draft. Blocks wholly before that position keep their place: a shared system prompt or a
         repeated prompt stays cached."""
-        if not req_ids or not self.evict:
+        if not req_ids:
             return
         kv = self.scheduler.kv_cache_manager
         block_size = int(self.scheduler.block_size)

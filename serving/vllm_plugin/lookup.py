@@ -141,6 +141,24 @@ class AdaptiveLookup:
         self.last_k, self.skip_draft = k, skip and k == 0
         return k
 
+    def admits_without_draft(self, batch_size: int) -> bool:
+        """Whether a request admitted now, into a step of about ``batch_size`` requests, will be
+        served with the draft skipped (a pinned or explored k = 0, or the load's k = 0): it may then
+        take prefix-cache blocks whose draft KV has holes (:class:`~serving.vllm_plugin.draft_skip.
+        StaleDrafts`)."""
+        b = int(batch_size)
+        if self.pinned is not None:
+            return self.pinned.k_at(b) == 0
+        if self.explore is not None:
+            return self.explore.k_at(self.steps + 1, self.drains) == 0
+        if self.controller is None:
+            return False
+        try:
+            return self.controller.load_says_no_speculation(b)
+        except Exception as e:  # never take the server down
+            self._fail(e)
+            return False
+
     def _teach(self, learn: Callable[[SpeculationController], None]) -> None:
         """Feed the controller (not while pinned: a pinned step teaches it nothing); an exception in
         it turns it off for the configured static k (:meth:`_fail`), never reaches vLLM."""

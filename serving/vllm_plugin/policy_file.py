@@ -86,7 +86,7 @@ class ServedPolicyFile(_Strict):
     meta: dict[str, Any] = Field(default_factory=dict)
     starts: StartsJson | None = None
     skip_draft_at_k0: bool = False
-    evict_skipped_blocks: bool = True
+    skipped_blocks: Literal["mark", "evict", "keep"] = "mark"  # draft_skip.SKIPPED_BLOCKS
     per_request: bool = True  # k from the acceptance of the requests in the batch
     switch_margin: Annotated[float, Field(ge=0.0)] = SWITCH_MARGIN
     probe_every: Count = PROBE_EVERY
@@ -111,7 +111,7 @@ class ExplorePolicyFile(_Strict):
     skip_steps: Count = 0
     time_mixed: bool = False
     skip_draft_at_k0: bool = False
-    evict_skipped_blocks: bool = True
+    skipped_blocks: Literal["mark", "evict", "keep"] = "mark"  # draft_skip.SKIPPED_BLOCKS
 
 
 PolicyFile = ServedPolicyFile | ExplorePolicyFile

@@ -95,6 +95,45 @@ def test_skipping_the_draft_at_k0_keeps_output_and_speculation_alone(micro_targe
     assert all(out == alone["outputs"][0] for out in crowd["outputs"])  # one prompt, 8 copies
 
 
+def test_a_crowd_served_without_the_draft_hits_the_prefix_cache_as_an_engine_without_one(
+    micro_target_dir, served
+):
+    """skipped_blocks "mark" (draft_skip.StaleDrafts): at a load the policy serves at k = 0 with the
+    draft skipped, a resent prompt finds its whole prefix in vLLM's cache, as on an engine without a
+    draft, where an EAGLE engine recomputes its last cached block; a request admitted to speculate
+    never takes a block whose draft KV has holes; greedy output is unchanged."""
+    from serving.vllm_plugin.harness.runner import run_vllm
+    from serving.vllm_plugin.policy_file import write_policy_file
+
+    tmp, draft = served
+    cost = CostModel(Profile([1, 4, 5, 64], [1.0, 1.0, 50.0, 50.0]), Profile([1, 64], [0.01, 0.01]))
+    block = 32  # the smallest KV block vLLM-CPU takes
+    request = {**_request(micro_target_dir, draft, 8), "enable_prefix_caching": True, "block_size": block}
+    request["repeats"] = 2  # the second pass resends the 8 prompts
+    prompt_len = len(request["prompts"][0])
+    whole = (prompt_len - 1) // block * block  # all that a resend can hit (its last token is recomputed)
+    assert whole >= 2 * block, prompt_len
+
+    plain = run_vllm({k: v for k, v in request.items() if "spec" not in k and k != "draft"}, tmp / "pc-plain")
+    path = write_policy_file(tmp / "pc.json", cost, alpha=[0.9] * 3, ks=[1, 2, 3], skip_draft_at_k0=True)
+    mark = run_vllm(request, tmp / "pc-mark", env={"SPECFORGE_ADAPTIVE_SPEC": str(path)})
+    static = run_vllm(request, tmp / "pc-static")  # vLLM's own k = 3: the EAGLE engine's prefix cache
+    cached = {
+        "plain": plain["cached_tokens"],
+        "mark": mark["cached_tokens"],
+        "static": static["cached_tokens"],
+    }
+    assert mark["outputs"] == plain["outputs"] and static["outputs"] == plain["outputs"]
+    assert plain["cached_tokens"][1] == [whole] * 8, cached
+    assert static["cached_tokens"][1] == [whole - block] * 8, cached  # EAGLE recomputes the last block
+    # the crowd, admitted under the load's k = 0: the whole prefix, as without a draft. vLLM's engine
+    # core admits the first request or two before the others arrive, at a load that speculates: they
+    # hit only blocks without holes, less EAGLE's last block (which of them the unit tests show)
+    assert mark["cached_tokens"][1].count(whole) >= 6, cached
+    assert all(n in (0, whole - block, whole) for n in mark["cached_tokens"][1]), cached
+    assert mark["spec"].get("drafts", 0) <= 4 < static["spec"]["drafts"]  # k = 0 at the crowd's load
+
+
 def test_a_bad_policy_file_falls_back_to_the_configured_k_with_one_warning(micro_target_dir, served):
     """A malformed file, a misspelt key and a mistyped path each log one warning naming the file
     (and the key), and vLLM serves its configured k: the same drafts and output as without the plugin."""

@@ -7,7 +7,8 @@ execution and then, by the request:
 * plain generate (no ``"sweep"``): generates for every prompt and writes the outputs' token ids, the
   generate wall time (best of ``repeats``), and vLLM's speculative-decoding counters: drafts, draft
   tokens, accepted tokens and accepted tokens per position. vLLM's mean acceptance length (tau,
-  bonus token included) is ``1 + accepted / drafts``. Sampled requests (``temperature`` > 0) carry
+  bonus token included) is ``1 + accepted / drafts``; and, per repeat and prompt, the prompt tokens
+  vLLM found in its prefix cache (``cached_tokens``). Sampled requests (``temperature`` > 0) carry
   ``seed`` unless ``"seed_requests": false``;
 * a streamed generate (``"stream_to": PATH``): generates ``stream_chunk`` prompts at a time and
   appends one ``{"index", "token_ids"}`` line per prompt to PATH after each chunk (``index``: the prompt's
@@ -90,19 +91,27 @@ def main(request_path: str, result_path: str) -> None:
         Path(result_path).write_text(json.dumps({"sweep": rows}))
         return
     best, outputs, spec = float("inf"), None, {}
+    cached = []  # per repeat, per prompt: its prompt tokens found in the prefix cache
     with step_logs_held([llm]):
         for _ in range(req.repeats):
             before = spec_counters(llm)
             t0 = time.perf_counter()
             result = llm.generate(prompts, params, use_tqdm=False)
             elapsed = time.perf_counter() - t0
+            cached.append([r.num_cached_tokens or 0 for r in result])
             if elapsed < best:
                 best = elapsed
                 outputs = [list(r.outputs[0].token_ids) for r in result]
                 spec = diff(spec_counters(llm), before)
     Path(result_path).write_text(
         json.dumps(
-            {"outputs": outputs, "seconds": best, "spec": spec, "output_tokens": sum(map(len, outputs))}
+            {
+                "outputs": outputs,
+                "seconds": best,
+                "spec": spec,
+                "output_tokens": sum(map(len, outputs)),
+                "cached_tokens": cached,
+            }
         )
     )
 

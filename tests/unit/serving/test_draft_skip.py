@@ -57,7 +57,7 @@ def test_a_step_at_k0_makes_its_requests_stale_and_evicts_blocks_computed_withou
     }
     blocks = {"dec": [1, 2, 3, 4, 5, 6, 7], "pre": [30, 31, 32, 33, 34, 35, 36], "other": [8]}
     sched = _Scheduler(reqs, blocks)
-    stale = StaleDrafts(sched)
+    stale = StaleDrafts(sched, blocks="evict")
     stale.after_schedule(_step({"dec": 1, "pre": 50}, k=2))
     assert not stale.stale  # the draft ran: nothing to track
     stale.after_schedule(_step({"dec": 1, "pre": 50}, k=0, skip=False))
@@ -81,6 +81,130 @@ def test_a_step_at_k0_makes_its_requests_stale_and_evicts_blocks_computed_withou
     assert sched.evicted == {33, 34, 35, 36, 7} and not stale.is_stale("dec")
     stale.on_free(reqs["other"])
     assert sched.evicted == {33, 34, 35, 36, 7}
+
+
+class _PrefixCache:
+    """vLLM's single-group KV cache manager as StaleDrafts sees it: a block pool with a prefix cache
+    (hash -> cached blocks, first copy served), and a coordinator whose lookup drops the last hit block
+    while ``eagle_group_ids`` holds the group (as vLLM's UnitaryKVCacheCoordinator does)."""
+
+    block_size = 16
+    enable_caching = True
+
+    def __init__(self):
+        self.cached: dict[str, list[int]] = {}  # hash -> block ids, in the order cached
+        self.owned: dict[str, list[int]] = {}  # request id -> its blocks
+        self.next_id = 0
+        self.block_pool = SimpleNamespace(
+            get_new_blocks=self._new, get_cached_block=self._cached, evict_blocks=self._evict
+        )
+        self.coordinator = SimpleNamespace(
+            block_pool=self.block_pool,
+            block_size=self.block_size,
+            eagle_group_ids={0},
+            single_type_managers=[None],
+            find_longest_cache_hit=self._longest_hit,
+        )
+
+    def _new(self, n: int) -> list[SimpleNamespace]:
+        self.next_id += n
+        return [SimpleNamespace(block_id=i) for i in range(self.next_id - n, self.next_id)]
+
+    def _cached(self, block_hash: str, groups: list[int]) -> list[SimpleNamespace] | None:
+        ids = self.cached.get(block_hash)
+        return [SimpleNamespace(block_id=ids[0])] if ids else None
+
+    def _evict(self, block_ids: set[int]) -> None:
+        for ids in self.cached.values():
+            ids[:] = [i for i in ids if i not in block_ids]
+
+    def _longest_hit(self, block_hashes: list[str], max_length: int):
+        hit = []
+        for h in block_hashes[: max_length // self.block_size]:
+            if not (cached := self._cached(h, [0])):
+                break
+            hit.append(cached[0])
+        if 0 in self.coordinator.eagle_group_ids and hit:
+            hit.pop()
+        return (hit,), len(hit) * self.block_size, 0
+
+    def get_computed_blocks(self, request):
+        (blocks,), n, _ = self.coordinator.find_longest_cache_hit(
+            request.block_hashes, request.num_tokens - 1
+        )
+        return blocks, n, 0
+
+    def get_block_ids(self, rid: str) -> tuple[list[int]]:
+        return (self.owned[rid],)
+
+    def prefill(self, rid: str, hashes: list[str], hit: list[SimpleNamespace]) -> None:
+        """``rid`` holds the hit blocks and new ones for the rest of its prompt, cached under ``hashes``."""
+        new = self.block_pool.get_new_blocks(len(hashes) - len(hit))
+        self.owned[rid] = [b.block_id for b in hit + new]
+        for h, b in zip(hashes[len(hit) :], new, strict=True):
+            self.cached.setdefault(h, []).append(b.block_id)
+
+
+def test_marked_blocks_serve_requests_admitted_without_the_draft_and_no_others():
+    """skipped_blocks "mark": a prompt prefilled in a skipped step stays in the prefix cache, marked. A
+    request admitted under the load's k = 0 takes the whole hit (no EAGLE drop, marked blocks
+    included) and is stale; a request admitted to speculate evicts the marked blocks on its chain and
+    recomputes them; blocks handed out afresh lose their mark."""
+    kv = _PrefixCache()
+    prompt = ["h0", "h1", "h2", "h3"]  # 4 full blocks: a 70-token prompt
+    reqs = {r: _request(r, 0, 70) for r in ("a", "b", "c")}
+    for r in reqs.values():
+        r.block_hashes, r.num_tokens = prompt, 70
+    sched = SimpleNamespace(
+        requests=reqs, block_size=16, kv_cache_manager=kv, running=[], waiting=[], max_num_running_reqs=64
+    )
+    stale = StaleDrafts(sched)
+    assert stale.blocks == "mark"
+    skipping = {"on": True}
+    stale.admits_without_draft = lambda batch: skipping["on"]
+
+    # "a" is admitted under the load's k = 0: nothing cached yet, so it is not stale until its prompt
+    # is prefilled in a skipped step; then its blocks are marked, and stay cached
+    _, hit, _ = kv.get_computed_blocks(reqs["a"])
+    assert hit == 0 and not stale.is_stale("a")
+    kv.prefill("a", prompt, [])
+    reqs["a"].num_computed_tokens = 70
+    stale.after_schedule(_step({"a": 70}, k=0))
+    assert stale.stale == {"a": 0} and stale.holes == {0, 1, 2, 3}
+    assert kv.cached == {h: [i] for i, h in enumerate(prompt)}  # nothing evicted
+    stale.on_free(reqs["a"])
+    assert not stale.is_stale("a") and stale.holes == {0, 1, 2, 3}  # the blocks keep their mark
+
+    # "b", the same prompt, admitted under the same load: the whole hit (4 blocks, capped at 69
+    # tokens: 64), without EAGLE's dropped block; stale from there, and it marks what it writes
+    blocks, hit, _ = kv.get_computed_blocks(reqs["b"])
+    assert hit == 64 and [b.block_id for b in blocks] == [0, 1, 2, 3]
+    assert stale.stale == {"b": 64} and kv.coordinator.eagle_group_ids == {0}  # the drop is back
+    kv.owned["b"] = [0, 1, 2, 3] + [b.block_id for b in kv.block_pool.get_new_blocks(1)]
+    reqs["b"].num_computed_tokens = 70
+    stale.after_schedule(_step({"b": 6}, k=2, skip=False))  # a step that drafts: "b" still marks
+    assert 4 in stale.holes
+
+    # "c" is admitted to speculate: the marked blocks on its chain leave the prefix cache first, so
+    # it hits nothing and recomputes the prompt with the draft; it is not stale, and its fresh blocks
+    # carry no mark
+    skipping["on"] = False
+    _, hit, _ = kv.get_computed_blocks(reqs["c"])
+    assert hit == 0 and not stale.is_stale("c") and kv.cached["h0"] == []
+    kv.prefill("c", prompt, [])
+    assert kv.owned["c"] == [5, 6, 7, 8] and not stale.holes & {5, 6, 7, 8}
+    reqs["c"].num_computed_tokens = 70
+    stale.after_schedule(_step({"c": 70}, k=2, skip=False))
+    assert not stale.holes & {5, 6, 7, 8}
+    # a later speculating request hits the clean copy (less EAGLE's dropped block)
+    reqs["d"] = _request("d", 0, 70)
+    reqs["d"].block_hashes, reqs["d"].num_tokens = prompt, 70
+    blocks, hit, _ = kv.get_computed_blocks(reqs["d"])
+    assert hit == 48 and [b.block_id for b in blocks] == [5, 6, 7] and not stale.is_stale("d")
+    # a marked block handed out afresh loses its mark
+    kv.next_id = 0
+    kv.block_pool.get_new_blocks(2)
+    assert 0 not in stale.holes and 1 not in stale.holes and 2 in stale.holes
 
 
 def test_stale_requests_ride_along_without_changing_the_choice_of_k(tmp_path):
@@ -126,10 +250,14 @@ def test_k0_skips_the_draft_only_when_the_load_calls_for_it(tmp_path):
         lookup.observe_requests({"a": 3, "b": 3}, {"a": 0, "b": 0}, finished=())
     assert lookup[2] == 1 and not lookup.skip_draft  # their poor acceptance: the cheapest speculation
     assert lookup[5] == 0 and lookup.skip_draft  # batch 5: the load says no speculation, draft skipped
+    # a request admitted into such a load will be served without the draft (StaleDrafts' "mark")
+    assert lookup.admits_without_draft(5) and not lookup.admits_without_draft(2)
     lookup.pin(0)
     assert lookup[2] == 0 and lookup.skip_draft  # a pinned k = 0 skips (paired benchmarks, calibration)
+    assert lookup.admits_without_draft(2)
     static = AdaptiveLookup(None, k_max=3, fallback=[0, 3, 2, 1])  # no policy: vLLM's table, no skipping
     assert [static[b] for b in (1, 2, 3, 9)] == [3, 2, 1, 1] and not static.skip_draft
+    assert not static.admits_without_draft(9)
 
     # Without draft skipping their k = 0 is priced by the table; held there, their estimates decay
     # back towards the population's, and they speculate again
