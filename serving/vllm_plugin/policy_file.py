@@ -131,6 +131,11 @@ def read_policy_file(source: str | Path | dict) -> PolicyFile:
             raise PolicyFileError(f"{name}: not readable JSON ({e})") from None
     if not isinstance(raw, dict):
         raise PolicyFileError(f"{name}: expected a JSON object, got {type(raw).__name__}")
+    if "evict_skipped_blocks" in raw:  # the key before 2026-12-08
+        raise PolicyFileError(
+            f'{name}: evict_skipped_blocks is now skipped_blocks: "mark" (the default), "evict" (was true) '
+            'or "keep" (was false)'
+        )
     schema = ExplorePolicyFile if raw.get("mode") == "explore" else ServedPolicyFile
     try:
         return schema.model_validate(raw)

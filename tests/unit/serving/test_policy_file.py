@@ -48,6 +48,8 @@ def test_a_written_policy_file_reads_back_and_serves(tmp_path):
         ({"ks": []}, ["ks", "at least 1"]),
         ({"cost": {"target": {"tokens": [1], "seconds": [0.1]}}}, ["exactly one step cost"]),
         ({"steps": {"0:1:1": {"tokens": [1, 2], "seconds": [0.1]}}}, ["differ in length"]),
+        ({"skipped_blocks": "drop"}, ["skipped_blocks", "'mark', 'evict' or 'keep'"]),
+        ({"evict_skipped_blocks": True}, ["now skipped_blocks", '"evict" (was true)']),
     ],
 )
 def test_every_bad_key_is_named_with_its_file(tmp_path, change, names):
