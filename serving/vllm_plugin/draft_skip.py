@@ -50,8 +50,11 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable
+from typing import get_args
 
 import torch
+
+from serving.vllm_plugin.policy_file import SkippedBlocks
 
 logger = logging.getLogger("specforge.vllm_plugin")
 _PATCHED = False
@@ -62,10 +65,7 @@ SKIP_ATTR = "specforge_skip_draft"
 # Set by the scheduler on itself: whether the step it scheduled last is a marked k = 0 step (read by
 # the engine core after the step, patch_engine_core).
 LAST_SKIP_ATTR = "_specforge_last_skip"
-# What becomes of the KV blocks a skipped step wrote (their draft KV has holes), the policy file's
-# "skipped_blocks": "mark" keeps them in the prefix cache, marked; "evict" drops them from it; "keep"
-# leaves the prefix cache alone (a later request may draft over the holes: slower, still lossless).
-SKIPPED_BLOCKS = ("mark", "evict", "keep")
+SKIPPED_BLOCKS = get_args(SkippedBlocks)  # the policy file's "skipped_blocks" values
 # The model runner's verdict for the step it is executing, read by the proposer (same worker).
 _STEP = {"skip": False}
 
@@ -274,7 +274,9 @@ class StaleDrafts:
         if not skip and not (self.blocks == "mark" and self.stale):
             return
         prefilled = []
-        for rid, n in scheduled.items():
+        # a drafting step: only the stale requests in it write blocks to mark
+        for rid in scheduled if skip else scheduled.keys() & self.stale.keys():
+            n = scheduled[rid]
             req = self.scheduler.requests.get(rid)
             if req is None:
                 continue

@@ -76,6 +76,12 @@ class StartsJson(_Strict):
     tokens_per_request: Annotated[float, Field(gt=0.0)]
 
 
+# What becomes of the KV blocks a skipped step wrote (their draft KV has holes; draft_skip.StaleDrafts):
+# "mark" keeps them in the prefix cache, marked; "evict" drops them from it; "keep" leaves the prefix
+# cache alone (a later request may draft over the holes: slower, still lossless).
+SkippedBlocks = Literal["mark", "evict", "keep"]
+
+
 class ServedPolicyFile(_Strict):
     mode: Literal["serve"] = "serve"
     steps: dict[str, ProfileJson] | None = None  # shape key -> step seconds per batch size
@@ -86,7 +92,7 @@ class ServedPolicyFile(_Strict):
     meta: dict[str, Any] = Field(default_factory=dict)
     starts: StartsJson | None = None
     skip_draft_at_k0: bool = False
-    skipped_blocks: Literal["mark", "evict", "keep"] = "mark"  # draft_skip.SKIPPED_BLOCKS
+    skipped_blocks: SkippedBlocks = "mark"
     per_request: bool = True  # k from the acceptance of the requests in the batch
     switch_margin: Annotated[float, Field(ge=0.0)] = SWITCH_MARGIN
     probe_every: Count = PROBE_EVERY
@@ -111,7 +117,7 @@ class ExplorePolicyFile(_Strict):
     skip_steps: Count = 0
     time_mixed: bool = False
     skip_draft_at_k0: bool = False
-    skipped_blocks: Literal["mark", "evict", "keep"] = "mark"  # draft_skip.SKIPPED_BLOCKS
+    skipped_blocks: SkippedBlocks = "mark"
 
 
 PolicyFile = ServedPolicyFile | ExplorePolicyFile
